@@ -1,0 +1,72 @@
+// qme_ext._C: the CPU kernels. Every function takes raw addresses of buffers the
+// Python layer allocated and releases the GIL while the kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "bind_common.h"
+#include "qme/ops.h"
+
+namespace py = pybind11;
+using qme_py::matrix_from;
+using qme_py::ptr;
+
+namespace {
+
+int default_threads() {
+  if (const char* env = std::getenv("QME_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc > 0 ? static_cast<int>(hc) : 1;
+}
+
+int g_threads = default_threads();
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "qme_ext CPU kernels (internal; use qme_ext.metrics)";
+  qme_py::register_errors(m);
+
+  m.def("get_num_threads", [] { return g_threads; });
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw qme::InvalidArgument("num_threads: expected >= 1, got " + std::to_string(n));
+    g_threads = n;
+  });
+
+  m.def("rank_counts",
+        [](py::tuple scores, uintptr_t offsets, uintptr_t index, uintptr_t flags, int num_modes,
+           int64_t max_candidates, uintptr_t first_pos, uintptr_t ap, uintptr_t num_good) {
+          qme::RankCountsArgs a{matrix_from(scores, "scores"), ptr<const int64_t>(offsets),
+                                ptr<const int64_t>(index), ptr<const uint8_t>(flags), num_modes,
+                                max_candidates,
+                                ptr<int64_t>(first_pos), ptr<double>(ap), ptr<int64_t>(num_good)};
+          py::gil_scoped_release nogil;
+          qme::rank_counts_cpu(a, g_threads);
+        });
+
+  m.def("key_histogram",
+        [](py::tuple scores, int digit_shift, int digit_bits, int num_prefixes, uintptr_t prefixes,
+           int prefix_shift, uint64_t nan_key, uintptr_t hist, uintptr_t nan_count,
+           uintptr_t min_key, uintptr_t max_key) {
+          qme::KeyHistogramArgs a{matrix_from(scores, "scores"), digit_shift, digit_bits,
+                                  num_prefixes, ptr<const uint64_t>(prefixes), prefix_shift,
+                                  nan_key, ptr<int64_t>(hist), ptr<int64_t>(nan_count),
+                                  ptr<uint64_t>(min_key), ptr<uint64_t>(max_key)};
+          py::gil_scoped_release nogil;
+          qme::key_histogram_cpu(a, g_threads);
+        });
+
+  m.def("openset_stats",
+        [](py::tuple scores, uintptr_t genuine_col, uintptr_t enrolled, int num_splits,
+           uintptr_t max_other, uintptr_t num_ge) {
+          qme::OpensetStatsArgs a{matrix_from(scores, "merge_scores"), ptr<const int64_t>(genuine_col),
+                                  ptr<const uint8_t>(enrolled), num_splits,
+                                  ptr<double>(max_other), ptr<int64_t>(num_ge)};
+          py::gil_scoped_release nogil;
+          qme::openset_stats_cpu(a, g_threads);
+        });
+}

@@ -1,0 +1,161 @@
+"""The custom ops ``qme_ext::<op>``: torch.library wrappers of the CPU/CUDA kernels.
+
+Each op takes torch tensors, allocates its outputs (kernels never allocate), picks
+the CPU or CUDA twin by device and passes raw addresses to the pybind11 module.
+``register_fake`` gives the output shapes so the ops trace under torch.compile.
+The metric ops are integer order statistics: they have no autograd formula.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._keys import to_unsigned64
+
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+SCORE_DTYPES = tuple(DTYPE_CODES)
+
+
+def matrix_descriptor(t: torch.Tensor) -> tuple:
+    """(address, dtype code, rows, cols, row stride, col stride) of a 2-D tensor."""
+    return (t.data_ptr(), DTYPE_CODES[t.dtype], t.shape[0], t.shape[1], t.stride(0), t.stride(1))
+
+
+def _module_and_extra(device: torch.device, workspace_bytes: int):
+    """The kernel module for `device`, and the trailing (workspace, bytes, stream) args."""
+    if device.type == "cpu":
+        return _backend.cpu_module(), (), None
+    if device.type == "cuda":
+        mod = _backend.cuda_module()
+        ws = torch.empty(max(int(workspace_bytes), 1), dtype=torch.uint8, device=device)
+        stream = torch.cuda.current_stream(device).cuda_stream
+        return mod, (ws.data_ptr(), int(workspace_bytes), stream), ws
+    raise ValueError(f"scores: unsupported device {device}; expected cpu or cuda")
+
+
+def _with_device(t: torch.Tensor):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ---- rank_counts ----------------------------------------------------------------
+@torch.library.custom_op("qme_ext::rank_counts", mutates_args=())
+def rank_counts(
+    scores: torch.Tensor,  # (P, G) float32/float64/float16/bfloat16
+    cand_offsets: torch.Tensor,  # (P + 1,) int64 CSR offsets
+    cand_index: torch.Tensor,  # (nnz,) int64 same-pid gallery columns
+    cand_flags: torch.Tensor,  # (nnz,) uint8 bit 2m good / 2m+1 junk in mode m
+    num_modes: int,
+    max_candidates: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good.
+
+    Outputs have shape (num_modes, P).
+    """
+    P = scores.shape[0]
+    dev = scores.device
+    first_pos = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
+    ap = torch.empty((num_modes, P), dtype=torch.float64, device=dev)
+    num_good = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
+    if P == 0:
+        return first_pos, ap, num_good
+    desc = matrix_descriptor(scores)
+    with _with_device(scores):
+        ws_bytes = 0
+        if dev.type == "cuda":
+            ws_bytes = _backend.cuda_module().rank_counts_workspace(desc, num_modes, max_candidates)
+        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod.rank_counts(desc, cand_offsets.data_ptr(), cand_index.data_ptr(), cand_flags.data_ptr(),
+                        num_modes, max_candidates, first_pos.data_ptr(), ap.data_ptr(),
+                        num_good.data_ptr(), *extra)
+    return first_pos, ap, num_good
+
+
+@rank_counts.register_fake
+def _(scores, cand_offsets, cand_index, cand_flags, num_modes, max_candidates):
+    P = scores.shape[0]
+    return (scores.new_empty((num_modes, P), dtype=torch.int64),
+            scores.new_empty((num_modes, P), dtype=torch.float64),
+            scores.new_empty((num_modes, P), dtype=torch.int64))
+
+
+# ---- key_histogram ----------------------------------------------------------------
+@torch.library.custom_op("qme_ext::key_histogram", mutates_args=())
+def key_histogram(
+    scores: torch.Tensor,  # (P, G) scores
+    digit_shift: int,
+    digit_bits: int,
+    prefixes: torch.Tensor,  # (F,) int64 bit patterns of key prefixes; F = 0: no filter
+    prefix_shift: int,
+    nan_key: int,  # int64 bit pattern of the key given to NaN scores
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histogram of one radix digit of the score keys.
+
+    Returns ``hist`` (max(F, 1), 2**digit_bits) int64 and ``stats`` (3,) int64 =
+    [number of NaN scores, smallest non-NaN key, largest non-NaN key] (keys as
+    int64 bit patterns).
+    """
+    F = prefixes.shape[0]
+    dev = scores.device
+    hist = torch.zeros((max(F, 1), 1 << digit_bits), dtype=torch.int64, device=dev)
+    stats = torch.zeros(3, dtype=torch.int64, device=dev)
+    stats[1] = -1  # all ones: no non-NaN key seen
+    if scores.numel() == 0:
+        return hist, stats
+    desc = matrix_descriptor(scores)
+    base = stats.data_ptr()
+    with _with_device(scores):
+        ws_bytes = 0
+        if dev.type == "cuda":
+            ws_bytes = _backend.cuda_module().key_histogram_workspace(desc, digit_bits, F)
+        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod.key_histogram(desc, digit_shift, digit_bits, F, prefixes.data_ptr() if F else 0,
+                          prefix_shift, to_unsigned64(nan_key), hist.data_ptr(), base, base + 8,
+                          base + 16, *extra)
+    return hist, stats
+
+
+@key_histogram.register_fake
+def _(scores, digit_shift, digit_bits, prefixes, prefix_shift, nan_key):
+    F = prefixes.shape[0]
+    return (scores.new_empty((max(F, 1), 1 << digit_bits), dtype=torch.int64),
+            scores.new_empty((3,), dtype=torch.int64))
+
+
+# ---- openset_stats ----------------------------------------------------------------
+@torch.library.custom_op("qme_ext::openset_stats", mutates_args=())
+def openset_stats(
+    merge_scores: torch.Tensor,  # (P, S) merge scores, one column per subject
+    genuine_col: torch.Tensor,  # (P,) int64 own-subject column or -1
+    enrolled: torch.Tensor,  # (n_splits, S) uint8 enrolment masks
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per split and probe: best enrolled non-genuine score (float64, -inf if none)
+    and the number of enrolled non-genuine columns scoring >= the genuine one.
+    Both outputs have shape (n_splits, P)."""
+    P = merge_scores.shape[0]
+    NS = enrolled.shape[0]
+    dev = merge_scores.device
+    max_other = torch.empty((NS, P), dtype=torch.float64, device=dev)
+    num_ge = torch.empty((NS, P), dtype=torch.int64, device=dev)
+    if P == 0:
+        return max_other, num_ge
+    desc = matrix_descriptor(merge_scores)
+    with _with_device(merge_scores):
+        ws_bytes = 0
+        if dev.type == "cuda":
+            ws_bytes = _backend.cuda_module().openset_stats_workspace(desc, NS)
+        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod.openset_stats(desc, genuine_col.data_ptr(), enrolled.data_ptr(), NS,
+                          max_other.data_ptr(), num_ge.data_ptr(), *extra)
+    return max_other, num_ge
+
+
+@openset_stats.register_fake
+def _(merge_scores, genuine_col, enrolled):
+    P = merge_scores.shape[0]
+    NS = enrolled.shape[0]
+    return (merge_scores.new_empty((NS, P), dtype=torch.float64),
+            merge_scores.new_empty((NS, P), dtype=torch.int64))

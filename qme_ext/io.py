@@ -1,0 +1,412 @@
+"""HDF5 score files in the QME ``scoremats`` layout (SPEC §1) and the in-memory :class:`ScoreSet`.
+
+Layout (P probes, G gallery entries, S gallery subjects)::
+
+    {model}/score_mat          float32 (P, G)   probe vs every gallery entry
+    {model}/merge_score_mat    float32 (P, S)   probe vs one template per subject (optional)
+    q_pids, q_camids, q_clothes_ids              (P,)  ids, int or integral float
+    g_pids, g_camids, g_clothes_ids              (G,)
+    unique_g_pids                                (S,)  column order of merge_score_mat
+    quality/{name}             float32 (P, D)   optional per-probe quality features
+    quality/{name}_weights     float32 (P, 1)   optional precomputed quality in [0, 1]
+    attribute ``models``       "a,b,c"          optional model order
+
+Choices
+-------
+- Model order: the ``models`` attribute when present, else the sorted names of the root groups
+  that hold a ``score_mat``. :func:`save_scores` always writes the attribute.
+- Score and quality arrays are loaded as float32 (a float64 file is narrowed); ids as int64. Ids
+  stored as floats are accepted only when finite and integral, because a silent truncation would
+  merge subjects.
+- Every problem with a file is one :class:`ScoreFileError` (a ``ValueError``) naming the file, the
+  key and the shapes involved. The same shape checker serves :meth:`ScoreSet.validate` and
+  :func:`load_scores` (which checks the dataset shapes before reading any data).
+- :meth:`ScoreSet.subset_models` / :meth:`ScoreSet.with_model` return new objects sharing the
+  (treated as read-only) arrays: no copies of large matrices.
+- :func:`save_scores` writes to a temporary file in the target directory and ``os.replace``-s it,
+  so the final name never holds a half-written file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "ScoreFileError",
+    "ScoreSet",
+    "load_scores",
+    "save_scores",
+    "iter_row_blocks",
+    "PROBE_ID_KEYS",
+    "GALLERY_ID_KEYS",
+]
+
+PROBE_ID_KEYS = ("q_pids", "q_camids", "q_clothes_ids")
+GALLERY_ID_KEYS = ("g_pids", "g_camids", "g_clothes_ids")
+ID_KEYS = PROBE_ID_KEYS + GALLERY_ID_KEYS + ("unique_g_pids",)
+QUALITY_GROUP = "quality"
+
+Rows = Union[slice, Sequence[int], np.ndarray, None]
+
+
+class ScoreFileError(ValueError):
+    """A score file (or an in-memory ScoreSet) does not follow the SPEC §1 layout."""
+
+
+def _where(source: Optional[str]) -> str:
+    return f"{source}: " if source else ""
+
+
+def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = None) -> None:
+    """Check the SPEC §1 shape rules on a ``{key: shape tuple}`` map.
+
+    Keys are file keys (``"q_pids"``, ``"face/score_mat"``, ``"quality/face"``...). Raises
+    :class:`ScoreFileError` naming ``source`` (the file, if any), the key and the shapes.
+    """
+    w = _where(source)
+    for key in ID_KEYS:
+        if key not in shapes:
+            raise ScoreFileError(f"{w}missing key '{key}'")
+        if len(shapes[key]) != 1:
+            raise ScoreFileError(f"{w}key '{key}' must be 1-D, got shape {shapes[key]}")
+    n_probe = shapes["q_pids"][0]
+    n_gallery = shapes["g_pids"][0]
+    n_subj = shapes["unique_g_pids"][0]
+    for key in PROBE_ID_KEYS[1:]:
+        if shapes[key][0] != n_probe:
+            raise ScoreFileError(f"{w}length mismatch: '{key}' has shape {shapes[key]} but "
+                                 f"'q_pids' has shape {shapes['q_pids']}")
+    for key in GALLERY_ID_KEYS[1:]:
+        if shapes[key][0] != n_gallery:
+            raise ScoreFileError(f"{w}length mismatch: '{key}' has shape {shapes[key]} but "
+                                 f"'g_pids' has shape {shapes['g_pids']}")
+    if not models:
+        raise ScoreFileError(f"{w}no model: no group holds a 'score_mat'")
+    for m in models:
+        if not m or "," in m or "/" in m:
+            raise ScoreFileError(f"{w}invalid model name {m!r} (empty, ',' or '/')")
+        key = f"{m}/score_mat"
+        if key not in shapes:
+            raise ScoreFileError(f"{w}missing key '{key}'")
+        want = (n_probe, n_gallery)
+        if tuple(shapes[key]) != want:
+            raise ScoreFileError(f"{w}key '{key}' has shape {tuple(shapes[key])}, expected "
+                                 f"(P, G) = {want} from 'q_pids' {shapes['q_pids']} and "
+                                 f"'g_pids' {shapes['g_pids']}")
+        key = f"{m}/merge_score_mat"
+        if key in shapes and tuple(shapes[key]) != (n_probe, n_subj):
+            raise ScoreFileError(f"{w}key '{key}' has shape {tuple(shapes[key])}, expected "
+                                 f"(P, S) = {(n_probe, n_subj)} from 'q_pids' "
+                                 f"{shapes['q_pids']} and 'unique_g_pids' "
+                                 f"{shapes['unique_g_pids']}")
+    for key, shape in shapes.items():
+        if not key.startswith(QUALITY_GROUP + "/"):
+            continue
+        if len(shape) != 2 or shape[0] != n_probe:
+            raise ScoreFileError(f"{w}key '{key}' has shape {tuple(shape)}, expected "
+                                 f"(P, D) with P = {n_probe} ('q_pids' {shapes['q_pids']})")
+        if key.endswith("_weights") and shape[1] != 1:
+            raise ScoreFileError(f"{w}key '{key}' has shape {tuple(shape)}, expected "
+                                 f"(P, 1) = {(n_probe, 1)}")
+
+
+def _as_ids(values, key: str, source: Optional[str] = None) -> np.ndarray:
+    """1-D int64 copy of ``values``; floats must be finite and integral (else ScoreFileError)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if not bad.any():
+            bad = arr != np.round(arr)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}, {arr.dtype}) "
+                                 f"holds a non-integral or non-finite id {arr.flat[i]!r} at "
+                                 f"index {i}")
+        return arr.astype(np.int64)
+    raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}) has dtype "
+                         f"{arr.dtype}, expected integer or integral float ids")
+
+
+@dataclasses.dataclass
+class ScoreSet:
+    """Score matrices of K models against one probe/gallery split, plus the id vectors.
+
+    Attributes
+    ----------
+    models : list[str]
+        Model names in their fixed order (the channel order of QME's inputs).
+    score_mats : dict[str, ndarray]
+        float32 ``(P, G)`` per model.
+    merge_score_mats : dict[str, ndarray]
+        float32 ``(P, S)`` per model; a model may be absent (e.g. a training file).
+    q_pids, q_camids, q_clothes_ids : ndarray
+        int64 ``(P,)``.
+    g_pids, g_camids, g_clothes_ids : ndarray
+        int64 ``(G,)``.
+    unique_g_pids : ndarray
+        int64 ``(S,)``, the column order of the merge matrices.
+    quality : dict[str, ndarray]
+        ``{name: float32 (P, D)}`` features and ``{name + "_weights": float32 (P, 1)}``
+        quality values in [0, 1] (file group ``quality/``).
+    """
+
+    models: list
+    score_mats: dict
+    merge_score_mats: dict
+    q_pids: np.ndarray
+    q_camids: np.ndarray
+    q_clothes_ids: np.ndarray
+    g_pids: np.ndarray
+    g_camids: np.ndarray
+    g_clothes_ids: np.ndarray
+    unique_g_pids: np.ndarray
+    quality: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_probes(self) -> int:
+        return int(np.shape(self.q_pids)[0])
+
+    @property
+    def num_gallery(self) -> int:
+        return int(np.shape(self.g_pids)[0])
+
+    def ids(self) -> dict:
+        """The seven id vectors by key name (the keyword names of ``metrics.evaluate``)."""
+        return {k: getattr(self, k) for k in ID_KEYS}
+
+    def _shapes(self) -> dict:
+        shapes = {k: np.shape(v) for k, v in self.ids().items()}
+        for m, mat in self.score_mats.items():
+            shapes[f"{m}/score_mat"] = np.shape(mat)
+        for m, mat in self.merge_score_mats.items():
+            shapes[f"{m}/merge_score_mat"] = np.shape(mat)
+        for name, arr in self.quality.items():
+            shapes[f"{QUALITY_GROUP}/{name}"] = np.shape(arr)
+        return shapes
+
+    def validate(self, source: Optional[str] = None) -> "ScoreSet":
+        """Check every length rule of SPEC §1; raise :class:`ScoreFileError` (a ValueError).
+
+        Returns ``self`` so that calls can be chained.
+        """
+        w = _where(source)
+        if len(set(self.models)) != len(self.models):
+            raise ScoreFileError(f"{w}duplicate model names in {self.models}")
+        extra = (set(self.score_mats) | set(self.merge_score_mats)) - set(self.models)
+        if extra:
+            raise ScoreFileError(f"{w}matrices for models {sorted(extra)} not listed in "
+                                 f"models {self.models}")
+        _check_shapes(self._shapes(), self.models, source)
+        return self
+
+    def subset_models(self, names: Union[str, Sequence[str]]) -> "ScoreSet":
+        """A ScoreSet with only ``names`` (a list or "a,b"), in that order."""
+        names = _split_names(names)
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise ScoreFileError(f"unknown model(s) {unknown}; available: {self.models}")
+        return dataclasses.replace(
+            self,
+            models=list(names),
+            score_mats={n: self.score_mats[n] for n in names},
+            merge_score_mats={n: self.merge_score_mats[n] for n in names
+                              if n in self.merge_score_mats},
+        )
+
+    def with_model(self, name: str, score_mat, merge_score_mat=None) -> "ScoreSet":
+        """A new ScoreSet with model ``name`` appended (float32 copies of the given matrices)."""
+        if name in self.models:
+            raise ValueError(f"model {name!r} already exists in {self.models}")
+        score_mats = dict(self.score_mats)
+        score_mats[name] = np.asarray(score_mat, dtype=np.float32)
+        merge = dict(self.merge_score_mats)
+        if merge_score_mat is not None:
+            merge[name] = np.asarray(merge_score_mat, dtype=np.float32)
+        out = dataclasses.replace(self, models=list(self.models) + [name],
+                                  score_mats=score_mats, merge_score_mats=merge)
+        return out.validate()
+
+
+def _split_names(names) -> list:
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return list(names)
+
+
+def _file_models(f) -> list:
+    """Model order of an open file: the ``models`` attribute, else sorted score_mat groups."""
+    attr = f.attrs.get("models")
+    if attr is not None:
+        if isinstance(attr, bytes):
+            attr = attr.decode()
+        return _split_names(str(attr))
+    import h5py
+    return sorted(k for k, v in f.items()
+                  if isinstance(v, h5py.Group) and "score_mat" in v and k != QUALITY_GROUP)
+
+
+def _open(path):
+    """Open ``path`` read-only, turning every failure into a ScoreFileError naming the file."""
+    import h5py
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ScoreFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ScoreFileError(f"{path}: is a directory, expected an HDF5 file")
+    try:
+        ok = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise ScoreFileError(f"{path}: cannot read ({exc})") from None
+    if not ok:
+        raise ScoreFileError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ScoreFileError(f"{path}: cannot open as HDF5 ({exc})") from None
+
+
+def _dataset_shapes(f, models: Sequence[str]) -> dict:
+    import h5py
+    shapes = {}
+    for key in ID_KEYS:
+        if key in f:
+            shapes[key] = tuple(f[key].shape)
+    for m in models:
+        for leaf in ("score_mat", "merge_score_mat"):
+            key = f"{m}/{leaf}"
+            if key in f and isinstance(f[key], h5py.Dataset):
+                shapes[key] = tuple(f[key].shape)
+    if QUALITY_GROUP in f:
+        for name, ds in f[QUALITY_GROUP].items():
+            if isinstance(ds, h5py.Dataset):
+                shapes[f"{QUALITY_GROUP}/{name}"] = tuple(ds.shape)
+    return shapes
+
+
+def _row_reader(rows: Rows, n_probe: int, source: str):
+    """Return ``read(dataset) -> ndarray`` selecting probe rows, plus the selected count.
+
+    h5py fancy indexing needs strictly increasing indices, so an index array is read as its
+    sorted unique rows and re-expanded in the caller's order.
+    """
+    if rows is None:
+        return (lambda ds: ds[...]), n_probe
+    if isinstance(rows, slice):
+        n = len(range(*rows.indices(n_probe)))
+        return (lambda ds: ds[rows]), n
+    idx = np.asarray(rows)
+    if idx.dtype.kind == "b":
+        if idx.shape != (n_probe,):
+            raise ScoreFileError(f"{source}: boolean rows mask has shape {idx.shape}, expected "
+                                 f"({n_probe},)")
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.int64).reshape(-1)
+    idx = np.where(idx < 0, idx + n_probe, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_probe):
+        raise ScoreFileError(f"{source}: row index out of range for {n_probe} probes")
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return (lambda ds: ds[uniq, ...][inverse]), int(idx.size)
+
+
+def load_scores(path, models: Union[str, Sequence[str], None] = None,
+                rows: Rows = None) -> ScoreSet:
+    """Read a SPEC §1 score file into a :class:`ScoreSet`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    models : list or "a,b", optional
+        Models to read, in this order (default: all, in file order).
+    rows : slice, int index array or bool mask ``(P,)``, optional
+        Probe rows to read; only those rows of every probe-indexed dataset are read from disk.
+
+    Raises
+    ------
+    ScoreFileError
+        Missing file, not HDF5, missing key, length mismatch, non-integral or NaN ids.
+    """
+    source = os.fspath(path)
+    with _open(source) as f:
+        available = _file_models(f)
+        names = available if models is None else _split_names(models)
+        unknown = [m for m in names if m not in available]
+        if unknown:
+            raise ScoreFileError(f"{source}: unknown model(s) {unknown} (missing key "
+                                 f"'{unknown[0]}/score_mat'); available: {available}")
+        _check_shapes(_dataset_shapes(f, names), names, source)
+        read, _ = _row_reader(rows, f["q_pids"].shape[0], source)
+        ids = {}
+        for key in ID_KEYS:
+            data = read(f[key]) if key in PROBE_ID_KEYS else f[key][...]
+            ids[key] = _as_ids(data, key, source)
+        score_mats = {m: np.asarray(read(f[f"{m}/score_mat"]), dtype=np.float32) for m in names}
+        merge = {m: np.asarray(read(f[f"{m}/merge_score_mat"]), dtype=np.float32)
+                 for m in names if f"{m}/merge_score_mat" in f}
+        quality = {}
+        if QUALITY_GROUP in f:
+            for name in f[QUALITY_GROUP]:
+                quality[name] = np.asarray(read(f[f"{QUALITY_GROUP}/{name}"]), dtype=np.float32)
+    return ScoreSet(models=list(names), score_mats=score_mats, merge_score_mats=merge,
+                    quality=quality, **ids).validate(source)
+
+
+def iter_row_blocks(path, model: str, block_rows: int,
+                    key: str = "score_mat") -> Iterator[tuple]:
+    """Stream ``{model}/{key}`` in blocks of ``block_rows`` probe rows.
+
+    Yields ``(row_slice, block)`` with ``block`` float32 ``(rows in slice, G)``; only one block is
+    in memory at a time (for matrices larger than RAM).
+    """
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    source = os.fspath(path)
+    with _open(source) as f:
+        full = f"{model}/{key}"
+        if full not in f:
+            raise ScoreFileError(f"{source}: missing key '{full}'; models: {_file_models(f)}")
+        ds = f[full]
+        if ds.ndim != 2:
+            raise ScoreFileError(f"{source}: key '{full}' must be 2-D, got shape {ds.shape}")
+        for start in range(0, ds.shape[0], block_rows):
+            sl = slice(start, min(start + block_rows, ds.shape[0]))
+            yield sl, np.asarray(ds[sl], dtype=np.float32)
+
+
+def save_scores(path, scoreset: ScoreSet) -> None:
+    """Write ``scoreset`` in the SPEC §1 layout (plus the ``models`` attribute), atomically.
+
+    The data go to a temporary file in the destination directory, which replaces ``path`` only
+    once complete; on any error the temporary file is removed and ``path`` is untouched.
+    Arrays are written with their own dtypes, so ``load_scores(save_scores(s))`` is exact.
+    """
+    import h5py
+    scoreset.validate()
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["models"] = ",".join(scoreset.models)
+            for m in scoreset.models:
+                f.create_dataset(f"{m}/score_mat", data=scoreset.score_mats[m])
+                if m in scoreset.merge_score_mats:
+                    f.create_dataset(f"{m}/merge_score_mat", data=scoreset.merge_score_mats[m])
+            for key, value in scoreset.ids().items():
+                f.create_dataset(key, data=np.asarray(value))
+            for name, arr in scoreset.quality.items():
+                f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
