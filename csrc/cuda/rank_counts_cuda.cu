@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <string>
 
 #include "cuda_check.cuh"
@@ -17,6 +16,7 @@
 namespace qme {
 namespace {
 
+constexpr int kMaxModes = 3;
 constexpr int kThreads = 256;  // multiple of 32: the stream loop relies on whole warps
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 // Cap on the total workspace the global-memory fallback asks for: blocks are
@@ -130,10 +130,12 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
       const unsigned f = a.cand_flags[c];
       if (j < 0 || j >= G) continue;
       bool any_good = false;
-      for (int m = 0; m < M; ++m) any_good |= (f & (1u << (2 * m))) != 0;
+      #pragma unroll
+      for (int m = 0; m < kMaxModes && m < M; ++m) any_good |= (f & (1u << (2 * m))) != 0;
       if (!any_good) continue;
       const K k = T::key(row[j * sc]);
-      for (int m = 0; m < M; ++m) {
+      #pragma unroll
+      for (int m = 0; m < kMaxModes && m < M; ++m) {
         if (!(f & (1u << (2 * m)))) continue;
         const unsigned long long slot = atomicAdd(&s_count[m], 1ull);
         if (slot < static_cast<unsigned long long>(cap)) {
@@ -147,7 +149,8 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
     int64_t n[3] = {0, 0, 0};
     bool overflow[3] = {false, false, false};
     int64_t nmax = 0;
-    for (int m = 0; m < M; ++m) {
+    #pragma unroll
+    for (int m = 0; m < kMaxModes && m < M; ++m) {
       const unsigned long long cnt = s_count[m];
       overflow[m] = cnt > static_cast<unsigned long long>(cap);
       n[m] = overflow[m] ? cap : static_cast<int64_t>(cnt);
@@ -158,14 +161,14 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
 
     // Padding sorts after every real entry: key 0 (NaN) is the lowest key and
     // no real column reaches INT64_MAX.
-    for (int64_t t = tid; t < M * n2; t += kThreads) {
-      const int64_t m = t / n2, i = t - m * n2;
-      if (i >= n[m]) {
+    #pragma unroll
+    for (int m = 0; m < kMaxModes && m < M; ++m)
+      for (int64_t i = n[m] + tid; i < n2; i += kThreads) {
         gkeys[m * cap2 + i] = K(0);
         gcols[m * cap2 + i] = INT64_MAX;
       }
-    }
-    for (int m = 0; m < M; ++m)
+    #pragma unroll
+    for (int m = 0; m < kMaxModes && m < M; ++m)
       for (int64_t i = tid; i <= n[m]; i += kThreads) before[m * stride_b + i] = 0ull;
     __syncthreads();
 
@@ -199,7 +202,8 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
       K fk = 0;
       int64_t fc = 0;
       bool have_floor = false;
-      for (int m = 0; m < M; ++m) {
+      #pragma unroll
+      for (int m = 0; m < kMaxModes && m < M; ++m) {
         if (n[m] == 0) continue;
         const K lk = gkeys[m * cap2 + n[m] - 1];
         const int64_t lc = gcols[m * cap2 + n[m] - 1];
@@ -215,7 +219,8 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
         if (j < 0 || j >= G) continue;
         bool have_key = false;
         K k = 0;
-        for (int m = 0; m < M; ++m) {
+    #pragma unroll
+        for (int m = 0; m < kMaxModes && m < M; ++m) {
           if ((f & (1u << (2 * m))) || !(f & (2u << (2 * m)))) continue;
           if (!have_key) { k = T::key(row[j * sc]); have_key = true; }
           const int64_t idx = first_preceded(k, j, gkeys + m * cap2, gcols + m * cap2, n[m]);
@@ -234,7 +239,8 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
         const bool pass = j < G && precedes(k, j, fk, fc);
         const unsigned mask = __ballot_sync(kFullMask, pass);
         if (pass) {
-          for (int m = 0; m < M; ++m) {
+          #pragma unroll
+          for (int m = 0; m < kMaxModes && m < M; ++m) {
             const int64_t idx = first_preceded(k, j, gkeys + m * cap2, gcols + m * cap2, n[m]);
             const unsigned peers =
                 __match_any_sync(mask, static_cast<unsigned long long>(idx));
@@ -246,8 +252,9 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
     }
     __syncthreads();
 
-    if (tid < M) {
-      const int m = tid;
+    #pragma unroll
+    for (int m = 0; m < kMaxModes && m < M; ++m) {
+      if (tid != m) continue;
       const int64_t out = m * P + p;
       if (overflow[m]) {
         // max_candidates understated this row's candidates: the goods that did

@@ -1,0 +1,218 @@
+// CUDA twin of key_histogram (key_histogram_cpu.cpp): a grid-stride pass over
+// every score. When the F x 2^digit_bits histograms fit in shared memory each
+// block counts privately in uint32 and flushes once; otherwise lanes hitting
+// the same bin are folded per warp and added straight into the int64 output.
+// Everything is integer, so the result does not depend on scheduling.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "cuda_check.cuh"
+#include "qme/ops_cuda.h"
+
+namespace qme {
+namespace {
+
+constexpr int kThreads = 256;  // multiple of 32: warp intrinsics need whole warps
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+// Private histograms beyond this would leave one block per SM; above it the
+// folded global atomics are the better trade.
+constexpr size_t kMaxSharedHistBytes = 100 * 1024;
+constexpr size_t kSmemReserve = 1024;
+// A block's private uint32 counters must not wrap: keep each block's share of
+// the elements below 2^30.
+constexpr int64_t kMaxElementsPerBlock = int64_t{1} << 30;
+
+template <typename K>
+__device__ __forceinline__ K warp_min(K v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const K w = __shfl_xor_sync(kFullMask, v, o);
+    v = w < v ? w : v;
+  }
+  return v;
+}
+
+template <typename K>
+__device__ __forceinline__ K warp_max(K v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const K w = __shfl_xor_sync(kFullMask, v, o);
+    v = w > v ? w : v;
+  }
+  return v;
+}
+
+__device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+// kSharedHist: private uint32 sub-histograms in dynamic shared memory.
+// kLinear: element e of the row-major flattening sits at e * stride_col (one row,
+// or rows packed back to back), which saves a 64-bit division per element.
+template <DType D, bool kSharedHist, bool kLinear>
+__global__ void __launch_bounds__(kThreads)
+key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
+  using T = ScoreTraits<D>;
+  using S = typename T::Storage;
+  using K = typename T::Key;
+  constexpr int kBits = static_cast<int>(sizeof(K) * 8);
+  extern __shared__ unsigned int s_hist[];  // (max(F, 1), 2^digit_bits), kSharedHist only
+  __shared__ unsigned long long s_nan, s_lo, s_hi;
+
+  const S* base = static_cast<const S*>(a.scores.data);
+  const int64_t G = a.scores.cols, sr = a.scores.stride_row, sc = a.scores.stride_col;
+  const int64_t nbins = int64_t{1} << a.digit_bits;
+  const int F = a.num_prefixes;
+  const int64_t nh = static_cast<int64_t>(F > 0 ? F : 1) * nbins;
+  const K digit_mask = static_cast<K>(nbins - 1);
+  const K nan_key = static_cast<K>(a.nan_key);
+  // prefix_shift may be the key width ("no prefix bits"): shifting by it is
+  // undefined, the CPU twin defines the prefix as 0 there, and so do we.
+  const bool whole_key_prefix = a.prefix_shift >= kBits;
+  const int prefix_shift = whole_key_prefix ? 0 : a.prefix_shift;
+  unsigned long long* hist = reinterpret_cast<unsigned long long*>(a.hist);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31;
+
+  if (tid == 0) { s_nan = 0; s_lo = ~0ull; s_hi = 0; }
+  if constexpr (kSharedHist)
+    for (int64_t i = tid; i < nh; i += kThreads) s_hist[i] = 0u;
+  __syncthreads();
+
+  unsigned long long nans = 0;
+  K lo = ~K(0), hi = 0;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  // The bound is warp-uniform so every lane reaches the warp intrinsics below.
+  for (int64_t e0 = static_cast<int64_t>(blockIdx.x) * kThreads; e0 < total; e0 += step) {
+    const int64_t e = e0 + tid;
+    const bool valid = e < total;
+    K k = 0;
+    if (valid) {
+      int64_t off;
+      if constexpr (kLinear) {
+        off = e * sc;
+      } else {
+        const int64_t p = e / G;
+        off = p * sr + (e - p * G) * sc;
+      }
+      k = T::key(base[off]);
+      if (k == 0) { ++nans; k = nan_key; }
+      else { lo = k < lo ? k : lo; hi = k > hi ? k : hi; }
+    }
+    const int64_t bin = static_cast<int64_t>((k >> a.digit_shift) & digit_mask);
+    const K pre = whole_key_prefix ? K(0) : static_cast<K>(k >> prefix_shift);
+    for (int f = 0; f < (F > 0 ? F : 1); ++f) {
+      const bool hit = valid && (F == 0 || pre == static_cast<K>(__ldg(a.prefixes + f)));
+      const int64_t target = static_cast<int64_t>(f) * nbins + bin;
+      if constexpr (kSharedHist) {
+        if (hit) atomicAdd(&s_hist[target], 1u);
+      } else {
+        // Skewed scores (many ties) would serialise on one bin: one atomic
+        // per distinct bin per warp instead of one per lane.
+        const unsigned hits = __ballot_sync(kFullMask, hit);
+        if (hit) {
+          const unsigned peers =
+              __match_any_sync(hits, static_cast<unsigned long long>(target));
+          if (lane == __ffs(peers) - 1)
+            atomicAdd(&hist[target], static_cast<unsigned long long>(__popc(peers)));
+        }
+      }
+    }
+  }
+
+  // Block reduction of the scalars; keys widen to 64 bits so both key widths
+  // share the output atomics. A thread without non-NaN scores holds lo > hi.
+  nans = warp_sum(nans);
+  lo = warp_min(lo);
+  hi = warp_max(hi);
+  if (lane == 0) {
+    if (nans) atomicAdd(&s_nan, nans);
+    if (lo <= hi) {
+      atomicMin(&s_lo, static_cast<unsigned long long>(lo));
+      atomicMax(&s_hi, static_cast<unsigned long long>(hi));
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    if (s_nan) atomicAdd(reinterpret_cast<unsigned long long*>(a.nan_count), s_nan);
+    if (s_lo <= s_hi) {
+      atomicMin(reinterpret_cast<unsigned long long*>(a.min_key), s_lo);
+      atomicMax(reinterpret_cast<unsigned long long*>(a.max_key), s_hi);
+    }
+  }
+  if constexpr (kSharedHist) {
+    for (int64_t i = tid; i < nh; i += kThreads) {
+      const unsigned v = s_hist[i];
+      if (v) atomicAdd(&hist[i], static_cast<unsigned long long>(v));
+    }
+  }
+}
+
+void check_args(const KeyHistogramArgs& a) {
+  check_matrix(a.scores, "scores");
+  const int kb = key_bits(a.scores.dtype);
+  if (a.digit_bits < 1 || a.digit_bits > 16 || a.digit_shift < 0 || a.digit_shift + a.digit_bits > kb)
+    throw InvalidArgument("digit_shift/digit_bits: digit out of the " + std::to_string(kb) + "-bit key");
+  if (a.num_prefixes < 0 || (a.num_prefixes > 0 && a.prefixes == nullptr))
+    throw InvalidArgument("prefixes: expected num_prefixes >= 0 and a buffer when > 0");
+  // The CPU twin leaves a negative shift undefined; on the device it must not happen.
+  if (a.num_prefixes > 0 && a.prefix_shift < 0)
+    throw InvalidArgument("prefix_shift: expected >= 0, got " + std::to_string(a.prefix_shift));
+}
+
+}  // namespace
+
+size_t key_histogram_cuda_workspace(const KeyHistogramArgs& args) {
+  check_args(args);
+  return 0;
+}
+
+void key_histogram_cuda(const KeyHistogramArgs& a, void* /*workspace*/, size_t /*workspace_bytes*/,
+                        cudaStream_t stream) {
+  check_args(a);
+  if (a.hist == nullptr || a.nan_count == nullptr || a.min_key == nullptr || a.max_key == nullptr)
+    throw InvalidArgument("key_histogram: null output buffer");
+  const int64_t nbins = int64_t{1} << a.digit_bits;
+  const int64_t nh = static_cast<int64_t>(std::max(1, a.num_prefixes)) * nbins;
+  QME_CUDA_CHECK(cudaMemsetAsync(a.hist, 0, static_cast<size_t>(nh) * sizeof(int64_t), stream));
+  QME_CUDA_CHECK(cudaMemsetAsync(a.nan_count, 0, sizeof(int64_t), stream));
+  QME_CUDA_CHECK(cudaMemsetAsync(a.min_key, 0xFF, sizeof(uint64_t), stream));  // ~0: no key yet
+  QME_CUDA_CHECK(cudaMemsetAsync(a.max_key, 0, sizeof(uint64_t), stream));
+  const int64_t P = a.scores.rows, G = a.scores.cols;
+  if (P == 0 || G == 0) return;
+  const int64_t total = P * G;
+
+  const size_t hist_bytes = static_cast<size_t>(nh) * sizeof(unsigned int);
+  const bool shared = hist_bytes <= kMaxSharedHistBytes &&
+                      hist_bytes + kSmemReserve <= cuda_detail::max_block_smem_optin();
+  const bool linear = P == 1 || a.scores.stride_row == G * a.scores.stride_col;
+
+  // Enough blocks to fill the GPU; more only when a block would otherwise see
+  // over kMaxElementsPerBlock elements. Fewer blocks also means fewer flushes of
+  // the private histograms.
+  const int64_t needed = (total + kThreads - 1) / kThreads;
+  const int64_t per_sm = shared ? 4 : 8;
+  int64_t blocks = std::min<int64_t>(needed, static_cast<int64_t>(cuda_detail::sm_count()) * per_sm);
+  blocks = std::max(blocks, (total + kMaxElementsPerBlock - 1) / kMaxElementsPerBlock);
+  blocks = std::min<int64_t>(blocks, 0x7FFFFFFF);
+
+  dispatch_dtype(a.scores.dtype, [&](auto tag) {
+    constexpr DType D = decltype(tag)::value;
+    const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
+    if (shared) {
+      auto kernel = linear ? key_histogram_kernel<D, true, true> : key_histogram_kernel<D, true, false>;
+      QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(hist_bytes)));
+      kernel<<<grid, block, hist_bytes, stream>>>(a, total);
+    } else {
+      auto kernel = linear ? key_histogram_kernel<D, false, true> : key_histogram_kernel<D, false, false>;
+      kernel<<<grid, block, 0, stream>>>(a, total);
+    }
+    QME_CUDA_CHECK_LAUNCH();
+    return 0;
+  });
+}
+
+}  // namespace qme

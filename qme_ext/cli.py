@@ -1,0 +1,309 @@
+"""The ``qme-ext`` command line (also ``python -m qme_ext``).
+
+Subcommands
+-----------
+``evaluate FILE.h5``
+    Evaluate every model of a SPEC §1 score file and any fusion of them; print a table
+    (percentages), optionally write all metric keys as JSON and PNG plots.
+``example FILE.h5``
+    Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
+
+More subcommands (``train``, ``fuse``, ``demo``) plug in by adding an entry to ``COMMANDS``:
+``name -> (help, add_arguments(parser), run(args) -> int)``.
+
+Conventions: progress lines go to stderr (silenced by ``--quiet``); the table goes to stdout.
+A user error (missing or malformed file, unknown model or fusion name, unusable option) exits
+with status 2 and one line ``qme-ext: error: ...`` on stderr, without a traceback; anything
+else is a bug and keeps its traceback. In the JSON output, NaN metric values become ``null``.
+The ``--seed`` option is the evaluation protocol's split seed (45 in the paper); fusion rules
+that search (``bssf``) use their own fixed seed (:func:`qme_ext.fusion.fuse` ``seed=0``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+PROG = "qme-ext"
+
+# (header, metric key, std key or None) of the printed table; values are fractions
+TABLE_COLUMNS = (
+    ("Rank-1", "GR_top1", None),
+    ("Rank-5", "GR_top5", None),
+    ("Rank-10", "GR_top10", None),
+    ("Rank-20", "GR_top20", None),
+    ("mAP", "GR_mAP", None),
+    ("CC R-1", "CC_top1", None),
+    ("CC mAP", "CC_mAP", None),
+    ("TAR@0.01%FAR", "TAR@0.01%FAR", None),
+    ("TAR@0.1%FAR", "TAR@0.10%FAR", None),
+    ("TAR@1%FAR", "TAR@1.00%FAR", None),
+    ("FNIR@0.01%FPIR", "FNIR@0.01%FPIR", "FNIR@0.01%FPIR_std"),
+    ("FNIR@0.1%FPIR", "FNIR@0.10%FPIR", "FNIR@0.10%FPIR_std"),
+    ("FNIR@1%FPIR", "FNIR@1.00%FPIR", "FNIR@1.00%FPIR_std"),
+)
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage text stays available through --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _progress(args, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# metrics access
+# ------------------------------------------------------------------------------------------
+def _metrics_api():
+    """(evaluate, roc, det, cmc_curve) with the ``qme_ext.metrics`` signatures."""
+    try:
+        from . import metrics
+        return metrics.evaluate, metrics.roc, metrics.det, metrics.cmc_curve
+    except ImportError:
+        # Temporary fallback while qme_ext.metrics is being written: same semantics, slower.
+        from .reference import det_ref, evaluate_ref, rank_metrics_ref, roc_ref
+
+        def evaluate(*arrays, protocol="qme", seed=45):
+            if protocol != "qme":
+                raise UserError(f"protocol {protocol!r} needs qme_ext.metrics")
+            return evaluate_ref(*arrays, seed=seed)
+
+        def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, max_rank=20):
+            return rank_metrics_ref(scores, q_pids, g_pids, q_camids, g_camids,
+                                    max_rank=max_rank)["cmc"]
+
+        return evaluate, roc_ref, det_ref, cmc_curve
+
+
+# ------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE.h5", help="score file (SPEC §1 layout)")
+    p.add_argument("--models", help="comma-separated models to use, in this order "
+                   "(default: all, file order)")
+    p.add_argument("--fusion", help="comma-separated fusion methods, e.g. "
+                   "zscore,minmax,rhe,mean,asym_ao,zscore:max")
+    p.add_argument("--calibration", default="self", metavar="TRAIN.h5|self",
+                   help="where fusion statistics/weights are fitted (default: self)")
+    p.add_argument("--protocol", default="qme", help="metric protocol (default: qme)")
+    p.add_argument("--seed", type=int, default=45, help="open-set split seed (default: 45)")
+    p.add_argument("--device", default="cpu", help="torch device for fusion: cpu or cuda")
+    p.add_argument("--json", metavar="OUT", help="write every metric of every row as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write roc.png, det.png, cmc.png and "
+                   "score_hist_<row>.png into DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _fusion_items(text: Optional[str]) -> list:
+    from .fusion import parse_method
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    for item in items:
+        try:
+            parse_method(item)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return items
+
+
+def _check_device(name: str) -> str:
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"invalid --device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available")
+    return name
+
+
+def _rows(args, scores, items):
+    """{row name: (score_mat (P, G), merge_score_mat (P, S))}: models, then fusion items."""
+    from .fusion import fuse
+    from .io import load_scores
+    rows = {}
+    for m in scores.models:
+        if m not in scores.merge_score_mats:
+            raise UserError(f"{args.file}: model {m!r} has no merge_score_mat (needed by the "
+                            f"open-set metrics)")
+        rows[m] = (scores.score_mats[m], scores.merge_score_mats[m])
+    if not items:
+        return rows
+    calibration = "self"
+    if args.calibration != "self":
+        calibration = load_scores(args.calibration, models=scores.models)
+        _progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
+                        f"{calibration.num_gallery} gallery")
+    for item in items:
+        if item in rows:
+            raise UserError(f"fusion item {item!r} has the name of a model or an earlier item")
+        _progress(args, f"fusing {item}")
+        try:
+            fused = fuse(scores, item, calibration=calibration, name=item, device=args.device)
+        except ValueError as exc:
+            raise UserError(f"fusion {item!r}: {exc}") from None
+        rows[item] = (fused.score_mats[item], fused.merge_score_mats[item])
+    return rows
+
+
+def _fmt(value, std=None) -> str:
+    if value is None or not math.isfinite(value):
+        return "nan"
+    text = f"{100 * value:.2f}"
+    if std is not None:
+        text += "±" + (f"{100 * std:.2f}" if math.isfinite(std) else "nan")
+    return text
+
+
+def format_table(results: dict) -> str:
+    """Fixed-width text table: one line per row, values in percent."""
+    headers = ["Row"] + [c[0] for c in TABLE_COLUMNS]
+    body = []
+    for row, res in results.items():
+        cells = [row]
+        for _, key, std_key in TABLE_COLUMNS:
+            cells.append(_fmt(res.get(key, float("nan")),
+                              res.get(std_key, float("nan")) if std_key else None))
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                       for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for cells in body:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
+
+
+def _json_value(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _write_plots(args, rows, scores, roc, det, cmc_curve) -> None:
+    from . import plots
+    if not plots.available():
+        print(f"{PROG}: warning: matplotlib is not installed; skipping --plots",
+              file=sys.stderr)
+        return
+    os.makedirs(args.plots, exist_ok=True)
+    genuine = scores.q_pids[:, None] == scores.g_pids[None, :]
+    roc_curves, det_curves, cmc_curves = {}, {}, {}
+    for row, (mat, _) in rows.items():
+        far, tar, _thr = roc(mat, scores.q_pids, scores.g_pids)
+        roc_curves[row] = (far, tar)
+        det_curves[row] = det(mat, scores.q_pids, scores.g_pids)
+        cmc_curves[row] = cmc_curve(mat, scores.q_pids, scores.g_pids, scores.q_camids,
+                                    scores.g_camids, max_rank=20)
+        plots.plot_score_hist(mat[genuine], mat[~genuine], f"{row}: score distributions",
+                              os.path.join(args.plots, f"score_hist_{plots.safe_name(row)}.png"))
+    plots.plot_roc(roc_curves, os.path.join(args.plots, "roc.png"))
+    plots.plot_det(det_curves, os.path.join(args.plots, "det.png"))
+    plots.plot_cmc(cmc_curves, os.path.join(args.plots, "cmc.png"))
+    _progress(args, f"plots written to {args.plots}")
+
+
+def run_evaluate(args) -> int:
+    from .io import load_scores
+    items = _fusion_items(args.fusion)
+    _check_device(args.device)
+    scores = load_scores(args.file, models=args.models)
+    _progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
+                    f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
+    evaluate, roc, det, cmc_curve = _metrics_api()
+    rows = _rows(args, scores, items)
+    ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
+           scores.g_clothes_ids, scores.unique_g_pids)
+    results = {}
+    for row, (mat, merge) in rows.items():
+        _progress(args, f"evaluating {row}")
+        try:
+            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
+        except (ValueError, KeyError) as exc:
+            if "protocol" in str(exc):
+                raise UserError(f"--protocol {args.protocol!r}: {exc}") from None
+            raise
+        results[row] = {k: float(v) for k, v in res.items()}
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({r: {k: _json_value(v) for k, v in res.items()}
+                       for r, res in results.items()}, fh, indent=2)
+        _progress(args, f"metrics written to {args.json}")
+    if args.plots:
+        _write_plots(args, rows, scores, roc, det, cmc_curve)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# example
+# ------------------------------------------------------------------------------------------
+def _add_example(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE.h5", help="output score file")
+    p.add_argument("--probes", type=int, default=60, help="number of probes (default 60)")
+    p.add_argument("--gallery", type=int, default=120, help="gallery entries (default 120)")
+    p.add_argument("--subjects", type=int, default=20, help="gallery subjects (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+
+def run_example(args) -> int:
+    from .datasets import make_example_scoreset
+    from .io import save_scores
+    try:
+        scores = make_example_scoreset(num_probes=args.probes, num_gallery=args.gallery,
+                                       num_subjects=args.subjects, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    save_scores(args.file, scores)
+    _progress(args, f"wrote {args.file}: models {','.join(scores.models)}, "
+                    f"{scores.num_probes} probes x {scores.num_gallery} gallery")
+    return 0
+
+
+COMMANDS = {
+    "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),
+    "example": ("write a small synthetic score file", _add_example, run_example),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = _Parser(prog=PROG, description="Quality-aware biometric score fusion and "
+                                            "evaluation (QME).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (help_text, add_arguments, _run) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    from .io import ScoreFileError
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except (UserError, ScoreFileError, OSError) as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""Score normalisation and baseline score-level fusion (SPEC §3), on CPU or CUDA via torch.
+
+Normalisers (``fit(calibration)`` then ``transform(matrix)``; statistics in float64):
+
+- ``zscore``: (s - mu) / (sigma + 1e-10), mu and sigma over all entries, ddof 0.
+- ``minmax``: (s - min) / (max - min + 1e-10).
+- ``tanh``: 0.5 * (tanh(0.01 * (s - mu_G) / sigma_G) + 1), genuine-pair statistics (ddof 0).
+- ``rhe``: (s - min) / (mu_G + sigma_G - min + 1e-10), min over all entries, genuine mu_G,
+  sigma_G (ddof 0).
+
+A calibration is a ``(score_mat (P, G), q_pids (P,), g_pids (G,))`` triple (labels may be None for
+zscore/minmax), or the string ``"self"``: fit on the very matrix being transformed (then
+``transform`` needs the labels for tanh/rhe), which is what the QME paper's baseline rows did.
+
+Rules combine the K normalised matrices (models in ScoreSet order):
+
+- ``mean``, ``min``, ``max``: element-wise.
+- ``weighted``: sum_k w_k s_k with w_k proportional to 1 / EER_k on the calibration set, or given
+  ``weights``.
+- ``asym_ao``: Asymmetric aggregation operator (Herbadji et al. 2020) with the Hamacher
+  generator: As(a, b) = a^m b / (a^(m-1) b + 1 - b), m = 2 by default; As = 0 when a or b is 0;
+  inputs clipped to [0, 1] (the default ``minmax`` normaliser maps calibration scores there),
+  output clipped to [0, 1]; left fold ((s_1 As s_2) As s_3) ... .
+- ``bssf``: weighted sum with w_i = u_i / sum_j u_j, u in [0, 1]^K minimising the calibration EER
+  by a deterministic seeded search (random candidates from ``numpy.random.default_rng(seed)``
+  plus the equal and one-hot vectors, then coordinate refinement with halving steps).
+- ``farsight_style``: quality-weighted sum. Base weights w (equal by default); for probe p the
+  face model's weight becomes w_face * q_p, with q_p in [0, 1] from ``quality/{face}_weights``,
+  and the other models share the remaining 1 - w_face * q_p in proportion to their base weights.
+  APPROXIMATION: the FarSight paper's exact quality-fusion rule was not available; this is a
+  plausible rule with the described behaviour (trust the face less when its quality is low).
+
+Method strings for :func:`fuse`: a normaliser name (normalise each model, then ``mean``: the
+paper's "Z-score", "Min-max", "RHE" rows), a rule name (with its default normaliser:
+``mean``/``min``/``max`` use raw scores as in the QME reference, ``weighted`` zscore,
+``asym_ao`` minmax, ``bssf`` zscore, ``farsight_style`` zscore), or ``"norm:rule"`` such as
+``"zscore:max"`` (``raw`` as the normaliser means none). Names are case-insensitive and ignore
+``-``/``_``, so ``"Z-score"`` and ``"Min-max"`` work.
+
+Choices
+-------
+- NaN scores are replaced like the QME reference's ``np.nan_to_num`` (NaN -> 0, +-inf -> the
+  largest finite float32 of that sign) before any statistic and before transforming.
+- Merge matrices (probe vs subject templates) are transformed with the statistics fitted on the
+  score matrices of the same model: templates are scored in the same domain, and a calibration
+  split need not have merge matrices.
+- The EER used to fit ``weighted`` and ``bssf`` is computed by a small internal helper on
+  pre-split genuine/impostor vectors, with impostors subsampled (seeded) to at most
+  ``MAX_CALIBRATION_IMPOSTORS`` so the search stays fast; reported EERs come from
+  :mod:`qme_ext.metrics`. The EER convention is bob's (threshold at min |FAR - FRR|,
+  EER = (FAR + FRR) / 2) evaluated at every distinct calibration score.
+- All matrices are processed as torch float64 tensors on ``device`` (one model at a time, so the
+  peak memory is about three float64 copies of one matrix) and returned as float32 numpy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .io import ScoreSet
+
+__all__ = [
+    "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
+    "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
+]
+
+EPS = 1e-10
+MAX_CALIBRATION_IMPOSTORS = 200_000
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _canon(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+def _as_tensor(matrix, device) -> torch.Tensor:
+    """Any array -> float64 tensor on ``device`` with NaN/inf replaced (np.nan_to_num rule)."""
+    t = torch.as_tensor(matrix)
+    if device is not None:
+        t = t.to(device)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    # replace before widening, so +-inf become the float32 extremes like np.nan_to_num on f32
+    if t.dtype != torch.float64:
+        t = torch.nan_to_num(t.to(torch.float32), nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
+    else:
+        t = torch.nan_to_num(t, nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
+    return t.to(torch.float64)
+
+
+def _genuine_mask(q_pids, g_pids, device) -> torch.Tensor:
+    q = torch.as_tensor(np.asarray(q_pids, dtype=np.int64), device=device)
+    g = torch.as_tensor(np.asarray(g_pids, dtype=np.int64), device=device)
+    return q[:, None] == g[None, :]
+
+
+# ------------------------------------------------------------------------------------------
+# normalisers
+# ------------------------------------------------------------------------------------------
+class Normaliser:
+    """Base class: ``fit(calibration)`` stores float64 statistics, ``transform`` applies them.
+
+    ``transform(matrix)`` returns the same kind it receives: a float64 numpy array for numpy
+    input, a float64 tensor (on the input's device) for tensor input.
+    """
+
+    name = ""
+    needs_labels = False
+
+    def __init__(self, device: Union[str, torch.device, None] = None):
+        self.device = torch.device(device) if device is not None else None
+        self.fitted = False
+        self.self_calibrated = False
+
+    def _stats(self, s: torch.Tensor, genuine: Optional[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _apply(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, calibration, q_pids=None, g_pids=None) -> "Normaliser":
+        """Fit on ``(score_mat, q_pids, g_pids)``, on a bare matrix (label-free normalisers), or
+        ``"self"`` (fit on each matrix passed to :meth:`transform`)."""
+        if isinstance(calibration, str):
+            if calibration != "self":
+                raise ValueError(f"calibration must be a (scores, q_pids, g_pids) triple or "
+                                 f"'self', got {calibration!r}")
+            self.self_calibrated = True
+            return self
+        if isinstance(calibration, tuple):
+            calibration, q_pids, g_pids = calibration
+        s = _as_tensor(calibration, self.device)
+        genuine = None
+        if self.needs_labels:
+            if q_pids is None or g_pids is None:
+                raise ValueError(f"normaliser {self.name!r} needs q_pids and g_pids "
+                                 f"(genuine-pair statistics)")
+            genuine = _genuine_mask(q_pids, g_pids, s.device)
+            if genuine.shape != s.shape:
+                raise ValueError(f"labels give shape {tuple(genuine.shape)} but scores have "
+                                 f"shape {tuple(s.shape)}")
+            if not bool(genuine.any()):
+                raise ValueError(f"normaliser {self.name!r}: calibration has no genuine pair")
+        self._stats(s, genuine)
+        self.fitted = True
+        self.self_calibrated = False
+        return self
+
+    def transform(self, matrix, q_pids=None, g_pids=None):
+        """Normalise ``matrix`` (any shape) with the fitted statistics (float64 result)."""
+        is_numpy = not isinstance(matrix, torch.Tensor)
+        s = _as_tensor(matrix, self.device if is_numpy else matrix.device)
+        if self.self_calibrated:
+            self.fit((s, q_pids, g_pids))
+            self.self_calibrated = True
+        elif not self.fitted:
+            raise RuntimeError(f"normaliser {self.name!r} used before fit()")
+        out = self._apply(s)
+        return out.cpu().numpy() if is_numpy else out
+
+    def __repr__(self) -> str:
+        params = {k: v for k, v in vars(self).items() if k not in ("device",)}
+        return f"{type(self).__name__}({params})"
+
+
+def _genuine_mean_std(s: torch.Tensor, genuine: torch.Tensor) -> tuple:
+    g = s[genuine]
+    return float(g.mean()), float(g.std(correction=0))
+
+
+class ZScore(Normaliser):
+    """(s - mu) / (sigma + 1e-10) over all calibration entries (ddof 0)."""
+
+    name = "zscore"
+
+    def _stats(self, s, genuine):
+        self.mu, self.sigma = float(s.mean()), float(s.std(correction=0))
+
+    def _apply(self, s):
+        return (s - self.mu) / (self.sigma + EPS)
+
+
+class MinMax(Normaliser):
+    """(s - min) / (max - min + 1e-10); calibration scores land in [0, 1)."""
+
+    name = "minmax"
+
+    def _stats(self, s, genuine):
+        self.lo, self.hi = float(s.min()), float(s.max())
+
+    def _apply(self, s):
+        return (s - self.lo) / (self.hi - self.lo + EPS)
+
+
+class Tanh(Normaliser):
+    """Tanh estimator, 0.5 (tanh(0.01 (s - mu_G) / sigma_G) + 1), genuine statistics."""
+
+    name = "tanh"
+    needs_labels = True
+
+    def _stats(self, s, genuine):
+        self.mu_g, self.sigma_g = _genuine_mean_std(s, genuine)
+        if self.sigma_g == 0.0:
+            raise ValueError("normaliser 'tanh': genuine calibration scores are constant "
+                             "(sigma_G = 0)")
+
+    def _apply(self, s):
+        return 0.5 * (torch.tanh(0.01 * (s - self.mu_g) / self.sigma_g) + 1.0)
+
+
+class RHE(Normaliser):
+    """Reduction of high-scores effect: (s - min) / (mu_G + sigma_G - min + 1e-10)."""
+
+    name = "rhe"
+    needs_labels = True
+
+    def _stats(self, s, genuine):
+        self.lo = float(s.min())
+        self.mu_g, self.sigma_g = _genuine_mean_std(s, genuine)
+
+    def _apply(self, s):
+        return (s - self.lo) / (self.mu_g + self.sigma_g - self.lo + EPS)
+
+
+class _Raw(Normaliser):
+    """Identity (still applies the NaN replacement)."""
+
+    name = "raw"
+
+    def _stats(self, s, genuine):
+        pass
+
+    def _apply(self, s):
+        return s
+
+
+NORMALISERS = {cls.name: cls for cls in (ZScore, MinMax, Tanh, RHE, _Raw)}
+
+
+def get_normaliser(name: str, device=None) -> Normaliser:
+    """A fresh normaliser by (case/dash-insensitive) name: zscore, minmax, tanh, rhe, raw."""
+    key = _canon(name)
+    if key == "none":
+        key = "raw"
+    if key not in NORMALISERS:
+        raise ValueError(f"unknown normaliser {name!r}; choose from {sorted(NORMALISERS)}")
+    return NORMALISERS[key](device=device)
+
+
+# ------------------------------------------------------------------------------------------
+# rules
+# ------------------------------------------------------------------------------------------
+def asym_ao(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
+    """Asymmetric Hamacher aggregation As(a, b) = a^m b / (a^(m-1) b + 1 - b), in [0, 1].
+
+    Inputs are clipped to [0, 1]; the result is 0 where a or b is 0 (the operator's limit, and
+    it avoids 0^(negative) for m < 1) and is clipped to [0, 1]. m = 0 gives the Hamacher product
+    ab / (a + b - ab), m = 1 the product ab; As(1, b) = b and, for m = 2, As(a, 1) = a.
+    """
+    a = a.clamp(0.0, 1.0)
+    b = b.clamp(0.0, 1.0)
+    zero = (a == 0) | (b == 0)
+    a_safe = torch.where(zero, torch.ones_like(a), a)
+    b_safe = torch.where(zero, torch.full_like(b, 0.5), b)
+    out = a_safe ** m * b_safe / (a_safe ** (m - 1.0) * b_safe + 1.0 - b_safe)
+    return torch.where(zero, torch.zeros_like(out), out).clamp(0.0, 1.0)
+
+
+RULES = ("mean", "min", "max", "weighted", "asym_ao", "bssf", "farsight_style")
+DEFAULT_NORMALISER = {"mean": "raw", "min": "raw", "max": "raw", "weighted": "zscore",
+                      "asym_ao": "minmax", "bssf": "zscore", "farsight_style": "zscore"}
+_RULE_BY_CANON = {_canon(r): r for r in RULES}
+
+
+def parse_method(method: str) -> tuple:
+    """``method`` string -> ``(normaliser name, rule name)``; ValueError on unknown names."""
+    if not isinstance(method, str) or not method.strip():
+        raise ValueError(f"fusion method must be a non-empty string, got {method!r}")
+    if ":" in method:
+        norm, _, rule = method.partition(":")
+        get_normaliser(norm)  # validates
+        if _canon(rule) not in _RULE_BY_CANON:
+            raise ValueError(f"unknown fusion rule {rule!r} in {method!r}; rules: {list(RULES)}")
+        key = _canon(norm)
+        return ("raw" if key == "none" else key), _RULE_BY_CANON[_canon(rule)]
+    key = _canon(method)
+    if key in NORMALISERS and key != "raw":
+        return key, "mean"
+    if key in _RULE_BY_CANON:
+        rule = _RULE_BY_CANON[key]
+        return DEFAULT_NORMALISER[rule], rule
+    raise ValueError(f"unknown fusion method {method!r}; use a normaliser "
+                     f"{sorted(k for k in NORMALISERS if k != 'raw')}, a rule {list(RULES)} "
+                     f"or 'norm:rule'")
+
+
+def _split_eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
+    """bob-style EER of pre-split float64 score vectors, thresholds at every distinct score."""
+    gen = np.sort(genuine)
+    imp = np.sort(impostor)
+    t = np.unique(np.concatenate([gen, imp]))
+    far = (imp.size - np.searchsorted(imp, t, side="left")) / imp.size  # #{imp >= t}
+    frr = np.searchsorted(gen, t, side="left") / gen.size  # #{gen < t}
+    i = int(np.argmin(np.abs(far - frr)))
+    return float((far[i] + frr[i]) / 2.0)
+
+
+def _calibration_pairs(q_pids, g_pids, seed: int) -> tuple:
+    """Flat indices of all genuine pairs and of <= MAX_CALIBRATION_IMPOSTORS impostor pairs."""
+    genuine = (np.asarray(q_pids)[:, None] == np.asarray(g_pids)[None, :]).reshape(-1)
+    gen_idx = np.flatnonzero(genuine)
+    imp_idx = np.flatnonzero(~genuine)
+    if gen_idx.size == 0 or imp_idx.size == 0:
+        raise ValueError("calibration needs both genuine and impostor pairs to fit weights")
+    if imp_idx.size > MAX_CALIBRATION_IMPOSTORS:
+        rng = np.random.default_rng(seed)
+        imp_idx = np.sort(rng.choice(imp_idx, MAX_CALIBRATION_IMPOSTORS, replace=False))
+    return gen_idx, imp_idx
+
+
+def _weighted_eer(u: np.ndarray, gen: np.ndarray, imp: np.ndarray) -> float:
+    w = u / u.sum()
+    return _split_eer(w @ gen, w @ imp)
+
+
+def _bssf_search(gen: np.ndarray, imp: np.ndarray, seed: int, num_candidates: int = 64,
+                 min_step: float = 1.0 / 64) -> np.ndarray:
+    """u in [0, 1]^K minimising the EER of the weighted sum; (K, N) genuine/impostor inputs.
+
+    Deterministic: candidates are the equal vector, the K one-hot vectors and
+    ``num_candidates`` uniform draws from ``default_rng(seed)``; the best is refined one
+    coordinate at a time with steps 1/4, 1/8, ... down to ``min_step``, a move being kept only
+    when it lowers the EER strictly (so ties keep the earlier, simpler candidate).
+    """
+    k = gen.shape[0]
+    rng = np.random.default_rng(seed)
+    candidates = [np.ones(k)] + list(np.eye(k)) + list(rng.uniform(0.0, 1.0, (num_candidates, k)))
+    best_u, best = None, np.inf
+    for u in candidates:
+        if u.sum() <= 0:
+            continue
+        e = _weighted_eer(u, gen, imp)
+        if e < best:
+            best_u, best = u.copy(), e
+    step = 0.25
+    while step >= min_step:
+        improved = True
+        while improved:
+            improved = False
+            for i in range(k):
+                for delta in (step, -step):
+                    u = best_u.copy()
+                    u[i] = min(1.0, max(0.0, u[i] + delta))
+                    if u.sum() <= 0 or u[i] == best_u[i]:
+                        continue
+                    e = _weighted_eer(u, gen, imp)
+                    if e < best:
+                        best_u, best, improved = u, e, True
+        step /= 2.0
+    return best_u
+
+
+@dataclasses.dataclass
+class FusionResult:
+    """What :func:`fuse` fitted: per-model normalisers and the rule's weights (if any)."""
+
+    method: str
+    normaliser: str
+    rule: str
+    normalisers: dict
+    weights: Optional[np.ndarray] = None  # (K,) base weights of weighted-sum rules
+
+
+def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, device):
+    """(K,) weights of a weighted-sum rule, or None for the element-wise rules."""
+    k = len(models)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be {k} non-negative numbers with a positive sum, "
+                             f"got {weights!r}")
+        return w / w.sum()
+    if rule in ("mean", "farsight_style"):
+        return np.full(k, 1.0 / k)
+    if rule not in ("weighted", "bssf"):
+        return None
+    gen_idx, imp_idx = _calibration_pairs(calib.q_pids, calib.g_pids, seed)
+    gen = np.empty((k, gen_idx.size))
+    imp = np.empty((k, imp_idx.size))
+    for i, m in enumerate(models):
+        s = normalisers[m].transform(_as_tensor(calib.score_mats[m], device)).reshape(-1)
+        gen[i] = s[torch.as_tensor(gen_idx, device=s.device)].cpu().numpy()
+        imp[i] = s[torch.as_tensor(imp_idx, device=s.device)].cpu().numpy()
+    if rule == "weighted":
+        eers = np.array([_split_eer(gen[i], imp[i]) for i in range(k)])
+        # a perfect matcher (EER 0) would get an infinite weight: floor the EER
+        inv = 1.0 / np.maximum(eers, 1e-6)
+        return inv / inv.sum()
+    u = _bssf_search(gen, imp, seed)
+    return u / u.sum()
+
+
+def _face_quality(scoreset: ScoreSet, models, face: Optional[str]) -> tuple:
+    """(index of the face model, quality (P, 1) float64 in [0, 1]) for farsight_style."""
+    if face is None:
+        found = [m for m in models if f"{m}_weights" in scoreset.quality]
+        if len(found) != 1:
+            raise ValueError(f"farsight_style needs exactly one model with quality "
+                             f"'quality/<model>_weights'; found {found} among {models} "
+                             f"(pass face=...)")
+        face = found[0]
+    if face not in models:
+        raise ValueError(f"face model {face!r} not among {models}")
+    key = f"{face}_weights"
+    if key not in scoreset.quality:
+        raise ValueError(f"farsight_style: missing key 'quality/{key}'")
+    q = np.nan_to_num(np.asarray(scoreset.quality[key], dtype=np.float64)).reshape(-1, 1)
+    return models.index(face), np.clip(q, 0.0, 1.0)
+
+
+def _per_probe_weights(base: np.ndarray, face_index: int, q: np.ndarray) -> np.ndarray:
+    """(P, K) weights: face weight base_f * q, the rest share 1 - base_f * q pro rata."""
+    k = base.size
+    w = np.repeat(base[None, :], q.shape[0], axis=0)
+    w[:, face_index] = base[face_index] * q[:, 0]
+    others = [i for i in range(k) if i != face_index]
+    rest = base[others].sum()
+    if rest > 0:
+        w[:, others] = base[others][None, :] / rest * (1.0 - w[:, [face_index]])
+    else:  # only the face model carries weight: nothing to renormalise onto
+        w[:, face_index] = 1.0
+    return w
+
+
+def _combine(rule: str, mats, weights, m: float) -> torch.Tensor:
+    """Fold the normalised (P, N) tensors of ``mats`` (an iterator, one model at a time)."""
+    acc = None
+    for k, s in enumerate(mats):
+        if rule == "min":
+            acc = s if acc is None else torch.minimum(acc, s)
+        elif rule == "max":
+            acc = s if acc is None else torch.maximum(acc, s)
+        elif rule == "asym_ao":
+            acc = s.clamp(0.0, 1.0) if acc is None else asym_ao(acc, s, m)
+        else:  # weighted sum: weights (K,) or per probe (P, K)
+            wk = weights[..., k]
+            wk = torch.as_tensor(wk, dtype=s.dtype, device=s.device)
+            term = wk[:, None] * s if wk.ndim == 1 else wk * s
+            acc = term if acc is None else acc + term
+    return acc
+
+
+def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "self",
+         name: Optional[str] = None, *, device: Union[str, torch.device] = "cpu",
+         weights: Optional[Sequence[float]] = None, m: float = 2.0, seed: int = 0,
+         face: Optional[str] = None, return_result: bool = False):
+    """Fuse all models of ``scoreset`` with ``method``; return a copy with the fused model added.
+
+    Parameters
+    ----------
+    scoreset : ScoreSet
+        Test scores; every model is fused (use ``subset_models`` first to choose).
+    method : str
+        Normaliser name, rule name or ``"norm:rule"`` (see the module docstring).
+    calibration : "self" or ScoreSet
+        Where normalisers and weights are fitted: the test set itself (QME paper baselines),
+        or a calibration/training ScoreSet holding the same models.
+    name : str, optional
+        Name of the new model (default: ``method`` as given).
+    device : torch device for the computation.
+    weights : (K,) base weights for ``weighted``/``bssf``/``mean``/``farsight_style`` (skips
+        fitting; normalised to sum 1).
+    m : exponent of ``asym_ao``.
+    seed : seed of the impostor subsample and of the ``bssf`` search.
+    face : face model for ``farsight_style`` (default: the one model with quality weights).
+    return_result : also return the :class:`FusionResult` (fitted normalisers and weights).
+
+    Returns
+    -------
+    ScoreSet with model ``name or method`` appended: float32 ``(P, G)`` score_mat and, when
+    every model has one, float32 ``(P, S)`` merge_score_mat (merge matrices are normalised with
+    the statistics of their model's score matrix).
+    """
+    norm_name, rule = parse_method(method)
+    models = list(scoreset.models)
+    if not models:
+        raise ValueError("scoreset has no model to fuse")
+    if isinstance(calibration, str):
+        if calibration != "self":
+            raise ValueError(f"calibration must be 'self' or a ScoreSet, got {calibration!r}")
+        calib = scoreset
+    else:
+        missing = [mm for mm in models if mm not in calibration.score_mats]
+        if missing:
+            raise ValueError(f"calibration set lacks model(s) {missing}; it has "
+                             f"{calibration.models}")
+        calib = calibration
+    device = torch.device(device)
+
+    normalisers = {}
+    for mm in models:
+        normalisers[mm] = get_normaliser(norm_name, device).fit(
+            (calib.score_mats[mm], calib.q_pids, calib.g_pids))
+    base = _fit_weights(rule, normalisers, calib, models, weights, seed, device)
+    w_probe = base
+    if rule == "farsight_style":
+        face_index, q = _face_quality(scoreset, models, face)
+        w_probe = _per_probe_weights(base, face_index, q)
+
+    def normalised(mats):
+        for mm in models:
+            yield normalisers[mm].transform(_as_tensor(mats[mm], device))
+
+    fused = _combine(rule, normalised(scoreset.score_mats), w_probe, m)
+    fused_merge = None
+    if all(mm in scoreset.merge_score_mats for mm in models):
+        fused_merge = _combine(rule, normalised(scoreset.merge_score_mats), w_probe, m)
+        fused_merge = fused_merge.to(torch.float32).cpu().numpy()
+    out = scoreset.with_model(name or method, fused.to(torch.float32).cpu().numpy(), fused_merge)
+    if return_result:
+        return out, FusionResult(method, norm_name, rule, normalisers, base)
+    return out

@@ -1,0 +1,125 @@
+"""PNG figures for ``qme-ext evaluate --plots``: ROC, DET (probit axes), CMC, score histograms.
+
+matplotlib is optional: it is imported lazily with the non-interactive Agg backend, and
+:func:`available` lets callers skip plotting when it is missing. Curves come in as
+``{row name: arrays}`` so that one figure compares every model and fusion row.
+"""
+from __future__ import annotations
+
+import re
+from statistics import NormalDist
+
+import numpy as np
+
+__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "safe_name"]
+
+# DET axes span these error rates; rates outside are clipped so that probit stays finite
+_DET_MIN, _DET_MAX = 1e-5, 0.5
+_PROBIT = np.vectorize(NormalDist().inv_cdf, otypes=[np.float64])
+
+
+def available() -> bool:
+    """True when matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def safe_name(row: str) -> str:
+    """A file-name-safe version of a row name ("zscore:max" -> "zscore_max")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", row).strip("_") or "row"
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def plot_roc(curves: dict, path) -> None:
+    """ROC: ``curves[row] = (far (T,), tar (T,))`` fractions; log-scaled FAR axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row, (far, tar) in curves.items():
+        far = np.asarray(far, dtype=np.float64)
+        keep = far > 0  # log axis
+        ax.plot(far[keep], np.asarray(tar)[keep], label=row)
+    ax.set_xscale("log")
+    ax.set_xlabel("False accept rate")
+    ax.set_ylabel("True accept rate")
+    ax.set_title("ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def probit(rates) -> np.ndarray:
+    """Phi^-1 of error rates clipped to [1e-5, 0.5] (the DET axis coordinate)."""
+    return _PROBIT(np.clip(np.asarray(rates, dtype=np.float64), _DET_MIN, _DET_MAX))
+
+
+def plot_det(curves: dict, path) -> None:
+    """DET on probit axes: ``curves[row] = (far (T,), frr (T,))`` fractions."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for row, (far, frr) in curves.items():
+        ax.plot(probit(far), probit(frr), label=row)
+    ticks = np.array([1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5])
+    pos = probit(ticks)
+    labels = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks(pos, labels)
+    ax.set_yticks(pos, labels)
+    lim = probit([_DET_MIN, _DET_MAX])
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_xlabel("False accept rate (%)")
+    ax.set_ylabel("False reject rate (%)")
+    ax.set_title("DET")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_cmc(curves: dict, path) -> None:
+    """CMC: ``curves[row] = cmc (R,)`` fractions, rank 1..R."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row, cmc in curves.items():
+        cmc = np.asarray(cmc, dtype=np.float64)
+        ax.plot(np.arange(1, cmc.size + 1), 100 * cmc, marker=".", label=row)
+    ax.set_xlabel("Rank")
+    ax.set_ylabel("Identification rate (%)")
+    ax.set_title("CMC")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_score_hist(genuine, impostor, title: str, path, bins: int = 60) -> None:
+    """Genuine vs impostor score densities on shared bins (``np.histogram``, any size input)."""
+    plt = _pyplot()
+    genuine = np.asarray(genuine, dtype=np.float64)
+    impostor = np.asarray(impostor, dtype=np.float64)
+    both = np.concatenate([genuine, impostor])
+    both = both[np.isfinite(both)]
+    edges = np.histogram_bin_edges(both if both.size else [0.0, 1.0], bins=bins)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for values, label in ((impostor, "impostor"), (genuine, "genuine")):
+        values = values[np.isfinite(values)]
+        if values.size:
+            density, _ = np.histogram(values, bins=edges, density=True)
+            ax.stairs(density, edges, fill=True, alpha=0.5, label=f"{label} (n={values.size})")
+    ax.set_xlabel("Score")
+    ax.set_ylabel("Density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,110 @@
+"""The command line as a user runs it: ``python -m qme_ext ...`` in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qme_ext.cli import TABLE_COLUMNS
+from qme_ext.datasets import make_example_scoreset
+from qme_ext.io import load_scores, save_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--probes", "24", "--gallery", "36", "--subjects", "6"]
+
+
+def run_cli(*args, cwd):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["MPLBACKEND"] = "Agg"
+    return subprocess.run([sys.executable, "-m", "qme_ext", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    r = run_cli("example", "ex.h5", *SMALL, "--seed", "4", cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d / "ex.h5"
+
+
+def test_example_file_is_deterministic_and_valid(example, tmp_path):
+    s = load_scores(example)
+    assert s.models == ["face", "body", "gait"]
+    assert s.score_mats["face"].shape == (24, 36) and s.merge_score_mats["gait"].shape == (24, 6)
+    assert s.quality["face_weights"].shape == (24, 1)
+    ref = make_example_scoreset(num_probes=24, num_gallery=36, num_subjects=6, seed=4)
+    np.testing.assert_array_equal(s.score_mats["body"], ref.score_mats["body"])
+    # subject-level scores are the per-subject means of the gallery scores
+    j = 2
+    cols = s.g_pids == s.unique_g_pids[j]
+    np.testing.assert_allclose(s.merge_score_mats["face"][:, j],
+                               s.score_mats["face"][:, cols].mean(1), rtol=1e-5)
+
+
+def test_evaluate_table_json_plots(example, tmp_path):
+    out_json = tmp_path / "m.json"
+    plots = tmp_path / "plots"
+    r = run_cli("evaluate", example, "--fusion", "zscore,zscore:max", "--json", out_json,
+                "--plots", plots, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    header = lines[0].split()
+    assert header[0] == "Row" and header[1:] == [c[0] for c in TABLE_COLUMNS]
+    rows = [ln.split()[0] for ln in lines[2:]]
+    assert rows == ["face", "body", "gait", "zscore", "zscore:max"]
+    assert "±" in lines[2]
+    assert "evaluating zscore" in r.stderr  # progress lines on stderr
+
+    data = json.loads(out_json.read_text())
+    assert list(data) == rows
+    for res in data.values():
+        for key in ["GR_top1", "GR_top20", "GR_mAP", "SC_top1", "CC_mAP", "TAR@0.01%FAR",
+                    "TAR@1.00%FAR", "Threshold@1.00%FAR", "TPIR@1.00%FPIR", "FNIR@1.00%FPIR",
+                    "FNIR@1.00%FPIR_std", "FNIR@0.01%FPIR_threshold"]:
+            assert key in res
+        assert 0.0 <= res["GR_top1"] <= 1.0
+    # the table shows the JSON values in percent
+    first = lines[2].split()
+    assert float(first[1]) == pytest.approx(100 * data["face"]["GR_top1"], abs=0.006)
+
+    names = ["roc.png", "det.png", "cmc.png"] + [f"score_hist_{n}.png" for n in
+                                                 ["face", "body", "gait", "zscore", "zscore_max"]]
+    for name in names:
+        p = plots / name
+        assert p.is_file() and p.stat().st_size > 1000, name
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quiet_models_and_calibration(example, tmp_path):
+    cal = tmp_path / "cal.h5"
+    save_scores(cal, make_example_scoreset(num_probes=20, num_gallery=36, num_subjects=6, seed=9))
+    r = run_cli("evaluate", example, "--models", "gait,face", "--fusion", "minmax",
+                "--calibration", cal, "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert [ln.split()[0] for ln in r.stdout.strip().splitlines()[2:]] == ["gait", "face", "minmax"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["evaluate", "absent.h5"], "no such file"),
+    (["evaluate", "{ex}", "--models", "face,nose"], "nose"),
+    (["evaluate", "{ex}", "--fusion", "zscore,bogus"], "bogus"),
+    (["evaluate", "garbage.h5"], "not an HDF5 file"),
+    (["evaluate", "{ex}", "--fusion", "mean", "--calibration", "absent_cal.h5"], "absent_cal.h5"),
+    (["evaluate", "{ex}", "--device", "nonsense"], "device"),
+    (["evaluate"], "required"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_user_errors_exit_2_with_one_line(example, tmp_path, args, needle):
+    (tmp_path / "garbage.h5").write_text("this is not HDF5")
+    r = run_cli(*[a.format(ex=example) for a in args], cwd=tmp_path)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1, r.stderr
+    assert err[0].startswith("qme-ext: error:") and needle in err[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""

@@ -1,0 +1,67 @@
+"""torch.library contracts of every custom op: opcheck (schema, fake, autograd
+registration) and tracing under torch.compile."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_problem
+from qme_ext import _ops, metrics
+
+
+def _rank_args(device):
+    S, ids = make_problem(0, P=12, G=40)
+    t = torch.from_numpy(S).to(device)
+    cand = metrics._same_pid_candidates(torch.from_numpy(ids["q_pids"]).to(device),
+                                        torch.from_numpy(ids["g_pids"]).to(device))
+    flags = metrics._mode_flags(cand, ["general"], torch.from_numpy(ids["q_camids"]).to(device),
+                                torch.from_numpy(ids["g_camids"]).to(device), None, None)
+    return (t, cand.offsets, cand.index, flags, 1, cand.max_per_probe)
+
+
+def test_opcheck_rank_counts(device):
+    torch.library.opcheck(_ops.rank_counts, _rank_args(device),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_opcheck_key_histogram(device):
+    S = torch.randn(9, 33, device=device)
+    for prefixes in (torch.zeros(0, dtype=torch.int64, device=device),
+                     torch.tensor([0x8000, 0x3F80], dtype=torch.int64, device=device)):
+        shift = 16 if prefixes.numel() == 0 else 0
+        torch.library.opcheck(_ops.key_histogram, (S, shift, 16, prefixes, 32 if shift else 16, 0),
+                              test_utils=("test_schema", "test_faketensor",
+                                          "test_autograd_registration"))
+
+
+def test_opcheck_openset_stats(device):
+    M = torch.randn(7, 5, device=device)
+    gcol = torch.tensor([0, 1, -1, 4, 2, -1, 3], device=device)
+    enrolled = torch.randint(0, 2, (3, 5), dtype=torch.uint8, device=device)
+    torch.library.opcheck(_ops.openset_stats, (M, gcol, enrolled),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_key_histogram_counts_match_numpy():
+    from qme_ext._keys import keys32
+    S = torch.randn(20, 50)
+    S[0, :5] = float("nan")
+    hist, stats = _ops.key_histogram(S, 16, 16, torch.zeros(0, dtype=torch.int64), 32, 0)
+    k = keys32(S.numpy().ravel())
+    np.testing.assert_array_equal(hist[0].numpy(), np.bincount((k >> 16).astype(np.int64),
+                                                                minlength=1 << 16))
+    assert int(stats[0]) == 5
+    finite = k[k != 0]
+    assert int(stats[1]) == int(finite.min()) and int(stats[2]) == int(finite.max())
+
+
+def test_torch_compile_traces_the_ops():
+    S = torch.randn(10, 30)
+    gcol = torch.arange(10) % 30
+    enrolled = torch.ones((2, 30), dtype=torch.uint8)
+
+    def f(x):
+        mo, ng = _ops.openset_stats(x, gcol, enrolled)
+        return mo.sum() + ng.sum()
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(S), f(S))
