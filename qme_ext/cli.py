@@ -27,8 +27,6 @@ import os
 import sys
 from typing import Optional
 
-import numpy as np
-
 PROG = "qme-ext"
 
 # (header, metric key, std key or None) of the printed table; values are fractions
@@ -38,8 +36,8 @@ TABLE_COLUMNS = (
     ("Rank-10", "GR_top10", None),
     ("Rank-20", "GR_top20", None),
     ("mAP", "GR_mAP", None),
-    ("CC R-1", "CC_top1", None),
-    ("CC mAP", "CC_mAP", None),
+    ("CC-Rank-1", "CC_top1", None),
+    ("CC-mAP", "CC_mAP", None),
     ("TAR@0.01%FAR", "TAR@0.01%FAR", None),
     ("TAR@0.1%FAR", "TAR@0.10%FAR", None),
     ("TAR@1%FAR", "TAR@1.00%FAR", None),
@@ -78,8 +76,6 @@ def _metrics_api():
         from .reference import det_ref, evaluate_ref, rank_metrics_ref, roc_ref
 
         def evaluate(*arrays, protocol="qme", seed=45):
-            if protocol != "qme":
-                raise UserError(f"protocol {protocol!r} needs qme_ext.metrics")
             return evaluate_ref(*arrays, seed=seed)
 
         def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, max_rank=20):
@@ -110,8 +106,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _fusion_items(text: Optional[str]) -> list:
-    from .fusion import parse_method
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if items:  # importing fusion pulls in torch: only when needed
+        from .fusion import parse_method
     for item in items:
         try:
             parse_method(item)
@@ -121,6 +118,8 @@ def _fusion_items(text: Optional[str]) -> list:
 
 
 def _check_device(name: str) -> str:
+    if name == "cpu":  # spares the torch import when no fusion runs
+        return name
     import torch
     try:
         dev = torch.device(name)
@@ -131,26 +130,46 @@ def _check_device(name: str) -> str:
     return name
 
 
-def _rows(args, scores, items):
-    """{row name: (score_mat (P, G), merge_score_mat (P, S))}: models, then fusion items."""
-    from .fusion import fuse
+def _check_protocol(name: str) -> None:
+    """Reject unknown protocols up front (``metrics.PROTOCOLS`` when defined, else "qme")."""
+    try:
+        from . import metrics
+        known = tuple(getattr(metrics, "PROTOCOLS", ("qme",)))
+    except ImportError:
+        known = ("qme",)
+    if name not in known:
+        raise UserError(f"unknown --protocol {name!r}; choose from {list(known)}")
+
+
+def _load_inputs(args, items):
+    """(scores, calibration) after every user-input check, before any progress output.
+
+    Validating everything first keeps a user error to the single ``qme-ext: error:`` line.
+    """
     from .io import load_scores
-    rows = {}
+    _check_device(args.device)
+    _check_protocol(args.protocol)
+    scores = load_scores(args.file, models=args.models)
     for m in scores.models:
         if m not in scores.merge_score_mats:
             raise UserError(f"{args.file}: model {m!r} has no merge_score_mat (needed by the "
                             f"open-set metrics)")
-        rows[m] = (scores.score_mats[m], scores.merge_score_mats[m])
+    for item in items:
+        if item in scores.models or items.count(item) > 1:
+            raise UserError(f"fusion item {item!r} repeats a model name or another item")
+    calibration = "self"
+    if items and args.calibration != "self":
+        calibration = load_scores(args.calibration, models=scores.models)
+    return scores, calibration
+
+
+def _rows(args, scores, calibration, items):
+    """{row name: (score_mat (P, G), merge_score_mat (P, S))}: models, then fusion items."""
+    rows = {m: (scores.score_mats[m], scores.merge_score_mats[m]) for m in scores.models}
     if not items:
         return rows
-    calibration = "self"
-    if args.calibration != "self":
-        calibration = load_scores(args.calibration, models=scores.models)
-        _progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
-                        f"{calibration.num_gallery} gallery")
+    from .fusion import fuse
     for item in items:
-        if item in rows:
-            raise UserError(f"fusion item {item!r} has the name of a model or an earlier item")
         _progress(args, f"fusing {item}")
         try:
             fused = fuse(scores, item, calibration=calibration, name=item, device=args.device)
@@ -218,25 +237,21 @@ def _write_plots(args, rows, scores, roc, det, cmc_curve) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .io import load_scores
     items = _fusion_items(args.fusion)
-    _check_device(args.device)
-    scores = load_scores(args.file, models=args.models)
+    scores, calibration = _load_inputs(args, items)
     _progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
+    if calibration != "self":
+        _progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
+                        f"{calibration.num_gallery} gallery")
     evaluate, roc, det, cmc_curve = _metrics_api()
-    rows = _rows(args, scores, items)
+    rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
     results = {}
     for row, (mat, merge) in rows.items():
         _progress(args, f"evaluating {row}")
-        try:
-            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
-        except (ValueError, KeyError) as exc:
-            if "protocol" in str(exc):
-                raise UserError(f"--protocol {args.protocol!r}: {exc}") from None
-            raise
+        res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
         results[row] = {k: float(v) for k, v in res.items()}
     print(format_table(results))
     if args.json:

@@ -97,6 +97,7 @@ def test_quiet_models_and_calibration(example, tmp_path):
     (["evaluate", "garbage.h5"], "not an HDF5 file"),
     (["evaluate", "{ex}", "--fusion", "mean", "--calibration", "absent_cal.h5"], "absent_cal.h5"),
     (["evaluate", "{ex}", "--device", "nonsense"], "device"),
+    (["evaluate", "{ex}", "--protocol", "nist9"], "nist9"),
     (["evaluate"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -108,3 +109,14 @@ def test_user_errors_exit_2_with_one_line(example, tmp_path, args, needle):
     assert len(err) == 1, r.stderr
     assert err[0].startswith("qme-ext: error:") and needle in err[0]
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_plots_skipped_without_matplotlib(example, tmp_path, monkeypatch, capsys):
+    from qme_ext import cli, plots
+    monkeypatch.setattr(plots, "available", lambda: False)
+    assert cli.main(["evaluate", str(example), "--models", "face", "--plots",
+                     str(tmp_path / "p"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "matplotlib is not installed" in captured.err
+    assert not (tmp_path / "p").exists()
+    assert captured.out.splitlines()[2].split()[0] == "face"

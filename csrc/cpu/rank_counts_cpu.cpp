@@ -1,5 +1,12 @@
 // CPU twin of rank_counts: per probe, one pass over its row counts how many
 // entries precede each good entry (sort-free CMC/AP, SPEC 2.1).
+//
+// The goods of all modes are merged into one ranked list, so each entry of the
+// row costs one floor comparison and, only when it ranks above the lowest good,
+// one binary search; per-mode positions are recovered from prefix sums at the end.
+// Ranking order is encoded in one unsigned integer per entry ("rank code"):
+// key in the high bits, the bitwise complement of the column in the low bits,
+// so "ranks before" is a single `>` (higher key first, lower column on ties).
 #include <algorithm>
 #include <vector>
 
@@ -9,105 +16,109 @@
 namespace qme {
 namespace {
 
-template <typename K>
-struct Entry {
-  K key;
-  int64_t col;
-};
+// 32-bit keys with 32-bit columns fit a uint64 code; 64-bit keys use 128 bits.
+template <typename K> struct CodeOf { using type = unsigned __int128; };
+template <> struct CodeOf<uint32_t> { using type = uint64_t; };
 
-// `a` ranks before `b`: higher key first, lower gallery index first on ties.
 template <typename K>
-inline bool precedes(K ka, int64_t ja, const Entry<K>& b) {
-  return ka > b.key || (ka == b.key && ja < b.col);
+inline typename CodeOf<K>::type rank_code(K key, int64_t col) {
+  using C = typename CodeOf<K>::type;
+  constexpr int kShift = static_cast<int>(sizeof(C) * 8 / 2);
+  const C low = static_cast<C>(~static_cast<uint64_t>(col)) & ((C(1) << kShift) - 1);
+  return (static_cast<C>(key) << kShift) | low;
 }
 
-// First position i in `goods` (sorted by rank) such that the entry precedes goods[i].
-template <typename K>
-inline int64_t first_preceded(K k, int64_t j, const std::vector<Entry<K>>& goods) {
-  int64_t lo = 0, hi = static_cast<int64_t>(goods.size());
-  while (lo < hi) {
-    int64_t mid = (lo + hi) >> 1;
-    if (precedes(k, j, goods[mid])) hi = mid; else lo = mid + 1;
+// Number of codes in `desc` (strictly descending) that are >= c: the index of
+// the first good that c ranks before (a good does not precede itself).
+template <typename C>
+inline int64_t goods_above(C c, const C* desc, int64_t n) {
+  int64_t lo = 0;
+  while (n > 0) {
+    const int64_t half = n >> 1;
+    const bool above = desc[lo + half] >= c;
+    lo = above ? lo + half + 1 : lo;
+    n = above ? n - half - 1 : half;
   }
   return lo;
 }
-
-template <typename K>
-struct ModeScratch {
-  std::vector<Entry<K>> goods, junk;
-  std::vector<int64_t> before;  // diff array, then prefix sums: entries ranked before good i
-};
 
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   using T = ScoreTraits<D>;
   using S = typename T::Storage;
   using K = typename T::Key;
+  using C = typename CodeOf<K>::type;
   const S* base = static_cast<const S*>(a.scores.data);
   const int64_t P = a.scores.rows, G = a.scores.cols;
   const int64_t sr = a.scores.stride_row, sc = a.scores.stride_col;
   const int M = a.num_modes;
-  ModeScratch<K> ms[3];
+  const uint8_t good_bits = static_cast<uint8_t>(M >= 3 ? 0x15 : (M == 2 ? 0x05 : 0x01));
+
+  struct Good { C code; uint8_t flags; };
+  std::vector<Good> goods;
+  std::vector<C> codes;          // union of goods, descending
+  std::vector<int64_t> counts;   // entries whose first preceded good is union[i]
+  std::vector<int64_t> junk_fix[3];
 
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
-    bool any_good = false;
-    for (int m = 0; m < M; ++m) { ms[m].goods.clear(); ms[m].junk.clear(); }
+    goods.clear();
     for (int64_t c = a.cand_offsets[p]; c < a.cand_offsets[p + 1]; ++c) {
-      const int64_t j = a.cand_index[c];
       const uint8_t f = a.cand_flags[c];
-      const K k = T::key(row[j * sc]);
-      for (int m = 0; m < M; ++m) {
-        if (f & (1u << (2 * m))) { ms[m].goods.push_back({k, j}); any_good = true; }
-        else if (f & (2u << (2 * m))) ms[m].junk.push_back({k, j});
+      if (f & good_bits) {
+        const int64_t j = a.cand_index[c];
+        goods.push_back({rank_code(T::key(row[j * sc]), j), f});
       }
     }
-    Entry<K> floor{0, 0};
-    bool have_floor = false;
-    for (int m = 0; m < M; ++m) {
-      auto& g = ms[m].goods;
-      std::sort(g.begin(), g.end(), [](const Entry<K>& x, const Entry<K>& y) {
-        return precedes(x.key, x.col, y);
-      });
-      ms[m].before.assign(g.size() + 1, 0);
-      if (!g.empty() && (!have_floor || precedes(floor.key, floor.col, g.back()))) {
-        floor = g.back();
-        have_floor = true;
-      }
-    }
-    if (any_good) {
-      // The single pass: most entries rank below every good entry and stop at
-      // the first comparison.
+    std::sort(goods.begin(), goods.end(), [](const Good& x, const Good& y) { return x.code > y.code; });
+    const int64_t n = static_cast<int64_t>(goods.size());
+    codes.resize(n);
+    for (int64_t i = 0; i < n; ++i) codes[i] = goods[i].code;
+    counts.assign(n + 1, 0);
+    if (n > 0) {
+      const C floor = codes[n - 1];
+      const C* desc = codes.data();
       if (sc == 1) {
         for (int64_t j = 0; j < G; ++j) {
-          const K k = T::key(row[j]);
-          if (!precedes(k, j, floor)) continue;
-          for (int m = 0; m < M; ++m) ms[m].before[first_preceded(k, j, ms[m].goods)]++;
+          const C c = rank_code(T::key(row[j]), j);
+          if (c > floor) counts[goods_above(c, desc, n)]++;
         }
       } else {
         for (int64_t j = 0; j < G; ++j) {
-          const K k = T::key(row[j * sc]);
-          if (!precedes(k, j, floor)) continue;
-          for (int m = 0; m < M; ++m) ms[m].before[first_preceded(k, j, ms[m].goods)]++;
+          const C c = rank_code(T::key(row[j * sc]), j);
+          if (c > floor) counts[goods_above(c, desc, n)]++;
         }
       }
-      // Junk entries were counted like any other: take them back out.
-      for (int m = 0; m < M; ++m)
-        for (const auto& e : ms[m].junk) ms[m].before[first_preceded(e.key, e.col, ms[m].goods)]--;
+      // Junk of mode m was counted like any entry: remove it from mode m only.
+      for (int m = 0; m < M; ++m) junk_fix[m].assign(n + 1, 0);
+      for (int64_t c = a.cand_offsets[p]; c < a.cand_offsets[p + 1]; ++c) {
+        const uint8_t f = a.cand_flags[c];
+        bool is_junk = false;
+        for (int m = 0; m < M; ++m) is_junk |= (f & (2u << (2 * m))) != 0;
+        if (!is_junk) continue;
+        const int64_t j = a.cand_index[c];
+        const int64_t u = goods_above(rank_code(T::key(row[j * sc]), j), codes.data(), n);
+        for (int m = 0; m < M; ++m)
+          if (f & (2u << (2 * m))) junk_fix[m][u]--;
+      }
     }
     for (int m = 0; m < M; ++m) {
-      const int64_t n = static_cast<int64_t>(ms[m].goods.size());
       const int64_t out = m * P + p;
-      a.num_good[out] = n;
-      if (n == 0) { a.first_pos[out] = -1; a.ap[out] = 0.0; continue; }
-      int64_t pos = 0;
+      const uint8_t good_m = static_cast<uint8_t>(1u << (2 * m));
+      int64_t before = 0, i_m = 0;
       double sum = 0.0;
-      for (int64_t i = 0; i < n; ++i) {
-        pos += ms[m].before[i];
-        sum += static_cast<double>(i + 1) / static_cast<double>(pos + 1);
-        if (i == 0) a.first_pos[out] = pos;
+      a.first_pos[out] = -1;
+      for (int64_t u = 0; u < n; ++u) {
+        // entries counted at u and below (in rank) precede union[u]
+        before += counts[u] + junk_fix[m][u];
+        if (!(goods[u].flags & good_m)) continue;
+        const int64_t pos = before;
+        if (i_m == 0) a.first_pos[out] = pos;
+        sum += static_cast<double>(i_m + 1) / static_cast<double>(pos + 1);
+        ++i_m;
       }
-      a.ap[out] = sum / static_cast<double>(n);
+      a.num_good[out] = i_m;
+      a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
   }
 }

@@ -70,8 +70,9 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
   const K nan_key = static_cast<K>(a.nan_key);
   // prefix_shift may be the key width ("no prefix bits"): shifting by it is
   // undefined, the CPU twin defines the prefix as 0 there, and so do we.
+  // Without prefixes the shift is never used and may be anything.
   const bool whole_key_prefix = a.prefix_shift >= kBits;
-  const int prefix_shift = whole_key_prefix ? 0 : a.prefix_shift;
+  const int prefix_shift = (whole_key_prefix || a.prefix_shift < 0) ? 0 : a.prefix_shift;
   unsigned long long* hist = reinterpret_cast<unsigned long long*>(a.hist);
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31;

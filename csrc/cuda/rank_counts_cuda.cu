@@ -1,9 +1,10 @@
 // CUDA twin of rank_counts (rank_counts_cpu.cpp): one thread block per probe
-// row. The row's good candidates are gathered and sorted by rank per mode, then
-// the whole row is streamed once; an entry that ranks above the worst good of
-// every mode is skipped after one comparison, the others binary-search their
-// slot and bump an integer counter. AP is summed by one thread per mode in the
-// CPU's order, so the doubles come out bit-identical to the CPU twin.
+// row. The row's goods of all modes are gathered into one list and sorted by
+// rank, then the whole row is streamed once: an entry that does not rank above
+// the lowest good is dropped after one comparison, the others binary-search the
+// union once and bump an integer counter. Each mode then walks the union in
+// rank order, adding its own junk corrections; AP is summed by one thread per
+// mode in the CPU's order, so the doubles come out bit-identical to the CPU twin.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,25 +34,29 @@ int64_t pow2_ceil(int64_t n) {
   return p;
 }
 
-// Per-block scratch: the rank-sorted goods of each mode (padded to a power of
-// two for the bitonic sort) and their "entries ranked before good i" counters.
+// Per-block scratch for one row: the rank-sorted union of goods (padded to a
+// power of two for the bitonic sort), the stream's per-slot counts and each
+// mode's junk corrections.
 struct Layout {
-  int64_t cap;      // goods one mode can hold (max_candidates, at least 1)
-  int64_t cap2;     // power of two >= cap: sort buffer length per mode
-  size_t before_off, cols_off, keys_off;
+  int64_t cap;      // union entries a row can hold (max_candidates, at least 1)
+  int64_t cap2;     // power of two >= cap: sort buffer length
+  size_t counts_off, junk_off, cols_off, keys_off, flags_off;
   size_t bytes;     // whole block region, 256-aligned so regions stay aligned in the workspace
 };
 
 Layout make_layout(const RankCountsArgs& a) {
   Layout l{};
-  const int M = std::max(1, std::min(3, a.num_modes));
+  const size_t M = static_cast<size_t>(std::max(1, std::min(kMaxModes, a.num_modes)));
   l.cap = std::max<int64_t>(1, a.max_candidates);
   l.cap2 = pow2_ceil(l.cap);
-  const size_t kb = key_bits(a.scores.dtype) / 8;
-  l.before_off = 0;
-  l.cols_off = align_up(static_cast<size_t>(M) * static_cast<size_t>(l.cap + 1) * 8, 16);
-  l.keys_off = l.cols_off + align_up(static_cast<size_t>(M) * static_cast<size_t>(l.cap2) * 8, 16);
-  l.bytes = align_up(l.keys_off + static_cast<size_t>(M) * static_cast<size_t>(l.cap2) * kb, 256);
+  const size_t slots = static_cast<size_t>(l.cap + 1), cap2 = static_cast<size_t>(l.cap2);
+  const size_t kb = static_cast<size_t>(key_bits(a.scores.dtype) / 8);
+  l.counts_off = 0;
+  l.junk_off = align_up(slots * 8, 16);
+  l.cols_off = l.junk_off + align_up(M * slots * 8, 16);
+  l.keys_off = l.cols_off + align_up(cap2 * 8, 16);
+  l.flags_off = l.keys_off + align_up(cap2 * kb, 16);
+  l.bytes = align_up(l.flags_off + cap2, 256);
   return l;
 }
 
@@ -70,7 +75,8 @@ __device__ __forceinline__ bool precedes(K ka, int64_t ja, K kb, int64_t jb) {
   return ka > kb || (ka == kb && ja < jb);
 }
 
-// First slot i in the rank-sorted goods [0, n) that the entry (k, j) precedes.
+// First slot i of the rank-sorted goods [0, n) that (k, j) precedes, i.e. the
+// number of goods ranked at or above it (a good does not precede itself).
 template <typename K>
 __device__ __forceinline__ int64_t first_preceded(K k, int64_t j, const K* keys, const int64_t* cols,
                                                   int64_t n) {
@@ -97,135 +103,113 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
   unsigned char* region;
   if constexpr (kShared) region = smem;
   else region = workspace + static_cast<size_t>(blockIdx.x) * l.bytes;
-  unsigned long long* before = reinterpret_cast<unsigned long long*>(region + l.before_off);  // (M, cap+1)
-  int64_t* gcols = reinterpret_cast<int64_t*>(region + l.cols_off);                          // (M, cap2)
-  K* gkeys = reinterpret_cast<K*>(region + l.keys_off);                                      // (M, cap2)
+  unsigned long long* counts = reinterpret_cast<unsigned long long*>(region + l.counts_off);  // (cap+1,)
+  unsigned long long* junk = reinterpret_cast<unsigned long long*>(region + l.junk_off);      // (M, cap+1)
+  int64_t* ucols = reinterpret_cast<int64_t*>(region + l.cols_off);                           // (cap2,)
+  K* ukeys = reinterpret_cast<K*>(region + l.keys_off);                                       // (cap2,)
+  uint8_t* uflags = region + l.flags_off;                                                     // (cap2,)
 
-  __shared__ unsigned long long s_count[3];  // goods seen per mode (may exceed cap on misuse)
+  __shared__ unsigned long long s_count;  // union entries seen (exceeds cap only on misuse)
   __shared__ int64_t s_begin, s_end;
 
   const S* base = static_cast<const S*>(a.scores.data);
   const int64_t P = a.scores.rows, G = a.scores.cols;
   const int64_t sr = a.scores.stride_row, sc = a.scores.stride_col;
   const int M = a.num_modes;
+  const unsigned good_bits = M >= 3 ? 0x15u : (M == 2 ? 0x05u : 0x01u);
+  const unsigned junk_bits = good_bits << 1;
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31;
-  const int64_t cap = l.cap, cap2 = l.cap2, stride_b = cap + 1;
+  const int64_t cap = l.cap, slots = cap + 1;
 
   for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
     if (tid == 0) {
       s_begin = a.cand_offsets[p];
       s_end = a.cand_offsets[p + 1];
-      s_count[0] = s_count[1] = s_count[2] = 0;
+      s_count = 0;
     }
     __syncthreads();
     const int64_t c_begin = s_begin, c_end = s_end;
     const S* row = base + p * sr;
 
-    // Gather goods; slot order is arbitrary, the sort below makes it canonical.
-    // Columns outside [0, G) are dropped: the CPU twin would read out of bounds,
-    // here that would fault the whole context.
+    // Gather the union of goods; slot order is arbitrary, the sort below makes
+    // it canonical. Columns outside [0, G) are dropped: the CPU twin would read
+    // out of bounds, here that would fault the whole context.
     for (int64_t c = c_begin + tid; c < c_end; c += kThreads) {
-      const int64_t j = a.cand_index[c];
       const unsigned f = a.cand_flags[c];
+      if (!(f & good_bits)) continue;
+      const int64_t j = a.cand_index[c];
       if (j < 0 || j >= G) continue;
-      bool any_good = false;
-      #pragma unroll
-      for (int m = 0; m < kMaxModes && m < M; ++m) any_good |= (f & (1u << (2 * m))) != 0;
-      if (!any_good) continue;
-      const K k = T::key(row[j * sc]);
-      #pragma unroll
-      for (int m = 0; m < kMaxModes && m < M; ++m) {
-        if (!(f & (1u << (2 * m)))) continue;
-        const unsigned long long slot = atomicAdd(&s_count[m], 1ull);
-        if (slot < static_cast<unsigned long long>(cap)) {
-          gkeys[m * cap2 + static_cast<int64_t>(slot)] = k;
-          gcols[m * cap2 + static_cast<int64_t>(slot)] = j;
-        }
+      const unsigned long long slot = atomicAdd(&s_count, 1ull);
+      if (slot < static_cast<unsigned long long>(cap)) {
+        ukeys[slot] = T::key(row[j * sc]);
+        ucols[slot] = j;
+        uflags[slot] = static_cast<uint8_t>(f);
       }
     }
     __syncthreads();
 
-    int64_t n[3] = {0, 0, 0};
-    bool overflow[3] = {false, false, false};
-    int64_t nmax = 0;
-    #pragma unroll
-    for (int m = 0; m < kMaxModes && m < M; ++m) {
-      const unsigned long long cnt = s_count[m];
-      overflow[m] = cnt > static_cast<unsigned long long>(cap);
-      n[m] = overflow[m] ? cap : static_cast<int64_t>(cnt);
-      nmax = n[m] > nmax ? n[m] : nmax;
-    }
+    const unsigned long long seen = s_count;
+    const bool overflow = seen > static_cast<unsigned long long>(cap);
+    const int64_t n = overflow ? cap : static_cast<int64_t>(seen);
     int64_t n2 = 1;
-    while (n2 < nmax) n2 <<= 1;
+    while (n2 < n) n2 <<= 1;
 
     // Padding sorts after every real entry: key 0 (NaN) is the lowest key and
     // no real column reaches INT64_MAX.
+    for (int64_t i = n + tid; i < n2; i += kThreads) {
+      ukeys[i] = K(0);
+      ucols[i] = INT64_MAX;
+      uflags[i] = 0;
+    }
+    for (int64_t i = tid; i <= n; i += kThreads) counts[i] = 0ull;
     #pragma unroll
     for (int m = 0; m < kMaxModes && m < M; ++m)
-      for (int64_t i = n[m] + tid; i < n2; i += kThreads) {
-        gkeys[m * cap2 + i] = K(0);
-        gcols[m * cap2 + i] = INT64_MAX;
-      }
-    #pragma unroll
-    for (int m = 0; m < kMaxModes && m < M; ++m)
-      for (int64_t i = tid; i <= n[m]; i += kThreads) before[m * stride_b + i] = 0ull;
+      for (int64_t i = tid; i <= n; i += kThreads) junk[m * slots + i] = 0ull;
     __syncthreads();
 
-    // Bitonic sort of all modes at once, rank order ascending. Each step walks
-    // the n2/2 compare pairs of every mode; n2 is block-uniform, so every
-    // thread reaches every barrier.
+    // Bitonic sort, rank order ascending. Each step walks the n2/2 compare
+    // pairs; n2 is block-uniform, so every thread reaches every barrier.
     const int64_t half = n2 >> 1;
     for (int64_t k = 2; k <= n2; k <<= 1) {
       for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
-        for (int64_t t = tid; t < M * half; t += kThreads) {
-          const int64_t m = t / half, q = t - m * half;
-          const int64_t i = ((q & ~(jj - 1)) << 1) | (q & (jj - 1));
-          const int64_t ia = m * cap2 + i, ib = ia + jj;
-          const K ka = gkeys[ia], kb = gkeys[ib];
-          const int64_t ca = gcols[ia], cb = gcols[ib];
-          const bool rank_order = (i & k) == 0;
+        for (int64_t q = tid; q < half; q += kThreads) {
+          const int64_t ia = ((q & ~(jj - 1)) << 1) | (q & (jj - 1)), ib = ia + jj;
+          const K ka = ukeys[ia], kb = ukeys[ib];
+          const int64_t ca = ucols[ia], cb = ucols[ib];
+          const bool rank_order = (ia & k) == 0;
           const bool swap = rank_order ? precedes(kb, cb, ka, ca) : precedes(ka, ca, kb, cb);
           if (swap) {
-            gkeys[ia] = kb; gkeys[ib] = ka;
-            gcols[ia] = cb; gcols[ib] = ca;
+            const uint8_t fa = uflags[ia];
+            ukeys[ia] = kb; ukeys[ib] = ka;
+            ucols[ia] = cb; ucols[ib] = ca;
+            uflags[ia] = uflags[ib]; uflags[ib] = fa;
           }
         }
         __syncthreads();
       }
     }
 
-    if (nmax > 0) {
-      // Floor = the lowest-ranked of the modes' last goods: an entry that does
-      // not precede it precedes no good of any mode and only lands in the
-      // unused slots before[n_m], so skipping it changes nothing.
-      K fk = 0;
-      int64_t fc = 0;
-      bool have_floor = false;
-      #pragma unroll
-      for (int m = 0; m < kMaxModes && m < M; ++m) {
-        if (n[m] == 0) continue;
-        const K lk = gkeys[m * cap2 + n[m] - 1];
-        const int64_t lc = gcols[m * cap2 + n[m] - 1];
-        if (!have_floor || precedes(fk, fc, lk, lc)) { fk = lk; fc = lc; have_floor = true; }
-      }
+    if (n > 0) {
+      // An entry that does not precede the lowest good precedes no good of any
+      // mode: it would only land in the never-read slot n.
+      const K fk = ukeys[n - 1];
+      const int64_t fc = ucols[n - 1];
 
-      // Junk entries are counted by the stream like any other; take them back
-      // out. Unsigned wrap-around is fine: each final counter is a true count
-      // >= 0, and modular sums are order-independent.
+      // Junk of mode m is counted by the stream like any entry; take it back
+      // out of mode m only (a junk flag counts whatever the good flags say,
+      // as in the CPU twin). Unsigned wrap-around is fine: each mode's running
+      // total is a true count >= 0 and modular sums are order-independent.
       for (int64_t c = c_begin + tid; c < c_end; c += kThreads) {
-        const int64_t j = a.cand_index[c];
         const unsigned f = a.cand_flags[c];
+        if (!(f & junk_bits)) continue;
+        const int64_t j = a.cand_index[c];
         if (j < 0 || j >= G) continue;
-        bool have_key = false;
-        K k = 0;
-    #pragma unroll
-        for (int m = 0; m < kMaxModes && m < M; ++m) {
-          if ((f & (1u << (2 * m))) || !(f & (2u << (2 * m)))) continue;
-          if (!have_key) { k = T::key(row[j * sc]); have_key = true; }
-          const int64_t idx = first_preceded(k, j, gkeys + m * cap2, gcols + m * cap2, n[m]);
-          if (idx < n[m]) atomicAdd(&before[m * stride_b + idx], ~0ull);
-        }
+        const int64_t u = first_preceded(T::key(row[j * sc]), j, ukeys, ucols, n);
+        if (u >= n) continue;
+        #pragma unroll
+        for (int m = 0; m < kMaxModes && m < M; ++m)
+          if (f & (2u << (2 * m))) atomicAdd(&junk[m * slots + u], ~0ull);
       }
 
       // The single coalesced pass over the row. The loop bound is warp-uniform
@@ -239,14 +223,10 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
         const bool pass = j < G && precedes(k, j, fk, fc);
         const unsigned mask = __ballot_sync(kFullMask, pass);
         if (pass) {
-          #pragma unroll
-          for (int m = 0; m < kMaxModes && m < M; ++m) {
-            const int64_t idx = first_preceded(k, j, gkeys + m * cap2, gcols + m * cap2, n[m]);
-            const unsigned peers =
-                __match_any_sync(mask, static_cast<unsigned long long>(idx));
-            if (lane == __ffs(peers) - 1 && idx < n[m])
-              atomicAdd(&before[m * stride_b + idx], static_cast<unsigned long long>(__popc(peers)));
-          }
+          const int64_t u = first_preceded(k, j, ukeys, ucols, n);  // < n: it precedes union[n-1]
+          const unsigned peers = __match_any_sync(mask, static_cast<unsigned long long>(u));
+          if (lane == __ffs(peers) - 1)
+            atomicAdd(&counts[u], static_cast<unsigned long long>(__popc(peers)));
         }
       }
     }
@@ -256,27 +236,28 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
     for (int m = 0; m < kMaxModes && m < M; ++m) {
       if (tid != m) continue;
       const int64_t out = m * P + p;
-      if (overflow[m]) {
-        // max_candidates understated this row's candidates: the goods that did
-        // not fit are lost, so flag the row instead of returning wrong ranks.
-        a.num_good[out] = static_cast<int64_t>(s_count[m]);
+      if (overflow) {
+        // max_candidates understated this row's candidates: goods were lost,
+        // so flag the row instead of returning wrong ranks.
+        a.num_good[out] = -1;
         a.first_pos[out] = -1;
         a.ap[out] = __longlong_as_double(0x7FF8000000000000ll);
-      } else if (n[m] == 0) {
-        a.num_good[out] = 0;
-        a.first_pos[out] = -1;
-        a.ap[out] = 0.0;
-      } else {
-        int64_t pos = 0;
-        double sum = 0.0;
-        for (int64_t i = 0; i < n[m]; ++i) {
-          pos += static_cast<int64_t>(before[m * stride_b + i]);
-          sum += static_cast<double>(i + 1) / static_cast<double>(pos + 1);
-          if (i == 0) a.first_pos[out] = pos;
-        }
-        a.num_good[out] = n[m];
-        a.ap[out] = sum / static_cast<double>(n[m]);
+        continue;
       }
+      const unsigned good_m = 1u << (2 * m);
+      int64_t before = 0, i_m = 0;
+      double sum = 0.0;
+      a.first_pos[out] = -1;
+      for (int64_t u = 0; u < n; ++u) {
+        // everything counted at slots <= u ranks above union[u]
+        before += static_cast<int64_t>(counts[u] + junk[m * slots + u]);
+        if (!(uflags[u] & good_m)) continue;
+        if (i_m == 0) a.first_pos[out] = before;
+        sum += static_cast<double>(i_m + 1) / static_cast<double>(before + 1);
+        ++i_m;
+      }
+      a.num_good[out] = i_m;
+      a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
     __syncthreads();  // the next row reuses the scratch and s_count
   }
