@@ -21,7 +21,7 @@ def matrix_descriptor(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), DTYPE_CODES[t.dtype], t.shape[0], t.shape[1], t.stride(0), t.stride(1))
 
 
-def _module_and_extra(device: torch.device, workspace_bytes: int):
+def module_and_extra(device: torch.device, workspace_bytes: int):
     """The kernel module for `device`, and the trailing (workspace, bytes, stream) args."""
     if device.type == "cpu":
         return _backend.cpu_module(), (), None
@@ -33,7 +33,7 @@ def _module_and_extra(device: torch.device, workspace_bytes: int):
     raise ValueError(f"scores: unsupported device {device}; expected cpu or cuda")
 
 
-def _with_device(t: torch.Tensor):
+def device_guard(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     import contextlib
@@ -63,11 +63,11 @@ def rank_counts(
     if P == 0:
         return first_pos, ap, num_good
     desc = matrix_descriptor(scores)
-    with _with_device(scores):
+    with device_guard(scores):
         ws_bytes = 0
         if dev.type == "cuda":
             ws_bytes = _backend.cuda_module().rank_counts_workspace(desc, num_modes, max_candidates)
-        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(dev, ws_bytes)
         mod.rank_counts(desc, cand_offsets.data_ptr(), cand_index.data_ptr(), cand_flags.data_ptr(),
                         num_modes, max_candidates, first_pos.data_ptr(), ap.data_ptr(),
                         num_good.data_ptr(), *extra)
@@ -107,11 +107,11 @@ def key_histogram(
         return hist, stats
     desc = matrix_descriptor(scores)
     base = stats.data_ptr()
-    with _with_device(scores):
+    with device_guard(scores):
         ws_bytes = 0
         if dev.type == "cuda":
             ws_bytes = _backend.cuda_module().key_histogram_workspace(desc, digit_bits, F)
-        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(dev, ws_bytes)
         mod.key_histogram(desc, digit_shift, digit_bits, F, prefixes.data_ptr() if F else 0,
                           prefix_shift, to_unsigned64(nan_key), hist.data_ptr(), base, base + 8,
                           base + 16, *extra)
@@ -143,11 +143,11 @@ def openset_stats(
     if P == 0:
         return max_other, num_ge
     desc = matrix_descriptor(merge_scores)
-    with _with_device(merge_scores):
+    with device_guard(merge_scores):
         ws_bytes = 0
         if dev.type == "cuda":
             ws_bytes = _backend.cuda_module().openset_stats_workspace(desc, NS)
-        mod, extra, _ws = _module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(dev, ws_bytes)
         mod.openset_stats(desc, genuine_col.data_ptr(), enrolled.data_ptr(), NS,
                           max_other.data_ptr(), num_ge.data_ptr(), *extra)
     return max_other, num_ge

@@ -11,7 +11,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "safe_name"]
+__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "probit", "safe_name"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5

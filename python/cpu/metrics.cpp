@@ -1,11 +1,8 @@
-// qme_ext._C: the CPU kernels. Every function takes raw addresses of buffers the
-// Python layer allocated and releases the GIL while the kernel runs.
+// CPU bindings of the metric kernels: rank_counts, key_histogram, openset_stats.
 #include <pybind11/pybind11.h>
 
-#include <cstdlib>
-#include <thread>
-
-#include "bind_common.h"
+#include "../bind_common.h"
+#include "../registry.h"
 #include "qme/ops.h"
 
 namespace py = pybind11;
@@ -14,29 +11,7 @@ using qme_py::ptr;
 
 namespace {
 
-int default_threads() {
-  if (const char* env = std::getenv("QME_NUM_THREADS")) {
-    int n = std::atoi(env);
-    if (n > 0) return n;
-  }
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc > 0 ? static_cast<int>(hc) : 1;
-}
-
-int g_threads = default_threads();
-
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "qme_ext CPU kernels (internal; use qme_ext.metrics)";
-  qme_py::register_errors(m);
-
-  m.def("get_num_threads", [] { return g_threads; });
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw qme::InvalidArgument("num_threads: expected >= 1, got " + std::to_string(n));
-    g_threads = n;
-  });
-
+void register_metrics(py::module_& m) {
   m.def("rank_counts",
         [](py::tuple scores, uintptr_t offsets, uintptr_t index, uintptr_t flags, int num_modes,
            int64_t max_candidates, uintptr_t first_pos, uintptr_t ap, uintptr_t num_good) {
@@ -45,7 +20,7 @@ PYBIND11_MODULE(_C, m) {
                                 max_candidates,
                                 ptr<int64_t>(first_pos), ptr<double>(ap), ptr<int64_t>(num_good)};
           py::gil_scoped_release nogil;
-          qme::rank_counts_cpu(a, g_threads);
+          qme::rank_counts_cpu(a, qme_py::cpu_threads());
         });
 
   m.def("key_histogram",
@@ -57,7 +32,7 @@ PYBIND11_MODULE(_C, m) {
                                   nan_key, ptr<int64_t>(hist), ptr<int64_t>(nan_count),
                                   ptr<uint64_t>(min_key), ptr<uint64_t>(max_key)};
           py::gil_scoped_release nogil;
-          qme::key_histogram_cpu(a, g_threads);
+          qme::key_histogram_cpu(a, qme_py::cpu_threads());
         });
 
   m.def("openset_stats",
@@ -67,6 +42,10 @@ PYBIND11_MODULE(_C, m) {
                                   ptr<const uint8_t>(enrolled), num_splits,
                                   ptr<double>(max_other), ptr<int64_t>(num_ge)};
           py::gil_scoped_release nogil;
-          qme::openset_stats_cpu(a, g_threads);
+          qme::openset_stats_cpu(a, qme_py::cpu_threads());
         });
 }
+
+const qme_py::Register registered(register_metrics);
+
+}  // namespace
