@@ -17,9 +17,10 @@ namespace {
 
 constexpr int kThreads = 256;  // multiple of 32: warp intrinsics need whole warps
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
-// Private histograms beyond this would leave one block per SM; above it the
-// folded global atomics are the better trade.
-constexpr size_t kMaxSharedHistBytes = 100 * 1024;
+// Private histograms beyond this would leave fewer than three blocks per SM.
+constexpr size_t kMaxSharedHistBytes = 64 * 1024;
+// An unfiltered 2^16-bin digit is cut into at most this many slot ranges.
+constexpr int32_t kMaxSplits = 16;
 constexpr size_t kSmemReserve = 1024;
 // A block's private uint32 counters must not wrap: keep each block's share of
 // the elements below 2^30.
@@ -48,24 +49,27 @@ __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
   return v;
 }
 
-// kSharedHist: private uint32 sub-histograms in dynamic shared memory.
+// kSharedHist: private uint32 counters in dynamic shared memory. They cover the
+// histogram slots [r * span, (r + 1) * span) of the flattened (max(F, 1), 2^bits)
+// output, r = blockIdx.x % splits: when the whole output does not fit, `splits`
+// sibling blocks (adjacent ids, so they run together and the second read of a
+// chunk hits L2) each read the same chunk and count only their slot range.
 // kLinear: element e of the row-major flattening sits at e * stride_col (one row,
 // or rows packed back to back), which saves a 64-bit division per element.
 template <DType D, bool kSharedHist, bool kLinear>
 __global__ void __launch_bounds__(kThreads)
-key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
+key_histogram_kernel(KeyHistogramArgs a, int64_t total, int64_t span, int32_t splits) {
   using T = ScoreTraits<D>;
   using S = typename T::Storage;
   using K = typename T::Key;
   constexpr int kBits = static_cast<int>(sizeof(K) * 8);
-  extern __shared__ unsigned int s_hist[];  // (max(F, 1), 2^digit_bits), kSharedHist only
+  extern __shared__ unsigned int s_hist[];  // (span,) kSharedHist only
   __shared__ unsigned long long s_nan, s_lo, s_hi;
 
   const S* base = static_cast<const S*>(a.scores.data);
   const int64_t G = a.scores.cols, sr = a.scores.stride_row, sc = a.scores.stride_col;
   const int64_t nbins = int64_t{1} << a.digit_bits;
   const int F = a.num_prefixes;
-  const int64_t nh = static_cast<int64_t>(F > 0 ? F : 1) * nbins;
   const K digit_mask = static_cast<K>(nbins - 1);
   const K nan_key = static_cast<K>(a.nan_key);
   // prefix_shift may be the key width ("no prefix bits"): shifting by it is
@@ -76,17 +80,23 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
   unsigned long long* hist = reinterpret_cast<unsigned long long*>(a.hist);
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(splits));
+  const int64_t chunk = blockIdx.x / static_cast<unsigned>(splits);
+  const int64_t chunks = gridDim.x / static_cast<unsigned>(splits);
+  const int64_t slot_lo = static_cast<int64_t>(split) * span;
+  // Every sibling sees every element; only one of them may count the scalars.
+  const bool count_scalars = split == 0;
 
   if (tid == 0) { s_nan = 0; s_lo = ~0ull; s_hi = 0; }
   if constexpr (kSharedHist)
-    for (int64_t i = tid; i < nh; i += kThreads) s_hist[i] = 0u;
+    for (int64_t i = tid; i < span; i += kThreads) s_hist[i] = 0u;
   __syncthreads();
 
   unsigned long long nans = 0;
   K lo = ~K(0), hi = 0;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t step = chunks * kThreads;
   // The bound is warp-uniform so every lane reaches the warp intrinsics below.
-  for (int64_t e0 = static_cast<int64_t>(blockIdx.x) * kThreads; e0 < total; e0 += step) {
+  for (int64_t e0 = chunk * kThreads; e0 < total; e0 += step) {
     const int64_t e = e0 + tid;
     const bool valid = e < total;
     K k = 0;
@@ -108,7 +118,8 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
       const bool hit = valid && (F == 0 || pre == static_cast<K>(__ldg(a.prefixes + f)));
       const int64_t target = static_cast<int64_t>(f) * nbins + bin;
       if constexpr (kSharedHist) {
-        if (hit) atomicAdd(&s_hist[target], 1u);
+        const int64_t t = target - slot_lo;
+        if (hit && t >= 0 && t < span) atomicAdd(&s_hist[t], 1u);
       } else {
         // Skewed scores (many ties) would serialise on one bin: one atomic
         // per distinct bin per warp instead of one per lane.
@@ -128,7 +139,7 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
   nans = warp_sum(nans);
   lo = warp_min(lo);
   hi = warp_max(hi);
-  if (lane == 0) {
+  if (lane == 0 && count_scalars) {
     if (nans) atomicAdd(&s_nan, nans);
     if (lo <= hi) {
       atomicMin(&s_lo, static_cast<unsigned long long>(lo));
@@ -136,7 +147,7 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
     }
   }
   __syncthreads();
-  if (tid == 0) {
+  if (tid == 0 && count_scalars) {
     if (s_nan) atomicAdd(reinterpret_cast<unsigned long long*>(a.nan_count), s_nan);
     if (s_lo <= s_hi) {
       atomicMin(reinterpret_cast<unsigned long long*>(a.min_key), s_lo);
@@ -144,9 +155,9 @@ key_histogram_kernel(KeyHistogramArgs a, int64_t total) {
     }
   }
   if constexpr (kSharedHist) {
-    for (int64_t i = tid; i < nh; i += kThreads) {
+    for (int64_t i = tid; i < span; i += kThreads) {
       const unsigned v = s_hist[i];
-      if (v) atomicAdd(&hist[i], static_cast<unsigned long long>(v));
+      if (v) atomicAdd(&hist[slot_lo + i], static_cast<unsigned long long>(v));
     }
   }
 }
@@ -185,19 +196,31 @@ void key_histogram_cuda(const KeyHistogramArgs& a, void* /*workspace*/, size_t /
   if (P == 0 || G == 0) return;
   const int64_t total = P * G;
 
-  const size_t hist_bytes = static_cast<size_t>(nh) * sizeof(unsigned int);
-  const bool shared = hist_bytes <= kMaxSharedHistBytes &&
-                      hist_bytes + kSmemReserve <= cuda_detail::max_block_smem_optin();
+  // Shared-memory counting when the whole output fits, or when every score
+  // lands in some bin (no prefix filter) and the output can be cut into a few
+  // slot ranges; with prefixes most scores miss every histogram, so the few
+  // hits go straight to global memory.
+  const size_t smem_cap = std::min(kMaxSharedHistBytes, cuda_detail::max_block_smem_optin() - kSmemReserve);
+  const int64_t max_span = static_cast<int64_t>(smem_cap / sizeof(unsigned int));
+  int64_t span = nh;
+  int32_t splits = 1;
+  bool shared = nh <= max_span;
+  if (!shared && a.num_prefixes == 0) {
+    while (span > max_span && splits < kMaxSplits) { span >>= 1; splits <<= 1; }  // nh is 2^bits
+    shared = span <= max_span;
+    if (!shared) { span = nh; splits = 1; }
+  }
+  const size_t hist_bytes = shared ? static_cast<size_t>(span) * sizeof(unsigned int) : 0;
   const bool linear = P == 1 || a.scores.stride_row == G * a.scores.stride_col;
 
-  // Enough blocks to fill the GPU; more only when a block would otherwise see
-  // over kMaxElementsPerBlock elements. Fewer blocks also means fewer flushes of
-  // the private histograms.
+  // Enough chunks (groups of `splits` sibling blocks) to fill the GPU; more
+  // only when a block would otherwise see over kMaxElementsPerBlock elements.
   const int64_t needed = (total + kThreads - 1) / kThreads;
-  const int64_t per_sm = shared ? 4 : 8;
-  int64_t blocks = std::min<int64_t>(needed, static_cast<int64_t>(cuda_detail::sm_count()) * per_sm);
-  blocks = std::max(blocks, (total + kMaxElementsPerBlock - 1) / kMaxElementsPerBlock);
-  blocks = std::min<int64_t>(blocks, 0x7FFFFFFF);
+  const int64_t resident = static_cast<int64_t>(cuda_detail::sm_count()) * (shared ? 6 : 8);
+  int64_t chunks = std::min<int64_t>(needed, std::max<int64_t>(1, resident / splits));
+  chunks = std::max(chunks, (total + kMaxElementsPerBlock - 1) / kMaxElementsPerBlock);
+  chunks = std::min<int64_t>(chunks, 0x7FFFFFFF / splits);
+  const int64_t blocks = chunks * splits;
 
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
@@ -206,10 +229,10 @@ void key_histogram_cuda(const KeyHistogramArgs& a, void* /*workspace*/, size_t /
       auto kernel = linear ? key_histogram_kernel<D, true, true> : key_histogram_kernel<D, true, false>;
       QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(hist_bytes)));
-      kernel<<<grid, block, hist_bytes, stream>>>(a, total);
+      kernel<<<grid, block, hist_bytes, stream>>>(a, total, span, splits);
     } else {
       auto kernel = linear ? key_histogram_kernel<D, false, true> : key_histogram_kernel<D, false, false>;
-      kernel<<<grid, block, 0, stream>>>(a, total);
+      kernel<<<grid, block, 0, stream>>>(a, total, span, splits);
     }
     QME_CUDA_CHECK_LAUNCH();
     return 0;

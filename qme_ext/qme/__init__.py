@@ -1,0 +1,31 @@
+"""QME: quality-guided mixture of score-fusion experts (ICCV 2025), SPEC section 4.
+
+Modules (``modules``), losses (``losses``), training (``train``) and checkpoints
+(``checkpoint``) live in their own files; names are imported on first use.
+"""
+import importlib
+
+_EXPORTS = {
+    "QualityEstimator": "modules",
+    "ScoreExpert": "modules",
+    "QME": "modules",
+    "pseudo_quality_loss": "losses",
+    "score_triplet_loss": "losses",
+    "fit_quality_estimator": "train",
+    "fit_qme": "train",
+    "TrainConfig": "train",
+    "predict": "train",
+    "fuse_scoreset": "train",
+    "search": "search",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'qme_ext.qme' has no attribute {name!r}")
