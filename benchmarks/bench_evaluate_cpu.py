@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from conftest import device_info, report, synthetic_scores
@@ -46,18 +45,26 @@ def test_evaluate_cpu(benchmark, data):
 def test_evaluate_cpu_peak_memory():
     """Peak RSS added by evaluate, relative to the matrix (measured in a fresh process)."""
     code = textwrap.dedent(f"""
-        import resource, sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from conftest import synthetic_scores
+        import resource
+        import numpy as np
         from qme_ext import metrics
-        S, M, qp, gp, ids, uniq = synthetic_scores({P}, {G}, {NS})
-        args = [a.numpy() for a in (S, M, qp, ids['q_camids'], ids['q_clothes_ids'], gp,
-                                    ids['g_camids'], ids['g_clothes_ids'], uniq)]
-        metrics.rank_metrics(args[0][:2], args[2][:2], args[5])  # load everything first
+        rng = np.random.default_rng(0)
+        P, G, NS = {P}, {G}, {NS}
+        g_pids = rng.integers(0, NS, G); q_pids = rng.integers(0, NS + 20, P)
+        S = np.empty((P, G), np.float32)
+        for r in range(0, P, 64):  # row blocks: no P x G temporaries before the measurement
+            blk = rng.standard_normal((min(64, P - r), G), dtype=np.float32)
+            blk += 2.0 * (q_pids[r:r + 64, None] == g_pids[None, :])
+            S[r:r + 64] = blk
+        M = rng.standard_normal((P, NS)).astype(np.float32)
+        cam = lambda n: rng.integers(0, 5, n)
+        clo = lambda n: rng.integers(0, 3, n)
+        args = (S, M, q_pids, cam(P), clo(P), g_pids, cam(G), clo(G), np.arange(NS))
+        metrics.rank_metrics(S[:2], q_pids[:2], g_pids)  # import and warm everything first
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         metrics.evaluate(*args)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(after - before, args[0].nbytes, before)
+        print(after - before, S.nbytes, before)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     extra, matrix, before = (int(v) for v in out.stdout.split())

@@ -126,6 +126,25 @@ def _(scores, digit_shift, digit_bits, prefixes, prefix_shift, nan_key):
 
 
 # ---- openset_stats ----------------------------------------------------------------
+def _check_openset_indices(merge_scores, genuine_col, enrolled) -> None:
+    # The kernels index columns with genuine_col; the CUDA twin cannot throw from a
+    # kernel, so an out-of-range column is refused here, before any pointer is used.
+    P, S = merge_scores.shape
+    if genuine_col.shape != (P,) or genuine_col.dtype != torch.int64:
+        raise ValueError(f"genuine_col: expected an int64 tensor of shape ({P},), got "
+                         f"{genuine_col.dtype} of shape {tuple(genuine_col.shape)}")
+    if enrolled.dim() != 2 or enrolled.shape[1] != S or enrolled.dtype != torch.uint8:
+        raise ValueError(f"enrolled: expected a uint8 tensor of shape (n_splits, {S}), got "
+                         f"{enrolled.dtype} of shape {tuple(enrolled.shape)}")
+    if genuine_col.device != merge_scores.device or enrolled.device != merge_scores.device:
+        raise ValueError("genuine_col, enrolled: must be on the device of merge_scores "
+                         f"({merge_scores.device})")
+    lo, hi = int(genuine_col.min()), int(genuine_col.max())
+    if lo < -1 or hi >= S:
+        raise ValueError(f"genuine_col: column indices must lie in [-1, {S - 1}], "
+                         f"got values in [{lo}, {hi}]")
+
+
 @torch.library.custom_op("qme_ext::openset_stats", mutates_args=())
 def openset_stats(
     merge_scores: torch.Tensor,  # (P, S) merge scores, one column per subject
@@ -142,6 +161,8 @@ def openset_stats(
     num_ge = torch.empty((NS, P), dtype=torch.int64, device=dev)
     if P == 0:
         return max_other, num_ge
+    _check_openset_indices(merge_scores, genuine_col, enrolled)
+    genuine_col, enrolled = genuine_col.contiguous(), enrolled.contiguous()
     desc = matrix_descriptor(merge_scores)
     with device_guard(merge_scores):
         ws_bytes = 0

@@ -8,8 +8,11 @@ Subcommands
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
-More subcommands (``train``, ``fuse``, ``demo``) plug in by adding an entry to ``COMMANDS``:
-``name -> (help, add_arguments(parser), run(args) -> int)``.
+``train``, ``fuse``, ``demo``
+    QME training, fusion with a checkpoint, and the end-to-end synthetic demo
+    (:mod:`qme_ext.commands_qme`).
+
+A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``.
 
 Conventions: progress lines go to stderr (silenced by ``--quiet``); the table goes to stdout.
 A user error (missing or malformed file, unknown model or fusion name, unusable option) exits
@@ -22,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 from typing import Optional
 
-PROG = "qme-ext"
+from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
+from .commands_qme import COMMANDS as _QME_COMMANDS
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -47,42 +49,11 @@ TABLE_COLUMNS = (
 )
 
 
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage text stays available through --help)."""
 
     def error(self, message):
         self.exit(2, f"{PROG}: error: {message}\n")
-
-
-def _progress(args, message: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------
-# metrics access
-# ------------------------------------------------------------------------------------------
-def _metrics_api():
-    """(evaluate, roc, det, cmc_curve) with the ``qme_ext.metrics`` signatures."""
-    try:
-        from . import metrics
-        return metrics.evaluate, metrics.roc, metrics.det, metrics.cmc_curve
-    except ImportError:
-        # Temporary fallback while qme_ext.metrics is being written: same semantics, slower.
-        from .reference import det_ref, evaluate_ref, rank_metrics_ref, roc_ref
-
-        def evaluate(*arrays, protocol="qme", seed=45):
-            return evaluate_ref(*arrays, seed=seed)
-
-        def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, max_rank=20):
-            return rank_metrics_ref(scores, q_pids, g_pids, q_camids, g_camids,
-                                    max_rank=max_rank)["cmc"]
-
-        return evaluate, roc_ref, det_ref, cmc_curve
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,28 +88,11 @@ def _fusion_items(text: Optional[str]) -> list:
     return items
 
 
-def _check_device(name: str) -> str:
-    if name == "cpu":  # spares the torch import when no fusion runs
-        return name
-    import torch
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"invalid --device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    return name
-
-
 def _check_protocol(name: str) -> None:
-    """Reject unknown protocols up front (``metrics.PROTOCOLS`` when defined, else "qme")."""
-    try:
-        from . import metrics
-        known = tuple(getattr(metrics, "PROTOCOLS", ("qme",)))
-    except ImportError:
-        known = ("qme",)
-    if name not in known:
-        raise UserError(f"unknown --protocol {name!r}; choose from {list(known)}")
+    """Reject unknown protocols up front, before any file is read."""
+    from .metrics import PROTOCOLS
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown --protocol {name!r}; choose from {list(PROTOCOLS)}")
 
 
 def _load_inputs(args, items):
@@ -147,7 +101,7 @@ def _load_inputs(args, items):
     Validating everything first keeps a user error to the single ``qme-ext: error:`` line.
     """
     from .io import load_scores
-    _check_device(args.device)
+    check_device(args.device)
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     for m in scores.models:
@@ -170,7 +124,7 @@ def _rows(args, scores, calibration, items):
         return rows
     from .fusion import fuse
     for item in items:
-        _progress(args, f"fusing {item}")
+        progress(args, f"fusing {item}")
         try:
             fused = fuse(scores, item, calibration=calibration, name=item, device=args.device)
         except ValueError as exc:
@@ -179,88 +133,41 @@ def _rows(args, scores, calibration, items):
     return rows
 
 
-def _fmt(value, std=None) -> str:
-    if value is None or not math.isfinite(value):
-        return "nan"
-    text = f"{100 * value:.2f}"
-    if std is not None:
-        text += "±" + (f"{100 * std:.2f}" if math.isfinite(std) else "nan")
-    return text
-
-
-def format_table(results: dict) -> str:
-    """Fixed-width text table: one line per row, values in percent."""
-    headers = ["Row"] + [c[0] for c in TABLE_COLUMNS]
-    body = []
-    for row, res in results.items():
-        cells = [row]
-        for _, key, std_key in TABLE_COLUMNS:
-            cells.append(_fmt(res.get(key, float("nan")),
-                              res.get(std_key, float("nan")) if std_key else None))
-        body.append(cells)
-    widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                       for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for cells in body:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(cells, widths))))
-    return "\n".join(lines)
-
-
-def _json_value(v):
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _write_plots(args, rows, scores, roc, det, cmc_curve) -> None:
+def _write_plots(args, rows, scores) -> None:
     from . import plots
     if not plots.available():
         print(f"{PROG}: warning: matplotlib is not installed; skipping --plots",
               file=sys.stderr)
         return
-    os.makedirs(args.plots, exist_ok=True)
-    genuine = scores.q_pids[:, None] == scores.g_pids[None, :]
-    roc_curves, det_curves, cmc_curves = {}, {}, {}
-    for row, (mat, _) in rows.items():
-        far, tar, _thr = roc(mat, scores.q_pids, scores.g_pids)
-        roc_curves[row] = (far, tar)
-        det_curves[row] = det(mat, scores.q_pids, scores.g_pids)
-        cmc_curves[row] = cmc_curve(mat, scores.q_pids, scores.g_pids, scores.q_camids,
-                                    scores.g_camids, max_rank=20)
-        plots.plot_score_hist(mat[genuine], mat[~genuine], f"{row}: score distributions",
-                              os.path.join(args.plots, f"score_hist_{plots.safe_name(row)}.png"))
-    plots.plot_roc(roc_curves, os.path.join(args.plots, "roc.png"))
-    plots.plot_det(det_curves, os.path.join(args.plots, "det.png"))
-    plots.plot_cmc(cmc_curves, os.path.join(args.plots, "cmc.png"))
-    _progress(args, f"plots written to {args.plots}")
+    plots.write_comparison_plots(args.plots, {r: mat for r, (mat, _) in rows.items()}, scores)
+    progress(args, f"plots written to {args.plots}")
 
 
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
     scores, calibration = _load_inputs(args, items)
-    _progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
+    progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
     if calibration != "self":
-        _progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
+        progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
                         f"{calibration.num_gallery} gallery")
-    evaluate, roc, det, cmc_curve = _metrics_api()
+    from .metrics import evaluate
     rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
     results = {}
     for row, (mat, merge) in rows.items():
-        _progress(args, f"evaluating {row}")
+        progress(args, f"evaluating {row}")
         res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
         results[row] = {k: float(v) for k, v in res.items()}
-    print(format_table(results))
+    print(format_table(results, TABLE_COLUMNS))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({r: {k: _json_value(v) for k, v in res.items()}
+            json.dump({r: {k: json_value(v) for k, v in res.items()}
                        for r, res in results.items()}, fh, indent=2)
-        _progress(args, f"metrics written to {args.json}")
+        progress(args, f"metrics written to {args.json}")
     if args.plots:
-        _write_plots(args, rows, scores, roc, det, cmc_curve)
+        _write_plots(args, rows, scores)
     return 0
 
 
@@ -285,7 +192,7 @@ def run_example(args) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     save_scores(args.file, scores)
-    _progress(args, f"wrote {args.file}: models {','.join(scores.models)}, "
+    progress(args, f"wrote {args.file}: models {','.join(scores.models)}, "
                     f"{scores.num_probes} probes x {scores.num_gallery} gallery")
     return 0
 
@@ -293,6 +200,7 @@ def run_example(args) -> int:
 COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),
     "example": ("write a small synthetic score file", _add_example, run_example),
+    **_QME_COMMANDS,
 }
 
 

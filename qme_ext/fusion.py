@@ -91,6 +91,12 @@ def _as_tensor(matrix, device) -> torch.Tensor:
     return t.to(torch.float64)
 
 
+def _on_device(matrix, device) -> torch.Tensor:
+    """A tensor view of ``matrix`` on ``device`` (no copy for CPU numpy input), so that
+    :meth:`Normaliser.transform` returns a tensor and does its one NaN-cleaning pass."""
+    return torch.as_tensor(matrix).to(device)
+
+
 def _genuine_mask(q_pids, g_pids, device) -> torch.Tensor:
     q = torch.as_tensor(np.asarray(q_pids, dtype=np.int64), device=device)
     g = torch.as_tensor(np.asarray(g_pids, dtype=np.int64), device=device)
@@ -119,6 +125,7 @@ class Normaliser:
         raise NotImplementedError
 
     def _apply(self, s: torch.Tensor) -> torch.Tensor:
+        """Transform ``s`` in place (it is always a private float64 copy) and return it."""
         raise NotImplementedError
 
     def fit(self, calibration, q_pids=None, g_pids=None) -> "Normaliser":
@@ -180,7 +187,7 @@ class ZScore(Normaliser):
         self.mu, self.sigma = float(s.mean()), float(s.std(correction=0))
 
     def _apply(self, s):
-        return (s - self.mu) / (self.sigma + EPS)
+        return s.sub_(self.mu).div_(self.sigma + EPS)
 
 
 class MinMax(Normaliser):
@@ -192,7 +199,7 @@ class MinMax(Normaliser):
         self.lo, self.hi = float(s.min()), float(s.max())
 
     def _apply(self, s):
-        return (s - self.lo) / (self.hi - self.lo + EPS)
+        return s.sub_(self.lo).div_(self.hi - self.lo + EPS)
 
 
 class Tanh(Normaliser):
@@ -208,7 +215,7 @@ class Tanh(Normaliser):
                              "(sigma_G = 0)")
 
     def _apply(self, s):
-        return 0.5 * (torch.tanh(0.01 * (s - self.mu_g) / self.sigma_g) + 1.0)
+        return s.sub_(self.mu_g).div_(self.sigma_g).mul_(0.01).tanh_().add_(1.0).mul_(0.5)
 
 
 class RHE(Normaliser):
@@ -222,7 +229,7 @@ class RHE(Normaliser):
         self.mu_g, self.sigma_g = _genuine_mean_std(s, genuine)
 
     def _apply(self, s):
-        return (s - self.lo) / (self.mu_g + self.sigma_g - self.lo + EPS)
+        return s.sub_(self.lo).div_(self.mu_g + self.sigma_g - self.lo + EPS)
 
 
 class _Raw(Normaliser):
@@ -263,10 +270,12 @@ def asym_ao(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
     a = a.clamp(0.0, 1.0)
     b = b.clamp(0.0, 1.0)
     zero = (a == 0) | (b == 0)
-    a_safe = torch.where(zero, torch.ones_like(a), a)
-    b_safe = torch.where(zero, torch.full_like(b, 0.5), b)
-    out = a_safe ** m * b_safe / (a_safe ** (m - 1.0) * b_safe + 1.0 - b_safe)
-    return torch.where(zero, torch.zeros_like(out), out).clamp(0.0, 1.0)
+    # harmless stand-ins where the result is forced to 0 keep 0^(negative) and 0/0 out
+    a.masked_fill_(zero, 1.0)
+    b.masked_fill_(zero, 0.5)
+    num = a.pow(m).mul_(b)
+    den = a.pow(m - 1.0).mul_(b).add_(1.0).sub_(b)
+    return num.div_(den).masked_fill_(zero, 0.0).clamp_(0.0, 1.0)
 
 
 RULES = ("mean", "min", "max", "weighted", "asym_ao", "bssf", "farsight_style")
@@ -391,7 +400,7 @@ def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, devi
     gen = np.empty((k, gen_idx.size))
     imp = np.empty((k, imp_idx.size))
     for i, m in enumerate(models):
-        s = normalisers[m].transform(_as_tensor(calib.score_mats[m], device)).reshape(-1)
+        s = normalisers[m].transform(_on_device(calib.score_mats[m], device)).reshape(-1)
         gen[i] = s[torch.as_tensor(gen_idx, device=s.device)].cpu().numpy()
         imp[i] = s[torch.as_tensor(imp_idx, device=s.device)].cpu().numpy()
     if rule == "weighted":
@@ -437,19 +446,21 @@ def _per_probe_weights(base: np.ndarray, face_index: int, q: np.ndarray) -> np.n
 
 def _combine(rule: str, mats, weights, m: float) -> torch.Tensor:
     """Fold the normalised (P, N) tensors of ``mats`` (an iterator, one model at a time)."""
+    # each s is a private tensor, so the accumulator is updated in place (memory-bound work)
     acc = None
     for k, s in enumerate(mats):
-        if rule == "min":
-            acc = s if acc is None else torch.minimum(acc, s)
-        elif rule == "max":
-            acc = s if acc is None else torch.maximum(acc, s)
-        elif rule == "asym_ao":
-            acc = s.clamp(0.0, 1.0) if acc is None else asym_ao(acc, s, m)
+        if rule == "asym_ao":
+            acc = s.clamp_(0.0, 1.0) if acc is None else asym_ao(acc, s, m)
+        elif rule in ("min", "max"):
+            op = torch.minimum if rule == "min" else torch.maximum
+            acc = s if acc is None else op(acc, s, out=acc)
         else:  # weighted sum: weights (K,) or per probe (P, K)
-            wk = weights[..., k]
-            wk = torch.as_tensor(wk, dtype=s.dtype, device=s.device)
-            term = wk[:, None] * s if wk.ndim == 1 else wk * s
-            acc = term if acc is None else acc + term
+            wk = np.asarray(weights)[..., k]
+            if wk.ndim == 0:
+                s.mul_(float(wk))
+            else:
+                s.mul_(torch.as_tensor(wk, dtype=s.dtype, device=s.device)[:, None])
+            acc = s if acc is None else acc.add_(s)
     return acc
 
 
@@ -512,7 +523,7 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
 
     def normalised(mats):
         for mm in models:
-            yield normalisers[mm].transform(_as_tensor(mats[mm], device))
+            yield normalisers[mm].transform(_on_device(mats[mm], device))
 
     fused = _combine(rule, normalised(scoreset.score_mats), w_probe, m)
     fused_merge = None

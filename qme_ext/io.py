@@ -28,6 +28,7 @@ Choices
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -378,6 +379,28 @@ def iter_row_blocks(path, model: str, block_rows: int,
             yield sl, np.asarray(ds[sl], dtype=np.float32)
 
 
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    On any error the temporary file is removed and ``path`` is left untouched, so a crash or
+    a full disk never leaves a half-written score file or checkpoint behind.
+    """
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def save_scores(path, scoreset: ScoreSet) -> None:
     """Write ``scoreset`` in the SPEC §1 layout (plus the ``models`` attribute), atomically.
 
@@ -387,26 +410,13 @@ def save_scores(path, scoreset: ScoreSet) -> None:
     """
     import h5py
     scoreset.validate()
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["models"] = ",".join(scoreset.models)
-            for m in scoreset.models:
-                f.create_dataset(f"{m}/score_mat", data=scoreset.score_mats[m])
-                if m in scoreset.merge_score_mats:
-                    f.create_dataset(f"{m}/merge_score_mat", data=scoreset.merge_score_mats[m])
-            for key, value in scoreset.ids().items():
-                f.create_dataset(key, data=np.asarray(value))
-            for name, arr in scoreset.quality.items():
-                f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["models"] = ",".join(scoreset.models)
+        for m in scoreset.models:
+            f.create_dataset(f"{m}/score_mat", data=scoreset.score_mats[m])
+            if m in scoreset.merge_score_mats:
+                f.create_dataset(f"{m}/merge_score_mat", data=scoreset.merge_score_mats[m])
+        for key, value in scoreset.ids().items():
+            f.create_dataset(key, data=np.asarray(value))
+        for name, arr in scoreset.quality.items():
+            f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)

@@ -486,6 +486,8 @@ def eer(scores, q_pids, g_pids, device=None) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------
 # the QME reference protocol in one call
+# the protocols evaluate() knows; "qme" is SPEC §2 (the paper's reference keys)
+PROTOCOLS = ("qme",)
 # ---------------------------------------------------------------------------
 def _pct_key(prefix: str, rate: float, suffix: str) -> str:
     return f"{prefix}@{rate:.2%}{suffix}"
@@ -500,8 +502,8 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     TAR@{0.01,0.1,1}%FAR and thresholds, one open-set pass gives FNIR/TPIR@FPIR
     over 10 enrolment splits (mean, ``_std`` with ddof 1) and the thresholds.
     """
-    if protocol != "qme":
-        raise ValueError(f"protocol: only 'qme' is defined, got {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {list(PROTOCOLS)}, got {protocol!r}")
     S, cand, flags = _prepare_rank_inputs(score_mat, q_pids, g_pids, q_camids, g_camids,
                                           q_clothes_ids, g_clothes_ids, MODES, device)
     out: dict[str, float] = {}

@@ -11,7 +11,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "probit", "safe_name"]
+__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "probit", "safe_name",
+           "write_comparison_plots"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5
@@ -123,3 +124,36 @@ def plot_score_hist(genuine, impostor, title: str, path, bins: int = 60) -> None
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None) -> list:
+    """ROC, DET and CMC of every row in one figure each, plus genuine/impostor histograms.
+
+    ``mats[row]`` is a (P, G) score matrix; ``ids`` anything with ``q_pids``, ``g_pids``,
+    ``q_camids``, ``g_camids`` (a :class:`qme_ext.io.ScoreSet`); ``hist_rows`` the rows that
+    get a ``score_hist_<row>.png`` (default: all). Returns the file names written.
+    """
+    import os
+
+    from .metrics import cmc_curve, det, roc
+    os.makedirs(out_dir, exist_ok=True)
+    roc_c, det_c, cmc_c = {}, {}, {}
+    for row, mat in mats.items():
+        far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
+        roc_c[row] = (far, tar)
+        det_c[row] = det(mat, ids.q_pids, ids.g_pids)
+        cmc_c[row] = cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
+                               max_rank=20)
+    written = []
+    for name, plot, curves in (("roc.png", plot_roc, roc_c), ("det.png", plot_det, det_c),
+                               ("cmc.png", plot_cmc, cmc_c)):
+        plot(curves, os.path.join(out_dir, name))
+        written.append(name)
+    genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]
+    for row in (mats if hist_rows is None else hist_rows):
+        mat = np.asarray(mats[row])
+        name = f"score_hist_{safe_name(row)}.png"
+        plot_score_hist(mat[genuine], mat[~genuine], f"{row}: score distributions",
+                        os.path.join(out_dir, name))
+        written.append(name)
+    return written

@@ -65,3 +65,15 @@ def test_torch_compile_traces_the_ops():
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(S), f(S))
+
+
+def test_openset_stats_refuses_out_of_range_genuine_col(device):
+    scores = torch.randn(3, 4, device=device)
+    enrolled = torch.ones(2, 4, dtype=torch.uint8, device=device)
+    for bad in ([0, 4, -1], [0, -2, 1]):
+        col = torch.tensor(bad, dtype=torch.int64, device=device)
+        with pytest.raises(ValueError, match="genuine_col"):
+            torch.ops.qme_ext.openset_stats(scores, col, enrolled)
+    with pytest.raises(ValueError, match="enrolled"):
+        torch.ops.qme_ext.openset_stats(scores, torch.zeros(3, dtype=torch.int64, device=device),
+                                        enrolled[:, :3])

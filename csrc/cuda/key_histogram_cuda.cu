@@ -1,8 +1,11 @@
 // CUDA twin of key_histogram (key_histogram_cpu.cpp): a grid-stride pass over
-// every score. When the F x 2^digit_bits histograms fit in shared memory each
-// block counts privately in uint32 and flushes once; otherwise lanes hitting
-// the same bin are folded per warp and added straight into the int64 output.
-// Everything is integer, so the result does not depend on scheduling.
+// every score. Blocks count privately in shared-memory uint32 counters and
+// flush once when the F x 2^digit_bits output fits; an unfiltered digit too
+// wide for shared memory (2^16 bins) is cut into slot ranges, one per sibling
+// block reading the same data. Otherwise (wide digit under a prefix filter,
+// where few scores hit any histogram) lanes hitting the same bin are folded per
+// warp and added straight into the int64 output. Everything is integer, so the
+// result does not depend on scheduling.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -216,7 +219,7 @@ void key_histogram_cuda(const KeyHistogramArgs& a, void* /*workspace*/, size_t /
   // Enough chunks (groups of `splits` sibling blocks) to fill the GPU; more
   // only when a block would otherwise see over kMaxElementsPerBlock elements.
   const int64_t needed = (total + kThreads - 1) / kThreads;
-  const int64_t resident = static_cast<int64_t>(cuda_detail::sm_count()) * (shared ? 6 : 8);
+  const int64_t resident = static_cast<int64_t>(cuda_detail::sm_count()) * (shared ? 3 : 8);
   int64_t chunks = std::min<int64_t>(needed, std::max<int64_t>(1, resident / splits));
   chunks = std::max(chunks, (total + kMaxElementsPerBlock - 1) / kMaxElementsPerBlock);
   chunks = std::min<int64_t>(chunks, 0x7FFFFFFF / splits);

@@ -46,16 +46,51 @@ struct InvalidArgument : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// ---- bit casts (host: memcpy, device: intrinsics) ----------------------------
+QME_HD uint32_t bits_of_float(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+QME_HD float float_of_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+QME_HD uint64_t bits_of_double(double d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return u;
+#endif
+}
+
+QME_HD double double_of_bits(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double d;
+  std::memcpy(&d, &u, 8);
+  return d;
+#endif
+}
+
 // ---- half / bfloat16 decoding (exact; no dependency on cuda_fp16) ----------
 QME_HD float bf16_bits_to_float(uint16_t h) {
   uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-#if defined(__CUDA_ARCH__)
-  f = __uint_as_float(u);
-#else
-  std::memcpy(&f, &u, 4);
-#endif
-  return f;
+  return float_of_bits(u);
 }
 
 QME_HD float fp16_bits_to_float(uint16_t h) {
@@ -75,13 +110,7 @@ QME_HD float fp16_bits_to_float(uint16_t h) {
     do { ++e; man <<= 1; } while ((man & 0x400u) == 0);
     u = sign | (static_cast<uint32_t>(112 - e) << 23) | ((man & 0x3FFu) << 13);
   }
-  float f;
-#if defined(__CUDA_ARCH__)
-  f = __uint_as_float(u);
-#else
-  std::memcpy(&f, &u, 4);
-#endif
-  return f;
+  return float_of_bits(u);
 }
 
 // ---- order-preserving keys ------------------------------------------------
@@ -92,24 +121,14 @@ QME_HD float fp16_bits_to_float(uint16_t h) {
 // Float32/float16/bfloat16 use 32-bit keys of the exactly-widened float32 value;
 // float64 uses 64-bit keys. qme_ext/_keys.py mirrors this bit for bit.
 QME_HD uint32_t key_from_float(float f) {
-  uint32_t u;
-#if defined(__CUDA_ARCH__)
-  u = __float_as_uint(f);
-#else
-  std::memcpy(&u, &f, 4);
-#endif
+  uint32_t u = bits_of_float(f);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0u;  // NaN
   if (u == 0x80000000u) u = 0u;                     // -0.0 -> +0.0
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 QME_HD uint64_t key_from_double(double d) {
-  uint64_t u;
-#if defined(__CUDA_ARCH__)
-  u = static_cast<uint64_t>(__double_as_longlong(d));
-#else
-  std::memcpy(&u, &d, 8);
-#endif
+  uint64_t u = bits_of_double(d);
   if ((u & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull) return 0ull;  // NaN
   if (u == 0x8000000000000000ull) u = 0ull;
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
@@ -119,25 +138,13 @@ QME_HD uint64_t key_from_double(double d) {
 QME_HD float float_from_key(uint32_t k) {
   uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
   if (k == 0u) u = 0x7FC00000u;
-  float f;
-#if defined(__CUDA_ARCH__)
-  f = __uint_as_float(u);
-#else
-  std::memcpy(&f, &u, 4);
-#endif
-  return f;
+  return float_of_bits(u);
 }
 
 QME_HD double double_from_key(uint64_t k) {
   uint64_t u = (k & 0x8000000000000000ull) ? (k & 0x7FFFFFFFFFFFFFFFull) : ~k;
   if (k == 0ull) u = 0x7FF8000000000000ull;
-  double d;
-#if defined(__CUDA_ARCH__)
-  d = __longlong_as_double(static_cast<long long>(u));
-#else
-  std::memcpy(&d, &u, 8);
-#endif
-  return d;
+  return double_of_bits(u);
 }
 
 // Score element -> key, per storage type. KeyT is uint32_t except for float64.

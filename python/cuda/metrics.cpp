@@ -1,19 +1,15 @@
-// qme_ext._C_cuda: the CUDA kernels. Mirrors _C (bind_cpu.cpp) with device
-// addresses, plus a caller-allocated workspace and the cudaStream_t (as an int,
-// 0 = legacy default stream) to enqueue on. Ops only enqueue work: the Python
-// layer orders and synchronises the stream.
-#include <cuda_runtime_api.h>
+// CUDA bindings of the metric kernels: rank_counts, key_histogram, openset_stats,
+// and the workspace size of each. Same arguments as the CPU bindings (device
+// addresses) plus (workspace address, workspace bytes, cudaStream_t as an int,
+// 0 = legacy default stream). Ops only enqueue work: the Python layer orders
+// and synchronises the stream.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <stdexcept>
 
-#include "bind_common.h"
+#include "../bind_common.h"
+#include "../registry.h"
 #include "qme/ops_cuda.h"
-
-#ifndef QME_CUDA_ARCHITECTURES
-#define QME_CUDA_ARCHITECTURES ""
-#endif
 
 namespace py = pybind11;
 using qme_py::matrix_from;
@@ -23,39 +19,16 @@ namespace {
 
 cudaStream_t stream_from(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-}  // namespace
-
-PYBIND11_MODULE(_C_cuda, m) {
-  m.doc() = "qme_ext CUDA kernels (internal; use qme_ext.metrics)";
-  qme_py::register_errors(m);
-  m.attr("architectures") = QME_CUDA_ARCHITECTURES;
-
-  // A machine without a driver or GPU is a normal situation for a wheel built
-  // with CUDA, so report 0 devices rather than raising.
-  m.def("device_count", [] {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return 0;
-    }
-    return n;
-  });
-  m.def("runtime_version", [] {
-    int v = 0;
-    const cudaError_t err = cudaRuntimeGetVersion(&v);
-    if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
-    return v;
-  });
-
-  // ---- workspace sizes (argument blocks with only the sizing fields set) ----
+void register_metrics_cuda(py::module_& m) {
+  // ---- workspace sizes: argument blocks with only the sizing fields set ----
   m.def("rank_counts_workspace", [](py::tuple scores, int num_modes, int64_t max_candidates) {
     qme::RankCountsArgs a{matrix_from(scores, "scores"), nullptr, nullptr, nullptr, num_modes,
                           max_candidates, nullptr, nullptr, nullptr};
     return qme::rank_counts_cuda_workspace(a);
   });
   m.def("key_histogram_workspace", [](py::tuple scores, int digit_bits, int num_prefixes) {
-    // digit_shift 0 and a dummy prefix buffer keep the shared argument checks
-    // satisfied; neither changes the size.
+    // digit_shift 0 and a dummy prefix buffer satisfy the argument checks;
+    // neither changes the size.
     static const uint64_t dummy_prefix = 0;
     qme::KeyHistogramArgs a{matrix_from(scores, "scores"), 0, digit_bits, num_prefixes,
                             &dummy_prefix, digit_bits, 0, nullptr, nullptr, nullptr, nullptr};
@@ -104,3 +77,7 @@ PYBIND11_MODULE(_C_cuda, m) {
           qme::openset_stats_cuda(a, ptr<void>(workspace), workspace_bytes, stream_from(stream));
         });
 }
+
+const qme_py::Register registered(register_metrics_cuda);
+
+}  // namespace

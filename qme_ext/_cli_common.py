@@ -1,0 +1,71 @@
+"""What every ``qme-ext`` subcommand shares: the program name, the user-error type,
+progress lines, device checks and the fixed-width metrics table."""
+from __future__ import annotations
+
+import math
+import sys
+
+PROG = "qme-ext"
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
+
+
+def progress(args, message: str) -> None:
+    """One progress line on stderr unless ``args.quiet``."""
+    if not getattr(args, "quiet", False):
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a usable torch device, else :class:`UserError`."""
+    if name == "cpu":  # spares the torch import when nothing runs on a device
+        return name
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"invalid --device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available")
+    return name
+
+
+def json_value(v):
+    """A metric value for JSON: a finite float, or None (JSON has no NaN)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _percent(value, std=None) -> str:
+    if value is None or not math.isfinite(value):
+        return "nan"
+    text = f"{100 * value:.2f}"
+    if std is not None:
+        text += "±" + (f"{100 * std:.2f}" if math.isfinite(std) else "nan")
+    return text
+
+
+def format_table(results: dict, columns) -> str:
+    """Fixed-width text table, one line per row, values in percent.
+
+    ``results[row]`` is a metrics dict; ``columns`` holds ``(header, key, std_key or None)``;
+    a missing key prints as ``nan``.
+    """
+    headers = ["Row"] + [c[0] for c in columns]
+    body = []
+    for row, res in results.items():
+        cells = [row]
+        for _, key, std_key in columns:
+            cells.append(_percent(res.get(key, float("nan")),
+                                  res.get(std_key, float("nan")) if std_key else None))
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)]
+                     + [line(c) for c in body])

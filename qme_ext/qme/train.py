@@ -1,0 +1,412 @@
+"""Two-stage QME training (SPEC §4), inference and ScoreSet fusion.
+
+Stage 1, :func:`fit_quality_estimator`: the quality estimator (QE) reads per-probe quality
+features ``quality/{name}`` (P, D) and is trained with the pseudo-quality loss on the face
+model's training scores (probes vs training centres).
+
+Stage 2, :func:`fit_qme`: the QE is frozen; the mixture of score-fusion experts is trained with
+the score triplet loss on batches of ``batch_size`` probes against *all* training centres, with
+modality dropout. Model selection and early stopping use the **validation** split's
+``overall = GR_top1 + GR_mAP + TAR@1.00%FAR - FNIR@1.00%FPIR`` (fractions), never the test split.
+
+Determinism: the network initialisation and nn.Dropout use the global torch RNG seeded with
+``config.seed``; the probe order and modality-dropout masks come from generators seeded by
+``(seed, epoch)`` and ``(seed, step)``, so a resumed run replays exactly the batches of an
+uninterrupted one.
+
+Choices beyond the SPEC (documented here because the reference does not fix them):
+- A probe whose quality features are all zero has no face: its quality is set to 0 whatever
+  the QE outputs (SPEC: "a probe with no face gets q = 0").
+- Without a QE (the "no-QE" ablation) every probe gets the constant gate ``const_quality``
+  (default 0.5), so both experts are still trained but the gate carries no information.
+- The QE stage uses its own step budget, learning rate and batch size (``qe_steps``, ``qe_lr``,
+  ``qe_batch_size``); early stopping of stage 1 is on the validation pseudo-quality loss.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["TrainConfig", "fit_quality_estimator", "fit_qme", "predict", "fuse_scoreset",
+           "estimate_quality", "overall_score", "make_quality_estimator", "make_qme"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyper-parameters of both stages (SPEC §4 defaults for stage 2)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    t0: int = 300                 # CosineAnnealingWarmRestarts T_0, in iterations
+    t_mult: int = 2
+    batch_size: int = 8           # probes per batch, scored against all training centres
+    seed: int = 42
+    modality_dropout: float = 0.1  # P(a model's scores are zeroed in a batch), per model
+    rank_threshold: int = 3        # delta of the pseudo-quality target
+    margin: float = 1.0            # m of the score triplet loss
+    max_steps: int = 3000          # stage-2 iterations
+    eval_every: int = 100          # stage-2 iterations between validation evaluations
+    patience: int = 10             # evaluations without improvement before stopping
+    num_experts: int = 2
+    ratio: int = 3
+    dropout: float = 0.1
+    quality: str = "face"          # quality feature group quality/{quality}
+    face_model: Optional[str] = None  # model whose scores give pseudo labels (default: quality)
+    qe_steps: int = 1500
+    qe_lr: float = 1e-3
+    qe_batch_size: int = 32
+    qe_hidden: Optional[int] = None
+    qe_mid: int = 512
+    const_quality: float = 0.5     # gate value when no QE is used
+    eval_seed: int = 45            # open-set split seed of the validation metric
+    device: str = "cpu"
+    quiet: bool = False
+
+
+class _Progress:
+    """Throttled one-line progress messages on stderr."""
+
+    def __init__(self, quiet: bool, prefix: str = "qme"):
+        self.quiet, self.prefix, self.t0 = quiet, prefix, time.time()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"{self.prefix} [{time.time() - self.t0:6.1f}s] {msg}", file=sys.stderr,
+                  flush=True)
+
+
+def overall_score(metrics: dict) -> float:
+    """Rank1 + mAP + TAR@1%FAR - FNIR@1%FPIR (fractions; the model-selection criterion)."""
+    return float(metrics["GR_top1"] + metrics["GR_mAP"] + metrics["TAR@1.00%FAR"]
+                 - metrics["FNIR@1.00%FPIR"])
+
+
+def _face_model(scoreset, config) -> str:
+    name = config.face_model or config.quality
+    if name not in scoreset.models:
+        raise ValueError(f"face model {name!r} (pseudo-quality labels) not among the models "
+                         f"{scoreset.models}; set face_model")
+    return name
+
+
+def _features(scoreset, name: str) -> np.ndarray:
+    if name not in scoreset.quality:
+        raise ValueError(f"missing quality features 'quality/{name}'; available: "
+                         f"{sorted(scoreset.quality)}")
+    x = np.asarray(scoreset.quality[name], dtype=np.float32)
+    return x.reshape(x.shape[0], -1)
+
+
+def make_quality_estimator(in_dim: int, config: TrainConfig):
+    from .modules import QualityEstimator
+    args = {"in_dim": int(in_dim), "hidden": config.qe_hidden, "mid": int(config.qe_mid),
+            "dropout": float(config.dropout)}
+    qe = QualityEstimator(**args)
+    qe._qe_args = args
+    qe.quality_name = config.quality
+    return qe
+
+
+def make_qme(models: Sequence[str], config: TrainConfig, num_experts: Optional[int] = None):
+    from .modules import QME
+    args = {"num_experts": int(num_experts or config.num_experts), "ratio": int(config.ratio),
+            "dropout": float(config.dropout)}
+    model = QME(list(models), **args)
+    model._qme_args = args
+    if not hasattr(model, "models"):
+        model.models = list(models)
+    return model
+
+
+def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return [perm[i:i + batch] for i in range(0, n, batch)]
+
+
+class _BatchPlan:
+    """Probe batches as a pure function of the step number (reproducible across resumes)."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed = n, min(batch, n), seed
+        self.per_epoch = math.ceil(n / self.batch)
+        self._cache = (None, None)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if self._cache[0] != epoch:
+            self._cache = (epoch, _epoch_batches(self.n, self.batch, self.seed, epoch))
+        return self._cache[1][i]
+
+
+def estimate_quality(qe, features, batch: int = 4096, device="cpu") -> np.ndarray:
+    """QE output q (P,) in [0, 1] for features (P, D) (or (P, T, D)); 0 for all-zero rows."""
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    out = np.empty(x.shape[0], dtype=np.float32)
+    was = qe.training
+    qe.eval()
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            xb = x[s:s + batch].to(device)
+            out[s:s + batch] = qe(xb).reshape(-1).float().cpu().numpy()
+    qe.train(was)
+    noface = ~np.any(x.reshape(x.shape[0], -1).numpy() != 0, axis=1)
+    out[noface] = 0.0
+    return out
+
+
+def _pseudo_loss_eval(qe, x, face, q_pids, g_pids, config, device) -> float:
+    from .losses import pseudo_quality_loss
+    q = torch.as_tensor(estimate_quality(qe, x, device=device))
+    with torch.no_grad():
+        loss = pseudo_quality_loss(q, torch.as_tensor(face), torch.as_tensor(q_pids),
+                                   torch.as_tensor(g_pids), rank_threshold=config.rank_threshold)
+    return float(loss)
+
+
+def fit_quality_estimator(train, val=None, config: Optional[TrainConfig] = None):
+    """Stage 1: train a QualityEstimator with the pseudo-quality loss.
+
+    Parameters
+    ----------
+    train : ScoreSet with ``quality[config.quality]`` (P, D) and the face model's score_mat
+        (P, N) against the training centres.
+    val : optional ScoreSet; when given, the weights with the lowest validation pseudo-quality
+        loss (evaluated every ``eval_every`` steps, patience ``patience``) are kept.
+
+    Returns the QE in eval mode, with ``history`` = dict(step, train_loss, val_loss lists).
+    """
+    from .losses import pseudo_quality_loss
+    config = config or TrainConfig()
+    dev = torch.device(config.device)
+    log = _Progress(config.quiet, "qme-qe")
+    face = _face_model(train, config)
+    x = torch.as_tensor(_features(train, config.quality), device=dev)
+    s = torch.as_tensor(np.asarray(train.score_mats[face], dtype=np.float32), device=dev)
+    q_pids = torch.as_tensor(train.q_pids, device=dev)
+    g_pids = torch.as_tensor(train.g_pids, device=dev)
+    torch.manual_seed(config.seed)
+    qe = make_quality_estimator(x.shape[1], config).to(dev)
+    opt = torch.optim.Adam(qe.parameters(), lr=config.qe_lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0,
+                                                                 T_mult=config.t_mult)
+    plan = _BatchPlan(x.shape[0], config.qe_batch_size, config.seed + 1)
+    val_data = None
+    if val is not None:
+        val_data = (_features(val, config.quality),
+                    np.asarray(val.score_mats[_face_model(val, config)], dtype=np.float32),
+                    val.q_pids, val.g_pids)
+    hist = {"step": [], "train_loss": [], "val_loss": []}
+    best, best_state, bad, running = math.inf, None, 0, []
+    for step in range(config.qe_steps):
+        idx = plan(step).to(dev)
+        qe.train()
+        loss = pseudo_quality_loss(qe(x[idx]), s[idx], q_pids[idx], g_pids,
+                                   rank_threshold=config.rank_threshold)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(float(loss.detach()))
+        last = step + 1 == config.qe_steps
+        if (step + 1) % config.eval_every == 0 or last:
+            tr = float(np.mean(running))
+            running = []
+            vl = (_pseudo_loss_eval(qe, *val_data, config, dev) if val_data is not None
+                  else float("nan"))
+            hist["step"].append(step + 1)
+            hist["train_loss"].append(tr)
+            hist["val_loss"].append(vl)
+            log(f"step {step + 1}/{config.qe_steps} train pseudo-quality loss {tr:.4f}"
+                + (f" val {vl:.4f}" if val_data is not None else ""))
+            if val_data is not None:
+                if vl < best:
+                    best, best_state, bad = vl, copy.deepcopy(qe.state_dict()), 0
+                else:
+                    bad += 1
+                    if bad >= config.patience:
+                        log(f"early stop at step {step + 1} (best val loss {best:.4f})")
+                        break
+    if best_state is not None:
+        qe.load_state_dict(best_state)
+    qe.history = hist
+    return qe.eval()
+
+
+def _stack(scoreset, models, key="score_mats") -> np.ndarray:
+    mats = getattr(scoreset, key)
+    missing = [m for m in models if m not in mats]
+    if missing:
+        raise ValueError(f"scoreset lacks {key[:-1]} of model(s) {missing}")
+    return np.stack([np.asarray(mats[m], dtype=np.float32) for m in models], axis=1)
+
+
+def _quality_of(qe, scoreset, config_or_name, const: float, device) -> np.ndarray:
+    if qe is None:
+        return np.full(scoreset.num_probes, const, dtype=np.float32)
+    name = getattr(qe, "quality_name", None) or config_or_name
+    return estimate_quality(qe, _features(scoreset, name), device=device)
+
+
+def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optional[str] = None,
+            const_quality: float = 0.5):
+    """Fused matrices of ``scoreset`` (experts in eval mode, batched over probes).
+
+    Returns ``(score_mat (P, G) float32, merge_score_mat (P, S) float32 or None)``; the merge
+    matrix is None when a model lacks one. ``qe`` None gives every probe ``const_quality``.
+    """
+    models = list(getattr(model, "models", scoreset.models))
+    missing = [m for m in models if m not in scoreset.models]
+    if missing:
+        raise ValueError(f"scoreset lacks model(s) {missing}; the fusion needs {models}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    q = torch.as_tensor(_quality_of(qe, scoreset, quality or "face", const_quality, dev))
+    was = model.training
+    model.eval()
+    outs = []
+    for key in ("score_mats", "merge_score_mats"):
+        if any(m not in getattr(scoreset, key) for m in models):
+            outs.append(None)
+            continue
+        x = _stack(scoreset, models, key)
+        res = np.empty((x.shape[0], x.shape[2]), dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch):
+                xb = torch.as_tensor(x[s:s + batch], device=dev)
+                res[s:s + batch] = model(xb, q[s:s + batch].to(dev)).float().cpu().numpy()
+        outs.append(res)
+    model.train(was)
+    return outs[0], outs[1]
+
+
+def fuse_scoreset(model, qe, scoreset, name: str = "qme", batch: int = 256, device=None,
+                  const_quality: float = 0.5):
+    """A copy of ``scoreset`` with the fused model ``name`` appended (both matrices)."""
+    s, m = predict(model, qe, scoreset, batch=batch, device=device,
+                   const_quality=const_quality)
+    return scoreset.with_model(name, s, m)
+
+
+def _validate(model, qe, val, config, dev) -> tuple:
+    from ..metrics import evaluate
+    s, m = predict(model, qe, val, device=dev, quality=config.quality,
+                   const_quality=config.const_quality)
+    res = evaluate(s, m, val.q_pids, val.q_camids, val.q_clothes_ids, val.g_pids, val.g_camids,
+                   val.g_clothes_ids, val.unique_g_pids, seed=config.eval_seed)
+    return overall_score(res), res
+
+
+def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
+            models: Optional[Sequence[str]] = None, resume=None, checkpoint=None,
+            num_experts: Optional[int] = None):
+    """Stage 2: train the experts with the score triplet loss, the QE frozen.
+
+    Parameters
+    ----------
+    train : ScoreSet of training probes vs training centres (P, N) per model.
+    val : ScoreSet with merge matrices (validation split) for model selection / early stopping.
+    quality_estimator : trained QE, or None for the constant-gate (no-QE) ablation.
+    models : model order (default: ``train.models``).
+    resume : path of a checkpoint written through ``checkpoint``; training continues from its
+        step, optimiser, scheduler, best weights and patience counter.
+    checkpoint : path; the training state is saved there (atomically) at every evaluation.
+    num_experts : override ``config.num_experts`` (Z = 1 ablation).
+
+    Returns the QME in eval mode holding the best validation weights, with ``history``
+    (step, train_loss, val_overall lists), ``best_step`` and ``best_overall``.
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .losses import score_triplet_loss
+    config = config or TrainConfig()
+    dev = torch.device(config.device)
+    log = _Progress(config.quiet, "qme")
+    models = list(models or train.models)
+    qe = quality_estimator
+    if qe is not None:
+        qe = qe.to(dev).eval()
+        for p in qe.parameters():
+            p.requires_grad_(False)
+    x = torch.as_tensor(_stack(train, models), device=dev)            # (P, K, N)
+    q = torch.as_tensor(_quality_of(qe, train, config.quality, config.const_quality, dev),
+                        device=dev)
+    q_pids = torch.as_tensor(train.q_pids, device=dev)
+    g_pids = torch.as_tensor(train.g_pids, device=dev)
+    torch.manual_seed(config.seed)
+    model = make_qme(models, config, num_experts).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0,
+                                                                 T_mult=config.t_mult)
+    hist = {"step": [], "train_loss": [], "val_overall": []}
+    step, best, best_state, best_step, bad = 0, -math.inf, None, 0, 0
+    if resume is not None:
+        saved, _, meta = load_checkpoint(resume, map_location=dev)
+        st = meta["extra"].get("train_state")
+        if st is None:
+            raise ValueError(f"{resume}: checkpoint holds no training state to resume from")
+        if list(meta["models"]) != models:
+            raise ValueError(f"{resume}: model order {meta['models']} differs from {models}")
+        model.load_state_dict(saved.state_dict())
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step, best, best_step, bad = st["step"], st["best"], st["best_step"], st["bad"]
+        best_state = st["best_state"]
+        hist = {k: list(v) for k, v in st["history"].items()}
+        torch.set_rng_state(st["torch_rng"])
+        log(f"resumed from {resume} at step {step}")
+    plan = _BatchPlan(x.shape[0], config.batch_size, config.seed)
+    k = len(models)
+    running = []
+    stop = bad >= config.patience
+    while step < config.max_steps and not stop:
+        idx = plan(step).to(dev)
+        xb = x[idx]
+        # the intended per-model drop probability p (not the reference's randn < p)
+        g = torch.Generator().manual_seed(config.seed * 7_919 + step)
+        keep = (torch.rand(k, generator=g) >= config.modality_dropout).to(xb.dtype).to(dev)
+        xb = xb * keep.view(1, k, 1)
+        model.train()
+        loss = score_triplet_loss(model(xb, q[idx]), q_pids[idx], g_pids, margin=config.margin)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(float(loss.detach()))
+        step += 1
+        if step % config.eval_every == 0 or step == config.max_steps:
+            tr = float(np.mean(running)) if running else float("nan")
+            running = []
+            ov, res = _validate(model, qe, val, config, dev)
+            hist["step"].append(step)
+            hist["train_loss"].append(tr)
+            hist["val_overall"].append(ov)
+            if ov > best:
+                best, best_step, bad = ov, step, 0
+                best_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+            else:
+                bad += 1
+            log(f"step {step}/{config.max_steps} score-triplet loss {tr:.4f} val overall "
+                f"{ov:.4f} (R1 {res['GR_top1']:.3f} mAP {res['GR_mAP']:.3f} TAR "
+                f"{res['TAR@1.00%FAR']:.3f} FNIR {res['FNIR@1.00%FPIR']:.3f}) best {best:.4f}"
+                f"@{best_step}")
+            if bad >= config.patience:
+                log(f"early stop at step {step} (best val overall {best:.4f} at {best_step})")
+                stop = True
+            if checkpoint is not None:
+                state = {"step": step, "best": best, "best_step": best_step, "bad": bad,
+                         "best_state": best_state, "history": hist,
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "torch_rng": torch.get_rng_state()}
+                save_checkpoint(checkpoint, model, qe, config, models,
+                                {"train_state": state})
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.history = hist
+    model.best_step, model.best_overall = best_step, best
+    return model.eval()

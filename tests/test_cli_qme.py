@@ -1,0 +1,94 @@
+"""``qme-ext train / fuse / evaluate / demo --quick`` as subprocesses, at tiny size."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("qme_ext.qme.modules")
+pytest.importorskip("qme_ext.qme.losses")
+
+from qme_ext.datasets.synthetic import synthetic_wholebody  # noqa: E402
+from qme_ext.io import load_scores, save_scores  # noqa: E402
+
+def _run(*argv, timeout=120):
+    cmd = [sys.executable, "-m", "qme_ext", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qme_cli")
+    data = synthetic_wholebody("mixed", seed=5, num_subjects=20, num_train_subjects=25,
+                               num_val_subjects=15, num_unknown=4)
+    paths = {}
+    for split in ("train", "val", "test"):
+        paths[split] = str(d / f"{split}.h5")
+        save_scores(paths[split], data[split])
+    paths["dir"] = d
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    out = str(files["dir"] / "model.pt")
+    r = _run("train", files["train"], "--val", files["val"], "--quality", "face", "--out", out,
+             "--steps", "60", "--qe-steps", "40", "--eval-every", "30", "--seed", "3",
+             "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_fuse_evaluate(files, trained):
+    fused = str(files["dir"] / "fused.h5")
+    r = _run("fuse", trained, files["test"], "--out", fused, "--quiet")
+    assert r.returncode == 0, r.stderr
+    ss = load_scores(fused)
+    assert ss.models == ["face", "body", "gait", "qme"]
+    test = load_scores(files["test"])
+    assert ss.score_mats["qme"].shape == test.score_mats["face"].shape
+    assert ss.merge_score_mats["qme"].shape == test.merge_score_mats["face"].shape
+    assert np.isfinite(ss.score_mats["qme"]).all()
+    with h5py.File(fused, "r") as f:  # the copy keeps the original quality group
+        assert f["quality/face"].shape == test.quality["face"].shape
+    js = str(files["dir"] / "eval.json")
+    r = _run("evaluate", fused, "--json", js, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "qme" in r.stdout
+    res = json.load(open(js))
+    assert 0.0 <= res["qme"]["GR_top1"] <= 1.0
+
+
+def test_fuse_rejects_other_model_order(files, trained):
+    other = str(files["dir"] / "reordered.h5")
+    save_scores(other, load_scores(files["test"], models="body,face,gait"))
+    out = str(files["dir"] / "bad.h5")
+    r = _run("fuse", trained, other, "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "differ" in lines[0] and "Traceback" not in r.stderr
+    assert not os.path.exists(out)
+
+
+def test_train_user_errors(files, tmp_path):
+    r = _run("train", files["train"], "--val", files["val"], "--quality", "nope",
+             "--out", str(tmp_path / "m.pt"))
+    assert r.returncode == 2 and "quality/nope" in r.stderr
+    r = _run("fuse", str(tmp_path / "missing.pt"), files["test"], "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "no such checkpoint" in r.stderr
+
+
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    r = _run("demo", "--quick", "--out", str(out), "--regime", "face_poor", "--quiet",
+             timeout=170)
+    assert r.returncode == 0, r.stderr
+    for row in ("face", "body", "gait", "zscore", "bssf", "qme", "qme_z1", "qme_noqe"):
+        assert row in r.stdout
+    res = json.load(open(out / "results.json"))
+    assert set(res["overall"]) >= {"qme", "zscore", "qme_z1", "qme_noqe"}
+    assert (out / "quality_vs_face_rank.png").exists()
+    assert (out / "score_hist_qme.png").exists()

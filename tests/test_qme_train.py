@@ -1,0 +1,138 @@
+"""QME training pipeline: losses go down, QME beats z-score on face_poor, seeds, checkpoints."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("qme_ext.qme.modules")
+pytest.importorskip("qme_ext.qme.losses")
+
+from qme_ext.datasets.synthetic import synthetic_wholebody  # noqa: E402
+from qme_ext.fusion import fuse  # noqa: E402
+from qme_ext.metrics import evaluate  # noqa: E402
+from qme_ext.qme.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from qme_ext.qme.train import (TrainConfig, fit_qme, fit_quality_estimator,  # noqa: E402
+                               fuse_scoreset, overall_score, predict)
+
+TINY = dict(num_subjects=30, num_train_subjects=40, num_val_subjects=20, num_unknown=6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return synthetic_wholebody("mixed", seed=3, **TINY)
+
+
+def _cfg(**kw):
+    base = dict(max_steps=200, qe_steps=150, eval_every=50, quiet=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _overall(ss, S, M):
+    return overall_score(evaluate(S, M, ss.q_pids, ss.q_camids, ss.q_clothes_ids, ss.g_pids,
+                                  ss.g_camids, ss.g_clothes_ids, ss.unique_g_pids))
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_synthetic_layout(tiny):
+    for split in ("train", "val", "test"):
+        ss = tiny[split]
+        assert ss.models == ["face", "body", "gait"]
+        assert ss.quality["face"].shape == (ss.num_probes, 64)
+        assert ss.quality["face_weights"].shape == (ss.num_probes, 1)
+        for m in ss.models:
+            assert ss.score_mats[m].dtype == np.float32
+    test = tiny["test"]
+    assert not np.isin(test.q_pids, test.unique_g_pids).all()  # open set: unknown probes
+    has_face = tiny["meta"]["test"]["has_face"]
+    assert (test.quality["face"][~has_face] == 0).all()
+    # clothes changes exist, so CC metrics are defined
+    res = evaluate(test.score_mats["body"], test.merge_score_mats["body"], test.q_pids,
+                   test.q_camids, test.q_clothes_ids, test.g_pids, test.g_camids,
+                   test.g_clothes_ids, test.unique_g_pids)
+    assert np.isfinite(res["CC_top1"]) and res["CC_top1"] < res["SC_top1"]
+    again = synthetic_wholebody("mixed", seed=3, **TINY)["test"]
+    assert np.array_equal(again.score_mats["face"], test.score_mats["face"])
+
+
+def test_short_training_lowers_both_losses(tiny):
+    cfg = _cfg(max_steps=300, qe_steps=300)
+    qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
+    h = qe.history["train_loss"]
+    assert h[-1] < h[0]
+    model = fit_qme(tiny["train"], tiny["val"], qe, cfg)
+    h = model.history["train_loss"]
+    assert h[-1] < 0.9 * h[0]
+    S, M = predict(model, qe, tiny["test"])
+    assert S.shape == (tiny["test"].num_probes, tiny["test"].num_gallery)
+    assert M.shape == (tiny["test"].num_probes, tiny["test"].unique_g_pids.size)
+    assert np.isfinite(S).all() and np.isfinite(M).all()
+
+
+def test_qme_beats_zscore_on_face_poor():
+    """The point of the method: quality-gated experts beat a plain z-score sum."""
+    data = synthetic_wholebody("face_poor", seed=1)
+    cfg = TrainConfig(max_steps=3000, qe_steps=600, eval_every=200, quiet=True)
+    qe = fit_quality_estimator(data["train"], data["val"], cfg)
+    model = fit_qme(data["train"], data["val"], qe, cfg)
+    test = data["test"]
+    qme = _overall(test, *predict(model, qe, test))
+    z = fuse(test, "zscore", calibration=data["train"], name="z")
+    zscore = _overall(test, z.score_mats["z"], z.merge_score_mats["z"])
+    assert qme > zscore + 0.05, (qme, zscore)
+
+
+def test_same_seed_same_weights(tiny):
+    cfg = _cfg(max_steps=100, qe_steps=60)
+    runs = []
+    for _ in range(2):
+        qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
+        runs.append((qe, fit_qme(tiny["train"], tiny["val"], qe, cfg)))
+    assert _same_weights(runs[0][0], runs[1][0])
+    assert _same_weights(runs[0][1], runs[1][1])
+    other = fit_qme(tiny["train"], tiny["val"], runs[0][0], dataclasses.replace(cfg, seed=7))
+    assert not _same_weights(runs[0][1], other)
+
+
+def test_checkpoint_round_trip(tiny, tmp_path):
+    cfg = _cfg(max_steps=100, qe_steps=60)
+    qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
+    model = fit_qme(tiny["train"], tiny["val"], qe, cfg)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, qe, cfg, tiny["train"].models, {"note": "x"})
+    model2, qe2, meta = load_checkpoint(path)
+    assert meta["models"] == ["face", "body", "gait"]
+    assert meta["quality"] == {"name": "face", "dim": 64}
+    assert meta["config"]["max_steps"] == 100 and meta["extra"]["note"] == "x"
+    assert _same_weights(model, model2) and _same_weights(qe, qe2)
+    a = predict(model, qe, tiny["test"])
+    b = predict(model2, qe2, tiny["test"])
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    fused = fuse_scoreset(model2, qe2, tiny["test"])
+    assert fused.models[-1] == "qme"
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temporary file
+
+
+def test_no_qe_and_single_expert(tiny):
+    cfg = _cfg(max_steps=60, qe_steps=30)
+    m1 = fit_qme(tiny["train"], tiny["val"], None, cfg, num_experts=1)
+    S, _ = predict(m1, None, tiny["test"])
+    assert np.isfinite(S).all()
+
+
+def test_resume_matches_uninterrupted_run(tiny, tmp_path):
+    cfg = _cfg(max_steps=200, qe_steps=60, eval_every=50, patience=100)
+    qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
+    full = fit_qme(tiny["train"], tiny["val"], qe, cfg)
+    ckpt = tmp_path / "state.pt"
+    fit_qme(tiny["train"], tiny["val"], qe, dataclasses.replace(cfg, max_steps=100),
+            checkpoint=ckpt)
+    resumed = fit_qme(tiny["train"], tiny["val"], qe, cfg, resume=ckpt)
+    assert resumed.history["step"] == full.history["step"]
+    assert resumed.history["train_loss"] == pytest.approx(full.history["train_loss"], abs=0)
+    assert _same_weights(full, resumed)
