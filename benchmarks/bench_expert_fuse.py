@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import device_info, report, requires_cuda
+from conftest import report, requires_cuda
 from qme_ext.qme.modules import QME
 from qme_ext.reference.qme import ReferenceScoreExpert, load_expert_state, reference_expert_fuse
 
@@ -64,7 +64,7 @@ def test_cpu_train_step(benchmark):
     G = int(os.environ.get("QME_BENCH_CPU_G", "20000"))
     model, refs, x, q = make("cpu", B, G)
     baseline = wall(train_step_reference(model, refs, x, q), "cpu")
-    benchmark.extra_info.update(device_info("cpu"), B=B, G=G, K=K, Z=Z)
+    benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
     benchmark.pedantic(train_step_kernel(model, x, q), rounds=5, iterations=1, warmup_rounds=1)
     report(benchmark, baseline, label="eager_reference")
 
@@ -78,7 +78,7 @@ def test_cpu_inference(benchmark):
         r.eval()
     with torch.no_grad():
         baseline = wall(lambda: reference_expert_fuse(x, model.gate(q, B), *refs), "cpu")
-        benchmark.extra_info.update(device_info("cpu"), B=B, G=G, K=K, Z=Z)
+        benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
         benchmark.pedantic(lambda: model(x, q), rounds=5, iterations=1, warmup_rounds=1)
     report(benchmark, baseline, label="eager_reference")
 
@@ -107,7 +107,7 @@ def test_cuda_train_step(benchmark, cuda_problem):
     except torch.cuda.OutOfMemoryError:  # the eager reference stores (B, G, rK) activations
         baseline = float("nan")
     torch.cuda.empty_cache()
-    benchmark.extra_info.update(device_info("cuda"), B=B, G=G, K=K, Z=Z)
+    benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
     cuda_bench(benchmark, train_step_kernel(model, x, q))
     # stats read + forward (read X, write F) + backward (read X and grad F, write grad X)
     touched = 4 * (B * K * G * 2 + B * G + B * K * G + B * G + B * K * G)
@@ -124,7 +124,7 @@ def test_cuda_inference(benchmark, cuda_problem):
     with torch.no_grad():
         baseline = wall(lambda: reference_expert_fuse(x, model.gate(q, B), *refs), "cuda")
         torch.cuda.empty_cache()
-        benchmark.extra_info.update(device_info("cuda"), B=B, G=G, K=K, Z=Z)
+        benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
         cuda_bench(benchmark, lambda: model(x, q))
     model.train()
     report(benchmark, baseline, bytes_touched=4 * (B * K * G + B * G), label="eager_reference")

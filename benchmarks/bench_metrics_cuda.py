@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import device_info, report, requires_cuda, synthetic_scores
+from conftest import report, requires_cuda, synthetic_scores
 from qme_ext import metrics
 
 pytestmark = requires_cuda
@@ -68,7 +68,7 @@ def test_rank_metrics_cuda(benchmark, data):
     S, M, qp, gp, ids, uniq = data
     baseline = cuda_time(lambda: torch_rank1_map(S, qp, gp), repeat=2)
     cuda_bench(benchmark, lambda: metrics.rank_metrics(S, qp, gp))
-    benchmark.extra_info.update(device_info("cuda"), shape=[P, G])
+    benchmark.extra_info.update(shape=[P, G])
     report(benchmark, baseline, S.numel() * S.element_size(), label="torch_argsort")
 
 
@@ -77,7 +77,7 @@ def test_tar_at_far_cuda(benchmark, data):
     S, M, qp, gp, ids, uniq = data
     baseline = cuda_time(lambda: torch_tar(S, qp, gp), repeat=3)
     cuda_bench(benchmark, lambda: metrics.tar_at_far(S, qp, gp))
-    benchmark.extra_info.update(device_info("cuda"), shape=[P, G])
+    benchmark.extra_info.update(shape=[P, G])
     # two digit passes over the matrix must read it twice
     report(benchmark, baseline, 2 * S.numel() * S.element_size(), label="torch_mask_topk")
 
@@ -89,6 +89,6 @@ def test_evaluate_cuda_10k_by_1m(benchmark):
     args = (S, M, qp, ids["q_camids"], ids["q_clothes_ids"], gp, ids["g_camids"],
             ids["g_clothes_ids"], uniq)
     cuda_bench(benchmark, lambda: metrics.evaluate(*args))
-    benchmark.extra_info.update(device_info("cuda"), shape=[Pb, G])
+    benchmark.extra_info.update(shape=[Pb, G])
     med = benchmark.stats.stats.median
     print(f"\n  evaluate {Pb}x{G} float32 on {torch.cuda.get_device_name()}: {med * 1e3:.0f} ms")

@@ -17,6 +17,7 @@ import time
 import torch
 
 import qme_ext
+from conftest import device_info  # run as a script: benchmarks/ is on sys.path
 from qme_ext.quality import QMagFace, aggregate_templates
 
 
@@ -69,7 +70,7 @@ def bench_tiled_large(dev):
                 out[i:i + block[0], j:j + block[1]] = pn[i:i + block[0]] @ gn[j:j + block[1]].T
 
     t_mm = timeit(bare, dev, 1)
-    del out
+    out = None  # release the tiled output before score_matrix allocates its own
     t_q = timeit(lambda: qm.score_matrix(pf, gf, block=block, out_dtype=torch.bfloat16), dev, 1)
     flops = 2.0 * P * G * D
     print(f"score_matrix cuda {P}x{G}x{D} bf16 -> bf16: tiled matmul+copy {t_mm:.2f} s "
@@ -93,6 +94,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    print("environment:", device_info("cuda" if qme_ext.cuda_available() else "cpu"))
     cpu = torch.device("cpu")
     n = 1 if args.quick else 2
     bench_score_matrix(512 * n, 8192 * n, 512, torch.float32, cpu, (256, 4096))

@@ -25,13 +25,66 @@ def synthetic_scores(P, G, n_subjects, seed=0, device="cpu", dtype=torch.float32
     return S, M, q_pids, g_pids, ids, torch.arange(n_subjects, device=device)
 
 
-def device_info(device):
+def device_info(device="cpu") -> dict:
+    """Where and with what a measurement was taken: versions, CPU, threads and, for a CUDA
+    device, the GPU's name, memory, theoretical peak bandwidth and the CUDA runtimes."""
+    cfg = qme_ext.build_config()
     info = {"qme_ext": qme_ext.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "threads": qme_ext.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    if str(device).startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda_runtime"] = qme_ext.build_config()["cuda_runtime_version"]
+            "python": platform.python_version(), "threads": qme_ext.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "device": str(device)}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        peak, source = peak_bandwidth(torch.device(device))
+        info.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2**30, 1),
+                    compute_capability=f"{props.major}.{props.minor}",
+                    peak_GB_per_s=None if peak is None else round(peak / 1e9),
+                    peak_source=source, cuda_runtime=cfg["cuda_runtime_version"],
+                    torch_cuda=torch.version.cuda, cuda_architectures=cfg["cuda_architectures"])
     return info
+
+
+# Theoretical DRAM bandwidth (bytes/s) where the device properties do not give it
+# (CUDA 13 no longer reports the memory clock). Longest name first.
+PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12),
+                  ("H100", 3.35e12), ("GH200", 4.0e12), ("A100-SXM4-80GB", 2.039e12),
+                  ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12))
+
+
+def peak_bandwidth(device) -> tuple:
+    """(bytes/s or None, how it was found): 2 x memory clock x bus width when torch
+    exposes them, else the PEAK_BANDWIDTH table by device name."""
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "memory_clock_rate", 0) or 0
+    bus_bits = getattr(props, "memory_bus_width", 0) or 0
+    if clock_khz > 0 and bus_bits > 0:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8, "memory clock x bus width"
+    for name, peak in PEAK_BANDWIDTH:
+        if name.lower() in props.name.lower():
+            return peak, f"table ({name})"
+    return None, "unknown"
+
+
+def _benchmark_device(item) -> str:
+    # convention: a benchmark runs on the GPU iff its test or file name says "cuda"
+    return "cuda" if "cuda" in item.nodeid.lower() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _record_device_info(request):
+    """Every pytest-benchmark result carries device_info() in its extra_info."""
+    if "benchmark" in request.fixturenames:
+        bench = request.getfixturevalue("benchmark")
+        bench.extra_info.update(device_info(_benchmark_device(request.node)))
+    yield
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect bench_*.py when the folder is given (``pytest benchmarks``): the project's
+    python_files pattern only names test_*.py. Explicit paths are collected by pytest."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") \
+            and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 def report(benchmark, baseline_s, bytes_touched=None, label="baseline"):
@@ -45,6 +98,10 @@ def report(benchmark, baseline_s, bytes_touched=None, label="baseline"):
         gbs = bytes_touched / med / 1e9
         benchmark.extra_info["GB_per_s"] = gbs
         line += f", {gbs:.0f} GB/s"
+        peak = benchmark.extra_info.get("peak_GB_per_s")
+        if peak:
+            benchmark.extra_info["percent_of_peak"] = 100 * gbs / peak
+            line += f" ({100 * gbs / peak:.0f}% of {peak} GB/s peak)"
     print(line)
 
 

@@ -14,4 +14,14 @@ __all__ = [
     "cuda_compiled",
     "get_num_threads",
     "set_num_threads",
+    "topk",
 ]
+
+
+def __getattr__(name):
+    # qme_ext.topk is imported on first use: `import qme_ext` stays free of torch.library work.
+    if name == "topk":
+        from .retrieval import topk
+
+        return topk
+    raise AttributeError(f"module 'qme_ext' has no attribute {name!r}")

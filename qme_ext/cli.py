@@ -4,7 +4,10 @@ Subcommands
 -----------
 ``evaluate FILE.h5``
     Evaluate every model of a SPEC §1 score file and any fusion of them; print a table
-    (percentages), optionally write all metric keys as JSON and PNG plots.
+    (percentages), optionally write all metric keys as JSON and PNG plots. With
+    ``--max-memory SIZE`` the file is read in blocks of probe rows that fit SIZE (the same
+    report, bit for bit; what SIZE covers: :mod:`qme_ext.streaming`); fusion then needs
+    ``--calibration TRAIN.h5`` and ``--plots`` is unavailable (curves need whole matrices).
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
@@ -73,6 +76,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write every metric of every row as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, det.png, cmc.png and "
                    "score_hist_<row>.png into DIR")
+    p.add_argument("--max-memory", metavar="SIZE", help="evaluate out of core: read the file "
+                   "in probe-row blocks whose matrices fit SIZE (e.g. 2GB, 512MiB; "
+                   "see qme_ext.streaming)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -104,17 +110,62 @@ def _load_inputs(args, items):
     check_device(args.device)
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
-    for m in scores.models:
-        if m not in scores.merge_score_mats:
-            raise UserError(f"{args.file}: model {m!r} has no merge_score_mat (needed by the "
-                            f"open-set metrics)")
-    for item in items:
-        if item in scores.models or items.count(item) > 1:
-            raise UserError(f"fusion item {item!r} repeats a model name or another item")
+    _check_rows(args, scores.models, scores.merge_score_mats, items)
     calibration = "self"
     if items and args.calibration != "self":
         calibration = load_scores(args.calibration, models=scores.models)
     return scores, calibration
+
+
+def _check_rows(args, models, merge_models, items) -> None:
+    for m in models:
+        if m not in merge_models:
+            raise UserError(f"{args.file}: model {m!r} has no merge_score_mat (needed by the "
+                            f"open-set metrics)")
+    for item in items:
+        if item in models or items.count(item) > 1:
+            raise UserError(f"fusion item {item!r} repeats a model name or another item")
+
+
+def _streaming_results(args, items) -> dict:
+    """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
+    from .io import load_ids, load_scores
+    from .streaming import evaluate_file, parse_memory, plan_block_rows
+    try:
+        budget = parse_memory(args.max_memory)
+    except ValueError:
+        raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such as "
+                        f"2GB, 512MiB or a number of bytes") from None
+    if args.plots:
+        raise UserError("--plots needs the whole matrices (ROC/DET at every distinct score); "
+                        "drop --plots or --max-memory")
+    check_device(args.device)
+    _check_protocol(args.protocol)
+    models, ids, shapes = load_ids(args.file, args.models)
+    _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
+    try:  # the largest row (a fusion item reads every model) must fit the budget
+        plan_block_rows(models, ids, shapes, bool(items), budget, args.file)
+    except ValueError as exc:
+        raise UserError(f"--max-memory {args.max_memory}: "
+                        + str(exc).removeprefix("max_memory: ")) from None
+    calibration = None
+    if items:
+        if args.calibration == "self":
+            raise UserError("--fusion with --max-memory needs --calibration TRAIN.h5: fitting "
+                            "on the evaluated file itself (self) needs its whole matrices")
+        calibration = load_scores(args.calibration, models=models)
+    rows = [(m, dict(model=m)) for m in models]
+    rows += [(item, dict(fusion=item, models=models, calibration=calibration)) for item in items]
+    results = {}
+    for row, how in rows:
+        progress(args, f"evaluating {row} out of core (--max-memory {args.max_memory})")
+        try:
+            res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
+                                seed=args.seed, device=args.device, **how)
+        except ValueError as exc:
+            raise UserError(f"{row!r}: {exc}") from None
+        results[row] = {k: float(v) for k, v in res.items()}
+    return results
 
 
 def _rows(args, scores, calibration, items):
@@ -145,6 +196,9 @@ def _write_plots(args, rows, scores) -> None:
 
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
+    if args.max_memory is not None:
+        _print_results(args, _streaming_results(args, items))
+        return 0
     scores, calibration = _load_inputs(args, items)
     progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
@@ -160,15 +214,20 @@ def run_evaluate(args) -> int:
         progress(args, f"evaluating {row}")
         res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
         results[row] = {k: float(v) for k, v in res.items()}
+    _print_results(args, results)
+    if args.plots:
+        _write_plots(args, rows, scores)
+    return 0
+
+
+def _print_results(args, results: dict) -> None:
+    """The table on stdout and, with ``--json``, every metric of every row."""
     print(format_table(results, TABLE_COLUMNS))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({r: {k: json_value(v) for k, v in res.items()}
                        for r, res in results.items()}, fh, indent=2)
         progress(args, f"metrics written to {args.json}")
-    if args.plots:
-        _write_plots(args, rows, scores)
-    return 0
 
 
 # ------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from .io import ScoreSet
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
     "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
+    "fit_fusion", "apply_fusion",
 ]
 
 EPS = 1e-10
@@ -76,9 +77,16 @@ def _canon(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
+def _tensor(matrix) -> torch.Tensor:
+    """torch.as_tensor, copying numpy views with negative strides (torch cannot view them)."""
+    if isinstance(matrix, np.ndarray) and any(st < 0 for st in matrix.strides):
+        matrix = np.ascontiguousarray(matrix)
+    return torch.as_tensor(matrix)
+
+
 def _as_tensor(matrix, device) -> torch.Tensor:
     """Any array -> float64 tensor on ``device`` with NaN/inf replaced (np.nan_to_num rule)."""
-    t = torch.as_tensor(matrix)
+    t = _tensor(matrix)
     if device is not None:
         t = t.to(device)
     if not t.is_floating_point():
@@ -94,7 +102,7 @@ def _as_tensor(matrix, device) -> torch.Tensor:
 def _on_device(matrix, device) -> torch.Tensor:
     """A tensor view of ``matrix`` on ``device`` (no copy for CPU numpy input), so that
     :meth:`Normaliser.transform` returns a tensor and does its one NaN-cleaning pass."""
-    return torch.as_tensor(matrix).to(device)
+    return _tensor(matrix).to(device)
 
 
 def _genuine_mask(q_pids, g_pids, device) -> torch.Tensor:
@@ -311,10 +319,12 @@ def _split_eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
     gen = np.sort(genuine)
     imp = np.sort(impostor)
     t = np.unique(np.concatenate([gen, imp]))
-    far = (imp.size - np.searchsorted(imp, t, side="left")) / imp.size  # #{imp >= t}
-    frr = np.searchsorted(gen, t, side="left") / gen.size  # #{gen < t}
-    i = int(np.argmin(np.abs(far - frr)))
-    return float((far[i] + frr[i]) / 2.0)
+    n_far = imp.size - np.searchsorted(imp, t, side="left")  # #{imp >= t}
+    n_frr = np.searchsorted(gen, t, side="left")  # #{gen < t}
+    # |FAR - FRR| * N_imp * N_gen in integers: float rounding must not decide a tie
+    # (the first, lowest threshold wins, as in metrics.eer)
+    i = int(np.argmin(np.abs(n_far * gen.size - n_frr * imp.size)))
+    return float((n_far[i] / imp.size + n_frr[i] / gen.size) / 2.0)
 
 
 def _calibration_pairs(q_pids, g_pids, seed: int) -> tuple:
@@ -495,42 +505,67 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
     every model has one, float32 ``(P, S)`` merge_score_mat (merge matrices are normalised with
     the statistics of their model's score matrix).
     """
-    norm_name, rule = parse_method(method)
+    parse_method(method)  # an unknown name is reported before anything else
     models = list(scoreset.models)
     if not models:
         raise ValueError("scoreset has no model to fuse")
     if isinstance(calibration, str):
         if calibration != "self":
             raise ValueError(f"calibration must be 'self' or a ScoreSet, got {calibration!r}")
-        calib = scoreset
-    else:
-        missing = [mm for mm in models if mm not in calibration.score_mats]
-        if missing:
-            raise ValueError(f"calibration set lacks model(s) {missing}; it has "
-                             f"{calibration.models}")
-        calib = calibration
-    device = torch.device(device)
+        calibration = scoreset
+    result = fit_fusion(method, calibration, models, device=device, weights=weights, seed=seed)
+    out = apply_fusion(result, scoreset, name or method, device=device, m=m, face=face)
+    return (out, result) if return_result else out
 
+
+def fit_fusion(method: str, calibration: ScoreSet, models: Optional[Sequence[str]] = None, *,
+               device: Union[str, torch.device] = "cpu",
+               weights: Optional[Sequence[float]] = None, seed: int = 0) -> FusionResult:
+    """Fit ``method``'s normalisers (one per model) and weights on ``calibration``.
+
+    The fitted :class:`FusionResult` applies to any ScoreSet with these models, or to
+    any block of its probe rows (:func:`apply_fusion`: element-wise per probe), which
+    is how :mod:`qme_ext.streaming` fuses files larger than memory.
+    """
+    norm_name, rule = parse_method(method)
+    models = list(calibration.models if models is None else models)
+    if not models:
+        raise ValueError("no model to fuse")
+    missing = [mm for mm in models if mm not in calibration.score_mats]
+    if missing:
+        raise ValueError(f"calibration set lacks model(s) {missing}; it has "
+                         f"{calibration.models}")
+    device = torch.device(device)
     normalisers = {}
     for mm in models:
         normalisers[mm] = get_normaliser(norm_name, device).fit(
-            (calib.score_mats[mm], calib.q_pids, calib.g_pids))
-    base = _fit_weights(rule, normalisers, calib, models, weights, seed, device)
-    w_probe = base
-    if rule == "farsight_style":
+            (calibration.score_mats[mm], calibration.q_pids, calibration.g_pids))
+    base = _fit_weights(rule, normalisers, calibration, models, weights, seed, device)
+    return FusionResult(method, norm_name, rule, normalisers, base)
+
+
+def apply_fusion(result: FusionResult, scoreset: ScoreSet, name: str, *,
+                 device: Union[str, torch.device] = "cpu", m: float = 2.0,
+                 face: Optional[str] = None) -> ScoreSet:
+    """``scoreset`` with model ``name`` added: ``result`` applied to its matrices.
+
+    Element-wise per probe (``farsight_style`` reads the probe's quality row), so a
+    block of probe rows fuses to the same values as the whole matrix's rows.
+    """
+    device = torch.device(device)
+    models = list(result.normalisers)
+    w_probe = result.weights
+    if result.rule == "farsight_style":
         face_index, q = _face_quality(scoreset, models, face)
-        w_probe = _per_probe_weights(base, face_index, q)
+        w_probe = _per_probe_weights(result.weights, face_index, q)
 
     def normalised(mats):
         for mm in models:
-            yield normalisers[mm].transform(_on_device(mats[mm], device))
+            yield result.normalisers[mm].transform(_on_device(mats[mm], device))
 
-    fused = _combine(rule, normalised(scoreset.score_mats), w_probe, m)
+    fused = _combine(result.rule, normalised(scoreset.score_mats), w_probe, m)
     fused_merge = None
     if all(mm in scoreset.merge_score_mats for mm in models):
-        fused_merge = _combine(rule, normalised(scoreset.merge_score_mats), w_probe, m)
+        fused_merge = _combine(result.rule, normalised(scoreset.merge_score_mats), w_probe, m)
         fused_merge = fused_merge.to(torch.float32).cpu().numpy()
-    out = scoreset.with_model(name or method, fused.to(torch.float32).cpu().numpy(), fused_merge)
-    if return_result:
-        return out, FusionResult(method, norm_name, rule, normalisers, base)
-    return out
+    return scoreset.with_model(name, fused.to(torch.float32).cpu().numpy(), fused_merge)

@@ -42,6 +42,7 @@ __all__ = [
     "load_scores",
     "save_scores",
     "iter_row_blocks",
+    "load_ids",
     "PROBE_ID_KEYS",
     "GALLERY_ID_KEYS",
 ]
@@ -290,6 +291,17 @@ def _dataset_shapes(f, models: Sequence[str]) -> dict:
     return shapes
 
 
+def _resolve_models(f, models, source: str) -> list:
+    """The requested models of an open file (default: all, file order); unknown ones refused."""
+    available = _file_models(f)
+    names = available if models is None else _split_names(models)
+    unknown = [m for m in names if m not in available]
+    if unknown:
+        raise ScoreFileError(f"{source}: unknown model(s) {unknown} (missing key "
+                             f"'{unknown[0]}/score_mat'); available: {available}")
+    return names
+
+
 def _row_reader(rows: Rows, n_probe: int, source: str):
     """Return ``read(dataset) -> ndarray`` selecting probe rows, plus the selected count.
 
@@ -334,12 +346,7 @@ def load_scores(path, models: Union[str, Sequence[str], None] = None,
     """
     source = os.fspath(path)
     with _open(source) as f:
-        available = _file_models(f)
-        names = available if models is None else _split_names(models)
-        unknown = [m for m in names if m not in available]
-        if unknown:
-            raise ScoreFileError(f"{source}: unknown model(s) {unknown} (missing key "
-                                 f"'{unknown[0]}/score_mat'); available: {available}")
+        names = _resolve_models(f, models, source)
         _check_shapes(_dataset_shapes(f, names), names, source)
         read, _ = _row_reader(rows, f["q_pids"].shape[0], source)
         ids = {}
@@ -355,6 +362,23 @@ def load_scores(path, models: Union[str, Sequence[str], None] = None,
                 quality[name] = np.asarray(read(f[f"{QUALITY_GROUP}/{name}"]), dtype=np.float32)
     return ScoreSet(models=list(names), score_mats=score_mats, merge_score_mats=merge,
                     quality=quality, **ids).validate(source)
+
+
+def load_ids(path, models: Union[str, Sequence[str], None] = None) -> tuple:
+    """``(models, ids, shapes)`` of a score file, checked like :func:`load_scores`, without
+    reading any matrix (for out-of-core work with :func:`iter_row_blocks`).
+
+    ``ids`` maps the seven id keys to int64 arrays; ``shapes`` maps every dataset key of the
+    requested models and of ``quality/`` (``"face/score_mat"``, ``"quality/face_weights"``...)
+    to its shape.
+    """
+    source = os.fspath(path)
+    with _open(source) as f:
+        names = _resolve_models(f, models, source)
+        shapes = _dataset_shapes(f, names)
+        _check_shapes(shapes, names, source)
+        ids = {key: _as_ids(f[key][...], key, source) for key in ID_KEYS}
+    return list(names), ids, shapes
 
 
 def iter_row_blocks(path, model: str, block_rows: int,

@@ -10,6 +10,13 @@ Every metric is computed exactly by one streaming kernel pass per metric family
   statistics, genuine pairs being gathered from the id vectors (no P x G mask);
 * open-set: ``qme_ext::openset_stats`` gives every split's statistics in one pass.
 
+The passes run over row blocks of a :class:`~qme_ext._accumulate.BlockSource`
+whose partial states concatenate (per-probe results) or add (histograms,
+counts) before one finishing step: an in-memory matrix is the one-block case,
+:func:`evaluate_file` streams an HDF5 score file larger than memory, and
+:mod:`qme_ext.distributed` combines shards held by several processes; the
+results are bit-identical in all three cases.
+
 Inputs are numpy arrays or torch tensors (CPU or CUDA), scores float16, bfloat16,
 float32 or float64, ids integer (or float holding integers). Results are Python
 floats / numpy arrays. ``qme_ext.reference`` holds the literal (sort-based) numpy
@@ -36,64 +43,19 @@ import numpy as np
 import torch
 
 from . import _keys
+from ._accumulate import LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids, \
+    OpenSetSetup, Plan, Reducer, TensorSource, accumulate
 from ._inputs import as_ids, as_probabilities, as_score_matrix
-from ._ops import openset_stats, rank_counts
-from ._select import build_impostor_keys, select_desc
+from ._select import ImpostorKeys, select_desc
 from .reference.metrics import numpy_splits, qme_splits
 
 MODES = ("general", "sc", "cc")
 DEFAULT_FARS = (1e-4, 1e-3, 1e-2)
 
 
-# ---------------------------------------------------------------------------
-# candidates: same-pid gallery entries of every probe, as CSR
-# ---------------------------------------------------------------------------
-@dataclass
-class _Candidates:
-    offsets: torch.Tensor  # (P + 1,) int64
-    index: torch.Tensor  # (nnz,) int64 gallery columns, ascending within a probe
-    probe: torch.Tensor  # (nnz,) int64 probe of each candidate
-    max_per_probe: int
-
-
 def _same_pid_candidates(q_pids: torch.Tensor, g_pids: torch.Tensor) -> _Candidates:
-    """Gallery entries sharing each probe's pid, by grouping the gallery once."""
-    dev = q_pids.device
-    P = q_pids.shape[0]
-    order = torch.argsort(g_pids, stable=True)
-    uniq, counts = torch.unique_consecutive(g_pids[order], return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.searchsorted(uniq, q_pids).clamp(max=uniq.shape[0] - 1)
-    found = uniq[pos] == q_pids
-    cnt = torch.where(found, counts[pos], torch.zeros_like(pos))
-    offsets = torch.zeros(P + 1, dtype=torch.int64, device=dev)
-    offsets[1:] = torch.cumsum(cnt, 0)
-    probe = torch.repeat_interleave(torch.arange(P, device=dev), cnt)
-    within = torch.arange(probe.shape[0], device=dev) - offsets[:-1][probe]
-    index = order[starts[pos][probe] + within]
-    max_per = int(cnt.max().item()) if P else 0
-    return _Candidates(offsets, index.contiguous(), probe, max_per)
-
-
-def _mode_flags(cand: _Candidates, modes: Sequence[str], q_camids, g_camids, q_clothes,
-                g_clothes) -> torch.Tensor:
-    """(nnz,) uint8: bit 2m = good, bit 2m+1 = junk for modes[m] (SPEC 2.1)."""
-    nnz = cand.index.shape[0]
-    dev = cand.index.device
-    flags = torch.zeros(nnz, dtype=torch.uint8, device=dev)
-    ones = torch.ones(nnz, dtype=torch.bool, device=dev)
-    same_cam = (g_camids[cand.index] == q_camids[cand.probe]) if q_camids is not None else ~ones
-    same_clo = (g_clothes[cand.index] == q_clothes[cand.probe]) if q_clothes is not None else None
-    for m, mode in enumerate(modes):
-        if mode == "general":
-            good, junk = ~same_cam, same_cam
-        elif mode == "cc":
-            good, junk = ~same_cam & ~same_clo, same_cam | same_clo
-        else:  # sc
-            good, junk = ~same_cam & same_clo, same_cam | ~same_clo
-        flags |= good.to(torch.uint8) << (2 * m)
-        flags |= junk.to(torch.uint8) << (2 * m + 1)
-    return flags
+    """Gallery entries sharing each probe's pid (CSR), by grouping the gallery once."""
+    return GalleryIndex(g_pids).candidates(q_pids)
 
 
 # ---------------------------------------------------------------------------
@@ -134,11 +96,9 @@ def _rank_from_counts(first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarra
     return res
 
 
-def _prepare_rank_inputs(scores, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
-                         modes: Sequence[str], device=None):
-    S = as_score_matrix(scores, "scores", device)
-    P, G = S.shape
-    dev = S.device
+def _validate_ids(P: int, G: int, dev, q_pids, g_pids, q_camids, g_camids, q_clothes,
+                  g_clothes, modes: Sequence[str]) -> Ids:
+    """The id vectors of a (P, G) matrix on `dev`, checked for the ranking `modes`."""
     qp, gp = as_ids(q_pids, "q_pids", P, dev), as_ids(g_pids, "g_pids", G, dev)
     if (q_camids is None) != (g_camids is None):
         raise ValueError("q_camids/g_camids: give both camera id vectors or neither")
@@ -154,9 +114,7 @@ def _prepare_rank_inputs(scores, q_pids, g_pids, q_camids, g_camids, q_clothes, 
     gc = as_ids(g_camids, "g_camids", G, dev) if g_camids is not None else None
     qk = as_ids(q_clothes, "q_clothes", P, dev) if q_clothes is not None else None
     gk = as_ids(g_clothes, "g_clothes", G, dev) if g_clothes is not None else None
-    cand = _same_pid_candidates(qp, gp)
-    flags = _mode_flags(cand, modes, qc, gc, qk, gk)
-    return S, cand, flags
+    return Ids(qp, gp, qc, gc, qk, gk)
 
 
 def _check_max_rank(max_rank) -> int:
@@ -165,10 +123,11 @@ def _check_max_rank(max_rank) -> int:
     return int(max_rank)
 
 
-def _rank_multi(S, cand, flags, modes, max_rank, per_probe) -> list[RankResult]:
-    fp, ap, ng = rank_counts(S, cand.offsets, cand.index, flags, len(modes), cand.max_per_probe)
-    fp, ap, ng = fp.cpu().numpy(), ap.cpu().numpy(), ng.cpu().numpy()
-    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe) for m in range(len(modes))]
+def _rank_results(counts: tuple, max_rank: int, per_probe: bool) -> list[RankResult]:
+    """One RankResult per mode from the per-probe (first_pos, ap, num_good) arrays."""
+    fp, ap, ng = counts
+    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe)
+            for m in range(fp.shape[0])]
 
 
 def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
@@ -182,9 +141,11 @@ def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes
     skipped and counted in ``num_skipped``.
     """
     max_rank = _check_max_rank(max_rank)
-    S, cand, flags = _prepare_rank_inputs(scores, q_pids, g_pids, q_camids, g_camids, q_clothes,
-                                          g_clothes, [mode])
-    return _rank_multi(S, cand, flags, [mode], max_rank, per_probe)[0]
+    S = as_score_matrix(scores, "scores")
+    ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, q_clothes,
+                        g_clothes, [mode])
+    parts = accumulate(TensorSource(S), ids, Plan(modes=[mode]))
+    return _rank_results(parts.rank, max_rank, per_probe)[0]
 
 
 def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
@@ -237,10 +198,10 @@ def _largest_k_at_most(far: float, n: int) -> int:
     return k
 
 
-def _tar_from_keys(S: torch.Tensor, gen_values: np.ndarray, far_list: list[float],
+def _tar_from_keys(imp: ImpostorKeys, n_gen: int, far_list: list[float],
                    convention: str) -> TarResult:
-    imp = build_impostor_keys(S, gen_values)
-    n_gen, n_imp = int(gen_values.size), imp.num_impostor
+    """TAR@FAR from the impostor distribution and the genuine keys (SPEC 2.2)."""
+    n_imp = imp.num_impostor
     if n_gen == 0:
         raise ValueError("q_pids/g_pids: no genuine pair (no probe shares a pid with the gallery)")
     if n_imp == 0:
@@ -272,10 +233,14 @@ def _tar_from_keys(S: torch.Tensor, gen_values: np.ndarray, far_list: list[float
     thresholds, tars, n_imp_ge = [], [], []
     for pick in picks:
         if pick is None:
-            max_key = select_desc(imp, [1])[0][0]
-            thresholds.append(float(np.nextafter(_keys.value_of_key(max_key, bits), np.inf)))
-            tars.append(np.count_nonzero(gkeys > np.uint64(max_key)) / n_gen)
-            n_imp_ge.append(0)
+            max_key, _, n_max = select_desc(imp, [1])[0]
+            t = float(np.nextafter(_keys.value_of_key(max_key, bits), np.inf))
+            thresholds.append(t)
+            # +inf has no successor: "score >= t" still accepts the +inf scores
+            at_inf = t == np.inf
+            tars.append(np.count_nonzero(gkeys >= np.uint64(max_key) + np.uint64(not at_inf))
+                        / n_gen)
+            n_imp_ge.append(n_max if at_inf else 0)
         else:
             key, count = pick
             thresholds.append(_keys.value_of_key(key, bits))
@@ -300,8 +265,8 @@ def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
     S = as_score_matrix(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
-    cand = _same_pid_candidates(qp, gp)
-    return _tar_from_keys(S, _genuine_values(S, cand), far_list, convention)
+    parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True))
+    return _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
 
 
 # ---------------------------------------------------------------------------
@@ -377,26 +342,30 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
         raise ValueError(f"rank: expected an integer >= 1, got {rank!r}")
     M = as_score_matrix(merge_scores, "merge_scores", device)
     P, C = M.shape
-    dev = M.device
-    qp = as_ids(q_pids, "q_pids", P, dev)
-    sid = as_ids(subject_ids, "subject_ids", C, torch.device("cpu")).numpy()
+    qp = as_ids(q_pids, "q_pids", P, M.device)
+    setup = _openset_setup(subject_ids, C, splits, n_splits, keep_fraction, seed, split_rng)
+    parts = accumulate(TensorSource(None, M), Ids(qp), Plan(openset=setup))
+    return _openset_result(parts.openset, setup, fpir_list, int(rank))
+
+
+def _openset_setup(subject_ids, num_cols: int, splits=None, n_splits: int = 10,
+                   keep_fraction: float = 0.8, seed: int = 45,
+                   split_rng: str = "qme") -> OpenSetSetup:
+    """Subject ids of the merge columns, the enrolment splits and their masks."""
+    sid = as_ids(subject_ids, "subject_ids", num_cols, torch.device("cpu")).numpy()
     if np.unique(sid).size != sid.size:
         raise ValueError("subject_ids: must be unique (one merge-score column per subject)")
     split_list = _draw_splits(sid, splits, n_splits, keep_fraction, seed, split_rng)
-    order = np.argsort(sid, kind="stable")
-    qpn = qp.cpu().numpy()
-    pos = np.clip(np.searchsorted(sid[order], qpn), 0, C - 1)
-    gcol = np.where(sid[order][pos] == qpn, order[pos], -1).astype(np.int64)
     enrolled = np.stack([np.isin(sid, sp) for sp in split_list]).astype(np.uint8)
-    max_other, num_ge = openset_stats(M, torch.from_numpy(gcol).to(dev),
-                                      torch.from_numpy(enrolled).to(dev))
-    max_other, num_ge = max_other.cpu().numpy(), num_ge.cpu().numpy()
-    rows = np.arange(P)
-    gen = np.full(P, np.nan)
+    return OpenSetSetup(sid, split_list, enrolled)
+
+
+def _openset_result(stats: tuple, setup: OpenSetSetup, fpir_list: list[float],
+                    rank: int) -> OpenSetResult:
+    """FNIR/TPIR per split and FPIR from the per-probe open-set statistics."""
+    max_other, num_ge, gen, gcol = stats
+    split_list, enrolled = setup.splits, setup.enrolled
     has = gcol >= 0
-    if has.any():
-        gen[has] = M[torch.from_numpy(rows[has]).to(dev), torch.from_numpy(gcol[has]).to(dev)] \
-            .to(torch.float64).cpu().numpy()
     NS, F = len(split_list), len(fpir_list)
     tpir = np.zeros((NS, F))
     thr = np.zeros((NS, F))
@@ -474,14 +443,26 @@ def eer(scores, q_pids, g_pids, device=None) -> tuple[float, float]:
     the smallest |FAR - FRR|; returns ((FAR + FRR) / 2, threshold)."""
     values, n_gen, n_imp = _distinct_counts(scores, q_pids, g_pids, device)
     asc = values[::-1]
-    imp_ge = np.cumsum(n_imp)[::-1] / n_imp.sum()  # FAR at t = asc[i]
-    gen_ge = np.cumsum(n_gen)[::-1] / n_gen.sum()
-    # candidates in ascending order: below the minimum, midpoints, above the maximum
-    cand_t = np.concatenate([[asc[0] - 1.0], (asc[:-1] + asc[1:]) / 2, [asc[-1] + 1.0]])
-    cand_far = np.concatenate([[1.0], imp_ge[1:], [0.0]])
-    cand_frr = np.concatenate([[0.0], 1.0 - gen_ge[1:], [1.0]])
-    i = int(np.argmin(np.abs(cand_far - cand_frr)))
-    return float((cand_far[i] + cand_frr[i]) / 2), float(cand_t[i])
+    N_gen, N_imp = int(n_gen.sum()), int(n_imp.sum())
+    # candidates in ascending order: just below the minimum, midpoints (or the upper value
+    # where the midpoint is not strictly between, e.g. next to an infinity), just above
+    # the maximum; each carries #{impostor >= t} and #{genuine < t}
+    lo, hi = asc[:-1], asc[1:]
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = lo + (hi - lo) / 2.0
+    mid = np.where(np.isfinite(mid) & (lo < mid) & (mid <= hi), mid, hi)
+    cand_t = np.concatenate([[np.nextafter(asc[0], -np.inf)], mid,
+                             [np.nextafter(asc[-1], np.inf)]])
+    cand_imp = np.concatenate([np.cumsum(n_imp)[::-1], [0]])
+    cand_gen = np.concatenate([[0], N_gen - np.cumsum(n_gen)[::-1][1:], [N_gen]])
+    far, frr = cand_imp / N_imp, cand_gen / N_gen
+    # |FAR - FRR| compared exactly (integers) among the near-minimal candidates, so that
+    # float rounding never decides a tie: ties go to the lowest threshold
+    approx = np.abs(far - frr)
+    near = np.flatnonzero(approx <= approx.min() + 1e-12)
+    exact = [abs(int(cand_imp[j]) * N_gen - int(cand_gen[j]) * N_imp) for j in near]
+    i = int(near[int(np.argmin(exact))])
+    return float((far[i] + frr[i]) / 2.0), float(cand_t[i])
 
 
 # ---------------------------------------------------------------------------
@@ -493,43 +474,78 @@ def _pct_key(prefix: str, rate: float, suffix: str) -> str:
     return f"{prefix}@{rate:.2%}{suffix}"
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {list(PROTOCOLS)}, got {protocol!r}")
+
+
 def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
              g_clothes_ids, unique_g_pids, protocol: str = "qme", seed: int = 45,
-             device=None, fars: Sequence[float] = DEFAULT_FARS) -> dict[str, float]:
+             device=None, fars: Sequence[float] = DEFAULT_FARS,
+             block_rows: Optional[int] = None) -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
     One ranking pass gives GR/SC/CC Rank-1/5/10/20 and mAP, the radix select gives
     TAR@{0.01,0.1,1}%FAR and thresholds, one open-set pass gives FNIR/TPIR@FPIR
     over 10 enrolment splits (mean, ``_std`` with ddof 1) and the thresholds.
+
+    ``block_rows`` walks the matrices in blocks of that many probes (views, no
+    copies; default: one block). Results do not depend on it, bit for bit; it
+    exists for testing and to bound the kernels' per-call work. For matrices
+    larger than memory see :func:`evaluate_file`; for several processes,
+    :func:`qme_ext.distributed.evaluate`.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {list(PROTOCOLS)}, got {protocol!r}")
-    S, cand, flags = _prepare_rank_inputs(score_mat, q_pids, g_pids, q_camids, g_camids,
-                                          q_clothes_ids, g_clothes_ids, MODES, device)
+    _check_protocol(protocol)
+    S = as_score_matrix(score_mat, "score_mat", device)
+    M = as_score_matrix(merge_score_mat, "merge_score_mat", S.device)
+    if M.shape[0] != S.shape[0]:
+        raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
+                         f"score_mat), got shape {tuple(M.shape)}")
+    return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
+                            g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars)
+
+
+def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
+                     g_clothes_ids, unique_g_pids, *, seed: int = 45,
+                     fars: Sequence[float] = DEFAULT_FARS, red: Reducer = LOCAL,
+                     shard: str = "rows", col_offset: int = 0,
+                     merge_col_offset: int = 0) -> dict[str, float]:
+    """The report of :func:`evaluate` for a block source (ids are the local ones:
+    this process's probes and gallery columns; `red` combines processes)."""
+    far_list = as_probabilities(fars, "fars")
+    ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
+                        q_camids, g_camids, q_clothes_ids, g_clothes_ids, MODES)
+    cpu = torch.device("cpu")
+    uniq = as_ids(unique_g_pids, "unique_g_pids", source.merge_cols, cpu).numpy()
+    q_all = ids.q_pids.cpu().numpy()
+    if shard == "columns":
+        uniq = red.cat(uniq)
+    else:
+        q_all = red.cat(q_all)
+    setup = _openset_setup(uniq, uniq.size, None, 10, 0.8, seed, "qme")
+    plan = Plan(MODES, tar=True, openset=setup, shard=shard, col_offset=col_offset,
+                merge_col_offset=merge_col_offset)
+    parts = accumulate(source, ids, plan, red)
     out: dict[str, float] = {}
-    for name, res in zip(("GR", "SC", "CC"), _rank_multi(S, cand, flags, MODES, 20, False)):
+    for name, res in zip(("GR", "SC", "CC"), _rank_results(parts.rank, 20, False)):
         for k in (1, 5, 10, 20):
             out[f"{name}_top{k}"] = float(res.cmc[k - 1])
         out[f"{name}_mAP"] = res.mAP
-    far_list = list(fars)
-    tr = _tar_from_keys(S, _genuine_values(S, cand), far_list, "qme")
+    tr = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, "qme")
     for f, t in zip(far_list, tr.tar):
         out[_pct_key("TAR", f, "FAR")] = float(t)
     for f, t in zip(far_list, tr.threshold):
         out[_pct_key("Threshold", f, "FAR")] = float(t)
-    uniq = as_ids(unique_g_pids, "unique_g_pids", _len(unique_g_pids), torch.device("cpu")).numpy()
-    osr = fnir_at_fpir(merge_score_mat, q_pids, uniq, far_list, n_splits=10, keep_fraction=0.8,
-                       seed=seed, split_rng="qme", device=S.device)
+    osr = _openset_result(parts.openset, setup, far_list, 1)
     for f, v in zip(far_list, osr.tpir_mean):
         out[_pct_key("TPIR", f, "FPIR")] = float(v)
     for f, v in zip(far_list, osr.fnir_mean):
         out[_pct_key("FNIR", f, "FPIR")] = float(v)
     for f, v in zip(far_list, osr.threshold.mean(axis=0)):
         out[_pct_key("FNIR", f, "FPIR") + "_threshold"] = float(v)
-    P = S.shape[0]
     n_keep = int(len(uniq) * 0.8)
-    out["num_probe_templates"] = float(P)
-    out["num_probe_subjects"] = float(np.unique(as_ids(q_pids, "q_pids", P, torch.device("cpu")).numpy()).size)
+    out["num_probe_templates"] = float(q_all.size)
+    out["num_probe_subjects"] = float(np.unique(q_all).size)
     out["num_gallery_subjects"] = float(len(uniq))
     out["num_galley1_templates"] = float(n_keep)
     out["num_gallary1_subjects"] = float(n_keep)
@@ -540,5 +556,14 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     return out
 
 
-def _len(x) -> int:
-    return int(x.shape[0]) if hasattr(x, "shape") else len(x)
+def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, float]:
+    """:func:`evaluate` of one model (or of a fusion method) of a SPEC 1 HDF5 score
+    file, read in row blocks: the file may be larger than memory, the report is
+    bit-identical to :func:`evaluate` on the loaded matrices.
+
+    ``evaluate_file("test.h5", "face", max_memory="2GB")``;
+    ``evaluate_file("test.h5", fusion="zscore", calibration="train.h5", block_rows=4096)``.
+    Keyword arguments and what the memory budget covers: :func:`qme_ext.streaming.evaluate_file`.
+    """
+    from .streaming import evaluate_file as _evaluate_file
+    return _evaluate_file(path, model, **kwargs)

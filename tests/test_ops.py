@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_problem
-from qme_ext import _ops, metrics
+from qme_ext import _accumulate, _ops, metrics
 
 
 def _rank_args(device):
@@ -13,8 +13,8 @@ def _rank_args(device):
     t = torch.from_numpy(S).to(device)
     cand = metrics._same_pid_candidates(torch.from_numpy(ids["q_pids"]).to(device),
                                         torch.from_numpy(ids["g_pids"]).to(device))
-    flags = metrics._mode_flags(cand, ["general"], torch.from_numpy(ids["q_camids"]).to(device),
-                                torch.from_numpy(ids["g_camids"]).to(device), None, None)
+    flags = _accumulate.mode_flags(cand, ["general"], torch.from_numpy(ids["q_camids"]).to(device),
+                                    torch.from_numpy(ids["g_camids"]).to(device), None, None)
     return (t, cand.offsets, cand.index, flags, 1, cand.max_per_probe)
 
 

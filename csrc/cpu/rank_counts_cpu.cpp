@@ -11,36 +11,15 @@
 #include <vector>
 
 #include "parallel.h"
+#include "rank_code.h"
 #include "qme/ops.h"
 
 namespace qme {
 namespace {
 
-// 32-bit keys with 32-bit columns fit a uint64 code; 64-bit keys use 128 bits.
-template <typename K> struct CodeOf { using type = unsigned __int128; };
-template <> struct CodeOf<uint32_t> { using type = uint64_t; };
-
-template <typename K>
-inline typename CodeOf<K>::type rank_code(K key, int64_t col) {
-  using C = typename CodeOf<K>::type;
-  constexpr int kShift = static_cast<int>(sizeof(C) * 8 / 2);
-  const C low = static_cast<C>(~static_cast<uint64_t>(col)) & ((C(1) << kShift) - 1);
-  return (static_cast<C>(key) << kShift) | low;
-}
-
-// Number of codes in `desc` (strictly descending) that are >= c: the index of
-// the first good that c ranks before (a good does not precede itself).
-template <typename C>
-inline int64_t goods_above(C c, const C* desc, int64_t n) {
-  int64_t lo = 0;
-  while (n > 0) {
-    const int64_t half = n >> 1;
-    const bool above = desc[lo + half] >= c;
-    lo = above ? lo + half + 1 : lo;
-    n = above ? n - half - 1 : half;
-  }
-  return lo;
-}
+using detail::CodeOf;
+using detail::goods_above;
+using detail::rank_code;
 
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {

@@ -59,7 +59,9 @@ void aggregate_range(const TemplateAggregateArgs& a, int64_t t0, int64_t t1) {
 void check_template_aggregate(const TemplateAggregateArgs& a) {
   check_matrix(a.features, "features");
   if (a.num_templates < 0) throw InvalidArgument("offsets: need at least one entry");
-  if (a.num_templates > 0 && (!a.offsets || !a.templates || !a.weight_sum || !a.norm))
+  // D = 0 features give (T, 0) templates: an empty buffer may have a null address
+  if (a.num_templates > 0 && (!a.offsets || !a.weight_sum || !a.norm ||
+                              (a.features.cols > 0 && !a.templates)))
     throw InvalidArgument("template_aggregate: missing buffer");
   if (a.features.rows > 0 && !a.weights) throw InvalidArgument("weights: missing buffer");
 }

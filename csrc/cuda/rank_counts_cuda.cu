@@ -13,26 +13,16 @@
 
 #include "cuda_check.cuh"
 #include "qme/ops_cuda.h"
+#include "rank_order.cuh"
 
 namespace qme {
 namespace {
 
 constexpr int kMaxModes = 3;
 constexpr int kThreads = 256;  // multiple of 32: the stream loop relies on whole warps
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
-// Cap on the total workspace the global-memory fallback asks for: blocks are
-// reduced (each walks more rows) rather than growing the workspace with P.
-constexpr size_t kFallbackWorkspaceBudget = size_t{256} << 20;
-constexpr int64_t kFallbackMaxBlocks = 512;
-constexpr size_t kSmemReserve = 1024;  // static __shared__ of the kernel plus slack
-
-constexpr size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
-
-int64_t pow2_ceil(int64_t n) {
-  int64_t p = 1;
-  while (p < n) p <<= 1;
-  return p;
-}
+using rank_order::align_up;
+using rank_order::first_preceded;
+using rank_order::pow2_ceil;
 
 // Per-block scratch for one row: the rank-sorted union of goods (padded to a
 // power of two for the bitonic sort), the stream's per-slot counts and each
@@ -58,34 +48,6 @@ Layout make_layout(const RankCountsArgs& a) {
   l.flags_off = l.keys_off + align_up(cap2 * kb, 16);
   l.bytes = align_up(l.flags_off + cap2, 256);
   return l;
-}
-
-bool fits_shared(const Layout& l) {
-  return l.bytes + kSmemReserve <= cuda_detail::max_block_smem_optin();
-}
-
-int64_t fallback_blocks(const RankCountsArgs& a, const Layout& l) {
-  const int64_t by_budget = static_cast<int64_t>(kFallbackWorkspaceBudget / l.bytes);
-  return std::max<int64_t>(1, std::min({a.scores.rows, kFallbackMaxBlocks, by_budget}));
-}
-
-// `a` ranks before `b`: higher key first, lower gallery index first on ties.
-template <typename K>
-__device__ __forceinline__ bool precedes(K ka, int64_t ja, K kb, int64_t jb) {
-  return ka > kb || (ka == kb && ja < jb);
-}
-
-// First slot i of the rank-sorted goods [0, n) that (k, j) precedes, i.e. the
-// number of goods ranked at or above it (a good does not precede itself).
-template <typename K>
-__device__ __forceinline__ int64_t first_preceded(K k, int64_t j, const K* keys, const int64_t* cols,
-                                                  int64_t n) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    if (precedes(k, j, keys[mid], cols[mid])) hi = mid; else lo = mid + 1;
-  }
-  return lo;
 }
 
 // kShared: the per-row scratch lives in dynamic shared memory; otherwise in this
@@ -119,7 +81,6 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
   const unsigned good_bits = M >= 3 ? 0x15u : (M == 2 ? 0x05u : 0x01u);
   const unsigned junk_bits = good_bits << 1;
   const int tid = static_cast<int>(threadIdx.x);
-  const int lane = tid & 31;
   const int64_t cap = l.cap, slots = cap + 1;
 
   for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
@@ -168,34 +129,10 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
       for (int64_t i = tid; i <= n; i += kThreads) junk[m * slots + i] = 0ull;
     __syncthreads();
 
-    // Bitonic sort, rank order ascending. Each step walks the n2/2 compare
-    // pairs; n2 is block-uniform, so every thread reaches every barrier.
-    const int64_t half = n2 >> 1;
-    for (int64_t k = 2; k <= n2; k <<= 1) {
-      for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
-        for (int64_t q = tid; q < half; q += kThreads) {
-          const int64_t ia = ((q & ~(jj - 1)) << 1) | (q & (jj - 1)), ib = ia + jj;
-          const K ka = ukeys[ia], kb = ukeys[ib];
-          const int64_t ca = ucols[ia], cb = ucols[ib];
-          const bool rank_order = (ia & k) == 0;
-          const bool swap = rank_order ? precedes(kb, cb, ka, ca) : precedes(ka, ca, kb, cb);
-          if (swap) {
-            const uint8_t fa = uflags[ia];
-            ukeys[ia] = kb; ukeys[ib] = ka;
-            ucols[ia] = cb; ucols[ib] = ca;
-            uflags[ia] = uflags[ib]; uflags[ib] = fa;
-          }
-        }
-        __syncthreads();
-      }
-    }
+    // Bitonic sort into rank order (n2 is block-uniform: every thread reaches every barrier).
+    rank_order::bitonic_rank_sort(ukeys, ucols, uflags, n2);
 
     if (n > 0) {
-      // An entry that does not precede the lowest good precedes no good of any
-      // mode: it would only land in the never-read slot n.
-      const K fk = ukeys[n - 1];
-      const int64_t fc = ucols[n - 1];
-
       // Junk of mode m is counted by the stream like any entry; take it back
       // out of mode m only (a junk flag counts whatever the good flags say,
       // as in the CPU twin). Unsigned wrap-around is fine: each mode's running
@@ -212,23 +149,10 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
           if (f & (2u << (2 * m))) atomicAdd(&junk[m * slots + u], ~0ull);
       }
 
-      // The single coalesced pass over the row. The loop bound is warp-uniform
-      // (kThreads is a multiple of 32) so the warp intrinsics see whole warps;
-      // lanes that hit the same slot fold into one atomic, which matters for
-      // rows where many impostors outrank the first good.
-      for (int64_t j0 = 0; j0 < G; j0 += kThreads) {
-        const int64_t j = j0 + tid;
-        K k = 0;
-        if (j < G) k = T::key(row[j * sc]);
-        const bool pass = j < G && precedes(k, j, fk, fc);
-        const unsigned mask = __ballot_sync(kFullMask, pass);
-        if (pass) {
-          const int64_t u = first_preceded(k, j, ukeys, ucols, n);  // < n: it precedes union[n-1]
-          const unsigned peers = __match_any_sync(mask, static_cast<unsigned long long>(u));
-          if (lane == __ffs(peers) - 1)
-            atomicAdd(&counts[u], static_cast<unsigned long long>(__popc(peers)));
-        }
-      }
+      // The single coalesced pass over the row; an entry that does not precede
+      // the lowest good precedes no good of any mode (it is dropped after one
+      // comparison instead of landing in the never-read slot n).
+      rank_order::bin_row<D>(row, G, sc, 0, ukeys, ucols, n, counts);
     }
     __syncthreads();
 
@@ -276,9 +200,8 @@ void check_args(const RankCountsArgs& a) {
 size_t rank_counts_cuda_workspace(const RankCountsArgs& args) {
   check_args(args);
   if (args.scores.rows == 0) return 0;
-  const Layout l = make_layout(args);
-  if (fits_shared(l)) return 0;
-  return static_cast<size_t>(fallback_blocks(args, l)) * l.bytes;
+  return rank_order::workspace_bytes(rank_order::row_scratch(args.scores.rows,
+                                                             make_layout(args).bytes));
 }
 
 void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace_bytes,
@@ -290,31 +213,11 @@ void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace
       a.num_good == nullptr)
     throw InvalidArgument("rank_counts: null offsets or output buffer");
   const Layout l = make_layout(a);
-  const bool shared = fits_shared(l);
-  int64_t blocks = std::min<int64_t>(P, int64_t{1} << 20);  // rows are grid-strided
-  if (!shared) {
-    blocks = fallback_blocks(a, l);
-    const size_t need = static_cast<size_t>(blocks) * l.bytes;
-    if (workspace == nullptr || workspace_bytes < need)
-      throw InvalidArgument("workspace: rank_counts needs " + std::to_string(need) +
-                            " bytes, got " + std::to_string(workspace_bytes));
-    if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
-      throw InvalidArgument("workspace: expected 16-byte alignment");
-  }
+  const rank_order::RowScratch plan = rank_order::row_scratch(P, l.bytes);
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
-    const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
-    if (shared) {
-      auto kernel = rank_counts_kernel<D, true>;
-      // Above 48 KiB dynamic shared memory must be opted into per kernel.
-      QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(l.bytes)));
-      kernel<<<grid, block, l.bytes, stream>>>(a, l, nullptr);
-    } else {
-      rank_counts_kernel<D, false>
-          <<<grid, block, 0, stream>>>(a, l, static_cast<unsigned char*>(workspace));
-    }
-    QME_CUDA_CHECK_LAUNCH();
+    rank_order::launch_rows(rank_counts_kernel<D, true>, rank_counts_kernel<D, false>, plan, a, l,
+                            workspace, workspace_bytes, kThreads, stream, "rank_counts");
     return 0;
   });
 }

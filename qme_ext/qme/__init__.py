@@ -16,7 +16,7 @@ _EXPORTS = {
     "TrainConfig": "train",
     "predict": "train",
     "fuse_scoreset": "train",
-    "search": "search",
+    "search": "retrieval",  # not "search": a submodule named like the function would shadow it
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
 }

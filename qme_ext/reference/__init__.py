@@ -1,6 +1,7 @@
 """"""
 
 from .metrics import (
+    count_before_ref,
     det_ref,
     eer_ref,
     evaluate_ref,
@@ -11,8 +12,10 @@ from .metrics import (
     roc_ref,
     tar_at_far_ref,
 )
+from .retrieval import topk_ref
 
 __all__ = [
+    "count_before_ref",
     "rank_metrics_ref",
     "tar_at_far_ref",
     "qme_splits",
@@ -22,4 +25,5 @@ __all__ = [
     "det_ref",
     "eer_ref",
     "evaluate_ref",
+    "topk_ref",
 ]

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "count_before_ref",
     "rank_metrics_ref",
     "tar_at_far_ref",
     "qme_splits",
@@ -88,6 +89,36 @@ def descending_order(row: np.ndarray) -> np.ndarray:
     neg = np.where(is_nan, 0.0, -row) + 0.0
     # np.lexsort sorts by the LAST key first and is stable, so the final tie-break is the index.
     return np.lexsort((neg, is_nan.astype(np.int8))).astype(np.int64)
+
+
+def count_before_ref(scores, col_offset, query_offsets, query_values, query_cols) -> np.ndarray:
+    """Oracle of ``qme_ext::count_before`` (column shards of a gallery).
+
+    Parameters
+    ----------
+    scores : ``(P, G)`` a column shard whose local column 0 is global column ``col_offset``
+    query_offsets : ``(P + 1,)`` CSR offsets: row p owns queries ``[off[p], off[p + 1])``
+    query_values, query_cols : ``(nq,)`` score and global column of each query
+
+    Returns
+    -------
+    int64 array, shape ``(nq,)``: entries of the query's row ranked before the query in the
+    order of :func:`descending_order` (higher score first, NaN after every number, -0.0 tied
+    with +0.0, ties by lower global column; an entry does not precede itself).
+    """
+    S = _as_scores(scores)
+    cols = int(col_offset) + np.arange(S.shape[1])
+    out = np.zeros(len(query_values), dtype=np.int64)
+    for p in range(S.shape[0]):
+        row = S[p]
+        for q in range(int(query_offsets[p]), int(query_offsets[p + 1])):
+            v, c = float(query_values[q]), int(query_cols[q])
+            if math.isnan(v):
+                above, tie = ~np.isnan(row), np.isnan(row)
+            else:
+                above, tie = row > v, row == v  # NaN compares False: it ranks last
+            out[q] = np.count_nonzero(above | (tie & (cols < c)))
+    return out
 
 
 def _good_junk_masks(i, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode):
@@ -366,9 +397,10 @@ def eer_ref(scores, q_pids, g_pids):
     genuine, impostor = _genuine_impostor(scores, q_pids, g_pids)
     best = None
     for t in _eer_candidates(np.concatenate([genuine, impostor])):
-        far = np.sum(impostor >= t) / impostor.size
-        frr = np.sum(genuine < t) / genuine.size
-        gap = abs(far - frr)
+        n_far, n_frr = int(np.sum(impostor >= t)), int(np.sum(genuine < t))
+        far, frr = n_far / impostor.size, n_frr / genuine.size
+        # |FAR - FRR| * N_imp * N_gen as an exact integer: rounding must not break ties
+        gap = abs(n_far * genuine.size - n_frr * impostor.size)
         if best is None or gap < best[0]:
             best = (gap, float((far + frr) / 2.0), float(t))
     return best[1], best[2]
