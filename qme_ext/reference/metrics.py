@@ -412,20 +412,18 @@ def eer_ref(scores, q_pids, g_pids):
 def qme_splits(unique_g_pids, n_splits=10, keep_fraction=0.8, seed=45):
     """Enrolment splits exactly as the QME reference draws them (legacy global RNG).
 
-    ``np.random.seed(seed)``, then ``n_splits`` times
-    ``np.sort(np.random.choice(ids, int(len(ids) * keep_fraction), replace=False))``.
-    The global RNG state is saved and restored so callers are unaffected.
+    The reference calls ``np.random.seed(seed)``, then ``n_splits`` times
+    ``np.sort(np.random.choice(ids, int(len(ids) * keep_fraction), replace=False))``. The legacy
+    global functions are methods of one hidden ``RandomState``, so a private
+    ``RandomState(seed)`` draws the identical sequence without touching the global state, which
+    keeps concurrent calls from different threads from interleaving their draws.
 
     Returns a list of ``n_splits`` sorted arrays of ``int(n * keep_fraction)`` subject ids.
     """
     ids = np.asarray(unique_g_pids)
     n_keep = int(len(ids) * keep_fraction)
-    saved = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        return [np.sort(np.random.choice(ids, n_keep, replace=False)) for _ in range(n_splits)]
-    finally:
-        np.random.set_state(saved)
+    rng = np.random.RandomState(seed)
+    return [np.sort(rng.choice(ids, n_keep, replace=False)) for _ in range(n_splits)]
 
 
 def numpy_splits(unique_g_pids, n_splits=10, keep_fraction=0.8, seed=45):
