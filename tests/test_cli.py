@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,11 @@ from qme_ext.cli import TABLE_COLUMNS
 from qme_ext.datasets import make_example_scoreset
 from qme_ext.io import load_scores, save_scores
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--probes", "24", "--gallery", "36", "--subjects", "6"]
 
 
 def run_cli(*args, cwd):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["MPLBACKEND"] = "Agg"
     return subprocess.run([sys.executable, "-m", "qme_ext", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
