@@ -101,3 +101,27 @@ def test_errors_name_the_problem():
         metrics.tar_at_far(S, [0, 1], [0, 1], fars=(0.0,))
     with pytest.raises(ValueError, match="convention"):
         metrics.tar_at_far(S, [0, 1], [0, 1], convention="bob")
+
+
+@pytest.mark.parametrize("seed,ties", [(7, True), (8, False), (9, True)])
+def test_conservative_equals_bob_measure(device, seed, ties):
+    """bob.measure is the peer the conservative convention is named after.
+
+    It pins numpy~=1.26, so it is not in the test extras; CONTRIBUTING.md says how to install it
+    beside numpy 2 (``pip install numba && pip install --no-deps bob.measure``).
+    """
+    bob = pytest.importorskip("bob.measure")
+    S, ids = make_problem(seed, P=70, G=450, ties=ties, dtype=np.float64)
+    genuine_mask = ids["q_pids"][:, None] == ids["g_pids"][None, :]
+    neg, pos = S[~genuine_mask], S[genuine_mask]
+    fars = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0)
+    res = metrics.tar_at_far(to_device(S, device), ids["q_pids"], ids["g_pids"], fars,
+                             convention="conservative")
+    for i, far in enumerate(fars):
+        t_bob = bob.far_threshold(neg, pos, far)
+        far_bob, frr_bob = bob.farfrr(neg, pos, t_bob)
+        if far < 1.0:  # at far = 1 bob returns nextafter(min impostor, -inf), we the minimum itself
+            assert res.threshold[i] == t_bob
+        assert res.achieved_far[i] == far_bob
+        # compare counts: 1 - frr in floating point is not the float of #accepted / N_gen
+        assert round(res.tar[i] * pos.size) == pos.size - round(frr_bob * pos.size)
