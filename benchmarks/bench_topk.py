@@ -6,14 +6,11 @@ float32, cells whose matrix does not fit a third of the free GPU memory skipped;
 prints the ratio to torch.topk and GB/s (the matrix read once / time). Skipped without a GPU.
 Data are normal scores (tie-free), so both return the same values.
 """
-import statistics
-import time
-
 import pytest
 import torch
 
 import qme_ext
-from conftest import report, requires_cuda
+from conftest import median_time, report, requires_cuda, sync
 
 CPU_CELLS = [(1, 10_000_000, 10), (1, 10_000_000, 1000), (100, 100_000, 10),
              (100, 100_000, 1000), (10_000, 1000, 10), (10_000, 1000, 100)]
@@ -21,30 +18,12 @@ CUDA_GRID = [(P, G, k) for P in (1, 100, 10_000) for G in (100_000, 1_000_000, 1
              for k in (1, 10, 100, 1000)]
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(fn, device, repeat=5):
-    """Median wall time of fn() (after one warm-up), synchronised on CUDA."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run_cell(benchmark, P, G, k, device):
     S = torch.randn(P, G, device=device, generator=torch.Generator(device).manual_seed(0))
 
     def ours():
         qme_ext.topk(S, k)
-        _sync(device)
+        sync(device)
 
     ours()  # warm-up: op registration, thread start, CUDA module load
     benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)

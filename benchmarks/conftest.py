@@ -1,5 +1,7 @@
 """Benchmark helpers: synthetic score files and the device/version record."""
 import platform
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +87,26 @@ def pytest_collect_file(file_path, parent):
             and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, repeat=5) -> float:
+    """Median wall seconds of fn() after one warm-up call, synchronised on CUDA: the
+    baselines timed in the same run as the benchmark."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def report(benchmark, baseline_s, bytes_touched=None, label="baseline"):

@@ -4,20 +4,24 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
 import qme_ext
 
-# Property tests (tests/test_properties*.py): "ci" keeps the whole set to about a
-# minute on 2 cores and is reproducible (derandomize); "dev" searches harder:
-# HYPOTHESIS_PROFILE=dev python -m pytest tests/test_properties*.py
-_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-           HealthCheck.function_scoped_fixture]  # `device` is a plain string fixture
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
-                          database=None, suppress_health_check=_HEALTH, print_blob=True)
-settings.register_profile("dev", max_examples=1000, deadline=None, database=None,
-                          suppress_health_check=_HEALTH, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+try:  # hypothesis is a test extra; without it the property tests skip themselves
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    settings = None
+if settings is not None:
+    # Property tests (tests/test_properties*.py): "ci" keeps the whole set to about a
+    # minute on 2 cores and is reproducible (derandomize); "dev" searches harder:
+    # HYPOTHESIS_PROFILE=dev python -m pytest tests/test_properties*.py
+    _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+               HealthCheck.function_scoped_fixture]  # `device` is a plain string fixture
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+                              database=None, suppress_health_check=_HEALTH, print_blob=True)
+    settings.register_profile("dev", max_examples=1000, deadline=None, database=None,
+                              suppress_health_check=_HEALTH, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEVICES = ["cpu"] + (["cuda"] if qme_ext.cuda_available() else [])
 

@@ -21,6 +21,18 @@ def test_cuda_available_implies_compiled():
     assert not qme_ext.cuda_available() or qme_ext.cuda_compiled()
 
 
+def test_a_gpu_torch_sees_is_not_silently_skipped():
+    """Where torch sees a GPU and the CUDA module was built, the module must see it too:
+    otherwise (e.g. a driver older than the statically linked CUDA runtime) every CUDA
+    test would skip and the run would look green with no kernel run."""
+    import torch
+    if not (qme_ext.cuda_compiled() and torch.cuda.is_available()):
+        pytest.skip("needs the CUDA module and a GPU visible to torch")
+    cfg = qme_ext.build_config()
+    assert cfg["cuda_device_count"] == torch.cuda.device_count() > 0, cfg
+    assert qme_ext.cuda_available(), cfg
+
+
 def test_missing_cuda_module_error_says_how_to_build(monkeypatch):
     monkeypatch.setattr(_backend, "_C_cuda", None)
     assert not _backend.cuda_available()

@@ -44,6 +44,7 @@ def test_example_file_is_deterministic_and_valid(example, tmp_path):
 
 
 def test_evaluate_table_json_plots(example, tmp_path):
+    pytest.importorskip("matplotlib")  # a test extra; the GPU machine may lack it
     out_json = tmp_path / "m.json"
     plots = tmp_path / "plots"
     r = run_cli("evaluate", example, "--fusion", "zscore,zscore:max", "--json", out_json,
@@ -94,6 +95,8 @@ def test_quiet_models_and_calibration(example, tmp_path):
     (["evaluate", "garbage.h5"], "not an HDF5 file"),
     (["evaluate", "{ex}", "--fusion", "mean", "--calibration", "absent_cal.h5"], "absent_cal.h5"),
     (["evaluate", "{ex}", "--device", "nonsense"], "device"),
+    (["evaluate", "{ex}", "--device", "meta"], "expected cpu or cuda"),
+    (["evaluate", "{ex}", "--device", "cuda:7", "--max-memory", "1GB"], "cuda"),
     (["evaluate", "{ex}", "--protocol", "nist9"], "nist9"),
     (["evaluate"], "required"),
     (["frobnicate"], "invalid choice"),

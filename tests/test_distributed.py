@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import to_device
+from conftest import requires_cuda, to_device
 from qme_ext import _keys, metrics
 from qme_ext._accumulate import TensorSource
 from qme_ext._ops_shard import count_before
@@ -230,3 +230,33 @@ def test_gloo_processes_equal_one_process(warm, world):
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"{world} gloo workers did not finish in time")
+
+
+@requires_cuda
+def test_nccl_one_process_equals_one_process(warm, monkeypatch):
+    """The NCCL path of TorchReducer (CUDA tensors in the collectives, the process's own
+    GPU) in a world of one, the most a one-GPU machine can run: same report as
+    metrics.evaluate, same top-k as qme_ext.topk."""
+    import torch.distributed as dist
+    import qme_ext
+    from qme_ext import distributed
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        assert distributed.TorchReducer().device == torch.device("cuda", 0)
+        for dtype, seed in ((np.float32, 0), (np.float64, 1)):
+            S, M, ids = evaluation_inputs(seed, dtype=dtype)
+            want = metrics.evaluate(S, M, *ids)
+            assert_same_report(distributed.evaluate(S, M, *ids, device="cuda", shard="rows"),
+                               want)
+            assert_same_report(distributed.evaluate(torch.from_numpy(S).cuda(),
+                                                    torch.from_numpy(M).cuda(), *ids,
+                                                    shard="columns", block_rows=7), want)
+        t = torch.from_numpy(evaluation_inputs(3)[0]).cuda()
+        got, want = distributed.topk(t, 9, shard="columns"), qme_ext.topk(t, 9)
+        assert torch.equal(got.indices.cpu(), want.indices.cpu())
+        assert torch.equal(got.values.cpu(), want.values.cpu())
+    finally:
+        dist.destroy_process_group()

@@ -247,3 +247,18 @@ def test_cuda_matches_cpu(scores):
         a = fuse(scores, method, device="cpu").score_mats[method]
         b = fuse(scores, method, device="cuda").score_mats[method]
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rhe", "zscore"])
+def test_ids_as_tensors_on_the_scores_device(device, name):
+    """Ids may come as tensors on the scores' device (e.g. CUDA), not only numpy."""
+    from qme_ext.fusion import get_normaliser
+    rng = np.random.default_rng(5)
+    S = rng.normal(size=(6, 9))
+    qp, gp = rng.integers(0, 3, 6), rng.integers(0, 3, 9)
+    want = get_normaliser(name).fit((S, qp, gp)).transform(S)
+    norm = get_normaliser(name, device=device).fit(
+        (torch.from_numpy(S).to(device), torch.from_numpy(qp).to(device),
+         torch.from_numpy(gp).to(device)))
+    got = norm.transform(torch.from_numpy(S).to(device))
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-12, atol=1e-12)

@@ -10,10 +10,13 @@ Profile: tests/conftest.py ("ci": reproducible, about a minute in all).
 import numpy as np
 import pytest
 import torch
-from hypothesis import event, given
-from hypothesis import strategies as st
 
-from property_strategies import ID_KINDS, id_container, ids, matrices
+pytest.importorskip("hypothesis")  # a test extra; the GPU machine may lack it
+from hypothesis import event, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from layouts import id_container
+from property_strategies import ID_KINDS, ids, matrices
 from qme_ext import metrics
 from qme_ext.reference import (det_ref, eer_ref, evaluate_ref, fnir_at_fpir_ref, rank_metrics_ref,
                                roc_ref, tar_at_far_ref)

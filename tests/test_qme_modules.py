@@ -150,3 +150,19 @@ def test_score_triplet_loss():
                                torch.relu(F).mean())
     score_triplet_loss(F, q_pids, g_pids).backward()
     assert F.grad is not None
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_quality_on_the_cpu_with_scores_on_the_device(device, use_kernel):
+    """q often comes from numpy (estimate_quality): a CPU q with device scores works, in
+    both paths, and its gradient comes back on the CPU."""
+    torch.manual_seed(0)
+    model = QME(["face", "body", "gait"], num_experts=2, use_kernel=use_kernel).to(device)
+    model.eval()
+    x = torch.randn(4, 3, 7, device=device)
+    q = torch.rand(4, requires_grad=True)
+    out = model(x, q)
+    ref = model(x, q.detach().to(device))
+    assert torch.allclose(out, ref)
+    out.sum().backward()
+    assert q.grad is not None and q.grad.device.type == "cpu"

@@ -5,14 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("qme_ext.qme.modules")
-pytest.importorskip("qme_ext.qme.losses")
-
-from qme_ext.datasets.synthetic import synthetic_wholebody  # noqa: E402
-from qme_ext.fusion import fuse  # noqa: E402
-from qme_ext.metrics import evaluate  # noqa: E402
-from qme_ext.qme.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from qme_ext.qme.train import (TrainConfig, fit_qme, fit_quality_estimator,  # noqa: E402
+from qme_ext.datasets.synthetic import synthetic_wholebody
+from qme_ext.fusion import fuse
+from qme_ext.metrics import evaluate
+from qme_ext.qme.checkpoint import load_checkpoint, save_checkpoint
+from qme_ext.qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
                                fuse_scoreset, overall_score, predict)
 
 TINY = dict(num_subjects=30, num_train_subjects=40, num_val_subjects=20, num_unknown=6)
@@ -153,8 +150,9 @@ def test_no_qe_and_single_expert(tiny):
     assert np.isfinite(S).all()
 
 
-def test_resume_matches_uninterrupted_run(tiny, tmp_path):
-    cfg = _cfg(max_steps=200, qe_steps=60, eval_every=50, patience=100)
+def test_resume_matches_uninterrupted_run(tiny, tmp_path, device):
+    # on CUDA the checkpoint's RNG states come back through map_location=cuda
+    cfg = _cfg(max_steps=200, qe_steps=60, eval_every=50, patience=100, device=device)
     qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
     full = fit_qme(tiny["train"], tiny["val"], qe, cfg)
     ckpt = tmp_path / "state.pt"
@@ -164,3 +162,13 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path):
     assert resumed.history["step"] == full.history["step"]
     assert resumed.history["train_loss"] == pytest.approx(full.history["train_loss"], abs=0)
     assert _same_weights(full, resumed)
+
+
+def test_estimate_quality_runs_where_the_qe_is(tiny, device):
+    cfg = _cfg(qe_steps=30)
+    qe = fit_quality_estimator(tiny["train"], None, cfg)
+    feats = tiny["test"].quality["face"]
+    want = estimate_quality(qe, feats)
+    got = estimate_quality(qe.to(device), feats)  # numpy features, QE on `device`
+    assert np.allclose(got, want, atol=1e-5)
+    assert ((got >= 0) & (got <= 1)).all()

@@ -18,7 +18,8 @@ from qme_ext.quality import (AdaFaceHead, EQFaceLoss, EQFaceQualityHead, MagFace
                              magface_margin, magface_regularizer, qmagface_template, qwfa,
                              qwfaf)
 from qme_ext.quality.qmagface import qmagface_thresholds_omegas
-from qme_ext.reference.quality import qmagface_fit_reference
+from qme_ext.reference.quality import (qmagface_fit_reference, qmagface_score_matrix_ref,
+                                       qmagface_score_ref, template_aggregate_ref)
 
 
 # ---- fixture -------------------------------------------------------------------
@@ -52,13 +53,6 @@ def test_fixture_norms_and_oracle_scores(magface_toy):
 
 
 # ---- QMagFace scoring ------------------------------------------------------------
-def _qmag_direct(f1, f2, a, b):
-    n1, n2 = f1.norm(dim=1), f2.norm(dim=1)
-    s = (f1 * f2).sum(1) / (n1 * n2)
-    w = torch.minimum(torch.zeros_like(s), b * s - a)
-    return w * torch.minimum(n1, n2) + s
-
-
 def test_published_parameters():
     assert (QMagFace("magface-r50").alpha, QMagFace("magface-r50").beta) == (0.065984, 0.103799)
     assert (QMagFace("MagFace-R18").alpha, QMagFace("magface-r18").beta) == (0.092861, 0.135311)
@@ -74,9 +68,12 @@ def test_score_matrix_matches_direct(device, dtype, tol):
     g = torch.Generator().manual_seed(0)
     P, G = torch.randn(37, 24, generator=g) * 8, torch.randn(53, 24, generator=g) * 8
     qm = QMagFace(0.077428, 0.125926)
-    ref = _qmag_direct(P.double()[:, None, :].expand(-1, 53, -1).reshape(-1, 24),
-                       G.double()[None].expand(37, -1, -1).reshape(-1, 24), qm.alpha,
-                       qm.beta).reshape(37, 53)
+    # the pairwise formula on every (probe, gallery) pair; the matrix form must agree
+    ref = qmagface_score_ref(P.double()[:, None, :].expand(-1, 53, -1).reshape(-1, 24),
+                             G.double()[None].expand(37, -1, -1).reshape(-1, 24), qm.alpha,
+                             qm.beta).reshape(37, 53)
+    assert torch.allclose(qmagface_score_matrix_ref(P.double(), G.double(), qm.alpha, qm.beta),
+                          ref, atol=1e-12)
     out = qm.score_matrix(P.to(dtype).to(device), G.to(dtype).to(device), block=(16, 20))
     assert out.shape == (37, 53) and out.dtype == (torch.float64 if dtype == torch.float64
                                                    else torch.float32)
@@ -115,19 +112,6 @@ def test_opcheck_qmagface_epilogue(device):
 
 
 # ---- template_aggregate op ---------------------------------------------------------
-def _ta_direct(f, w, offsets, normalize):
-    out = []
-    for t in range(len(offsets) - 1):
-        b, e = int(offsets[t]), int(offsets[t + 1])
-        W = w[b:e].sum()
-        if e == b or W == 0:
-            out.append(torch.zeros(f.shape[1], dtype=w.dtype))
-            continue
-        u = (w[b:e, None] * f[b:e].to(w.dtype)).sum(0) / W
-        out.append(u / u.norm() if normalize and u.norm() > 0 else u)
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("fdtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_template_aggregate_matches_direct(device, normalize, fdtype):
@@ -140,7 +124,7 @@ def test_template_aggregate_matches_direct(device, normalize, fdtype):
     wd = torch.float64 if fdtype == torch.float64 else torch.float32
     t, ws, n = oq.template_aggregate(f.to(device), w.to(wd).to(device), offsets.to(device),
                                      normalize)
-    ref = _ta_direct(f.double(), w.double(), offsets, normalize)
+    ref = template_aggregate_ref(f.double(), w.double(), offsets, normalize)
     tol = 1e-12 if wd == torch.float64 else 1e-5
     assert torch.allclose(t.double().cpu(), ref, atol=tol)
     assert float(ws[1]) == 0 and float(ws[3]) == 0 and t[1].abs().sum() == 0

@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_curve
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")  # a test extra
+average_precision_score, roc_curve = sklearn_metrics.average_precision_score, sklearn_metrics.roc_curve
 
 from qme_ext.reference import (
     det_ref,

@@ -15,7 +15,7 @@ import torch
 
 import qme_ext
 from conftest import requires_cuda
-from property_strategies import present, same_bits
+from layouts import present, same_bits
 from qme_ext import _ops, _ops_qme, _ops_quality, fusion, metrics
 from qme_ext.io import ScoreSet
 from qme_ext.qme.modules import QME

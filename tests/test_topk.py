@@ -9,11 +9,11 @@ import torch
 
 import qme_ext
 from conftest import requires_cuda
+from layouts import TORCH_DTYPES
 from qme_ext import _ops_topk
 from qme_ext.qme import QME, QualityEstimator, search
 from qme_ext.reference import topk_ref
 
-TORCH_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
             torch.bfloat16: torch.int16}
 

@@ -8,6 +8,7 @@
 // key in the high bits, the bitwise complement of the column in the low bits,
 // so "ranks before" is a single `>` (higher key first, lower column on ties).
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "parallel.h"
@@ -104,10 +105,19 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
 
 }  // namespace
 
-void rank_counts_cpu(const RankCountsArgs& a, int num_threads) {
+void check_rank_counts_args(const RankCountsArgs& a) {
   check_matrix(a.scores, "scores");
   if (a.num_modes < 1 || a.num_modes > 3)
     throw InvalidArgument("num_modes: expected 1..3, got " + std::to_string(a.num_modes));
+  if (a.max_candidates < 0)
+    throw InvalidArgument("max_candidates: expected >= 0, got " + std::to_string(a.max_candidates));
+  if (key_bits(a.scores.dtype) == 32 && a.scores.cols > (int64_t{1} << 32))
+    throw InvalidArgument("scores: at most 2^32 columns for 32-bit keys, got " +
+                          std::to_string(a.scores.cols));
+}
+
+void rank_counts_cpu(const RankCountsArgs& a, int num_threads) {
+  check_rank_counts_args(a);
   if (a.scores.rows == 0) return;
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;

@@ -7,8 +7,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace qme {
 namespace cuda_detail {
@@ -60,3 +63,28 @@ inline int sm_count() {
 // too many threads) immediately; faults inside the kernel show up at the next
 // synchronising call made by the caller.
 #define QME_CUDA_CHECK_LAUNCH() QME_CUDA_CHECK(cudaGetLastError())
+
+namespace qme {
+namespace cuda_detail {
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device
+// (above 48 KiB this must be opted into). The limit is an attribute of the kernel, not
+// of a launch, and the bindings release the GIL: so it only ever grows, under one lock,
+// and a concurrent launch that needs more is never undercut by one that needs less.
+template <typename Kernel>
+void allow_dynamic_smem(Kernel* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  int dev = 0;
+  QME_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  const std::lock_guard<std::mutex> lock(mu);
+  size_t& have = granted[{reinterpret_cast<const void*>(kernel), dev}];
+  if (have >= bytes) return;
+  QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+  have = bytes;
+}
+
+}  // namespace cuda_detail
+}  // namespace qme

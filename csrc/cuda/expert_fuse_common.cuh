@@ -135,8 +135,7 @@ void prepare_smem(Kernel kernel, size_t bytes) {
   if (bytes > cuda_detail::max_block_smem_optin())
     throw InvalidArgument("expert_fuse: experts too large for shared memory (" +
                           std::to_string(bytes) + " bytes); reduce ratio or num_experts");
-  QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  cuda_detail::allow_dynamic_smem(kernel, bytes);
 }
 
 }  // namespace expert_cuda

@@ -230,8 +230,7 @@ void key_histogram_cuda(const KeyHistogramArgs& a, void* /*workspace*/, size_t /
     const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
     if (shared) {
       auto kernel = linear ? key_histogram_kernel<D, true, true> : key_histogram_kernel<D, true, false>;
-      QME_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(hist_bytes)));
+      cuda_detail::allow_dynamic_smem(kernel, hist_bytes);
       kernel<<<grid, block, hist_bytes, stream>>>(a, total, span, splits);
     } else {
       auto kernel = linear ? key_histogram_kernel<D, false, true> : key_histogram_kernel<D, false, false>;

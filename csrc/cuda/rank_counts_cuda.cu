@@ -187,18 +187,10 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
   }
 }
 
-void check_args(const RankCountsArgs& a) {
-  check_matrix(a.scores, "scores");
-  if (a.num_modes < 1 || a.num_modes > 3)
-    throw InvalidArgument("num_modes: expected 1..3, got " + std::to_string(a.num_modes));
-  if (a.max_candidates < 0)
-    throw InvalidArgument("max_candidates: expected >= 0, got " + std::to_string(a.max_candidates));
-}
-
 }  // namespace
 
 size_t rank_counts_cuda_workspace(const RankCountsArgs& args) {
-  check_args(args);
+  check_rank_counts_args(args);
   if (args.scores.rows == 0) return 0;
   return rank_order::workspace_bytes(rank_order::row_scratch(args.scores.rows,
                                                              make_layout(args).bytes));
@@ -206,11 +198,11 @@ size_t rank_counts_cuda_workspace(const RankCountsArgs& args) {
 
 void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace_bytes,
                       cudaStream_t stream) {
-  check_args(a);
+  check_rank_counts_args(a);
   const int64_t P = a.scores.rows;
   if (P == 0) return;
-  if (a.cand_offsets == nullptr || a.first_pos == nullptr || a.ap == nullptr ||
-      a.num_good == nullptr)
+  if (a.cand_offsets == nullptr || a.cand_index == nullptr || a.cand_flags == nullptr ||
+      a.first_pos == nullptr || a.ap == nullptr || a.num_good == nullptr)
     throw InvalidArgument("rank_counts: null offsets or output buffer");
   const Layout l = make_layout(a);
   const rank_order::RowScratch plan = rank_order::row_scratch(P, l.bytes);

@@ -141,9 +141,7 @@ void launch_rows(void (*shared_kernel)(Args, Layout, unsigned char*),
                  int threads, cudaStream_t stream, const char* op) {
   const dim3 grid(static_cast<unsigned>(s.blocks)), block(static_cast<unsigned>(threads));
   if (s.shared) {
-    // Above 48 KiB dynamic shared memory must be opted into per kernel.
-    QME_CUDA_CHECK(cudaFuncSetAttribute(shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(s.bytes)));
+    cuda_detail::allow_dynamic_smem(shared_kernel, s.bytes);
     shared_kernel<<<grid, block, s.bytes, stream>>>(a, l, nullptr);
   } else {
     const size_t need = workspace_bytes(s);

@@ -27,8 +27,17 @@ def check_device(name: str) -> str:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise UserError(f"invalid --device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
+    if dev.type == "cuda":
+        from . import _backend
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available")
+        if not _backend.cuda_compiled():
+            raise UserError("--device cuda: " + _backend.CUDA_BUILD_HINT)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                            "GPU(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: expected cpu or cuda[:N]")
     return name
 
 

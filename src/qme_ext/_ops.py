@@ -33,6 +33,36 @@ def module_and_extra(device: torch.device, workspace_bytes: int):
     raise ValueError(f"scores: unsupported device {device}; expected cpu or cuda")
 
 
+def check_vector(t: torch.Tensor, name: str, n, dtype: torch.dtype, device) -> None:
+    """`t` must be 1-D with `n` elements (any number when None), of `dtype`, on `device`:
+    the kernels index with it. (A CUDA kernel cannot throw: this is checked before any
+    pointer is used.)"""
+    if t.dim() != 1 or (n is not None and t.shape[0] != n) or t.dtype != dtype:
+        shape = f"({n},)" if n is not None else "(n,)"
+        raise ValueError(f"{name}: expected a {dtype} tensor of shape {shape}, got {t.dtype} "
+                         f"of shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name}: must be on the inputs' device ({device}), got {t.device}")
+
+
+def check_row_csr(scores: torch.Tensor, offsets_name: str, offsets: torch.Tensor,
+                  members: tuple) -> tuple[int, int]:
+    """A CSR list per row of `scores`: `offsets` (P + 1,) int64, non-decreasing from 0 to
+    nnz; each of `members` = ((name, tensor, dtype), ...) 1-D with nnz entries; all on the
+    scores' device. Returns (nnz, the longest row)."""
+    dev = scores.device
+    check_vector(offsets, offsets_name, scores.shape[0] + 1, torch.int64, dev)
+    name0, t0, dtype0 = members[0]
+    check_vector(t0, name0, None, dtype0, dev)
+    nnz = t0.shape[0]
+    for name, t, dtype in members[1:]:
+        check_vector(t, name, nnz, dtype, dev)
+    offs = offsets.cpu()
+    if int(offs[0]) != 0 or int(offs[-1]) != nnz or bool((offs[1:] < offs[:-1]).any()):
+        raise ValueError(f"{offsets_name}: expected non-decreasing offsets from 0 to {nnz}")
+    return nnz, (int((offs[1:] - offs[:-1]).max()) if offs.numel() > 1 else 0)
+
+
 def device_guard(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
@@ -42,6 +72,18 @@ def device_guard(t: torch.Tensor):
 
 
 # ---- rank_counts ----------------------------------------------------------------
+def _check_candidates(scores, cand_offsets, cand_index, cand_flags, max_candidates) -> None:
+    G = scores.shape[1]
+    nnz, longest = check_row_csr(scores, "cand_offsets", cand_offsets,
+                                 (("cand_index", cand_index, torch.int64),
+                                  ("cand_flags", cand_flags, torch.uint8)))
+    if max_candidates < longest:
+        raise ValueError(f"max_candidates: expected >= {longest} (the longest row of "
+                         f"candidates), got {max_candidates}")
+    if nnz and (int(cand_index.min()) < 0 or int(cand_index.max()) >= G):
+        raise ValueError(f"cand_index: gallery columns must lie in [0, {G - 1}]")
+
+
 @torch.library.custom_op("qme_ext::rank_counts", mutates_args=())
 def rank_counts(
     scores: torch.Tensor,  # (P, G) float32/float64/float16/bfloat16
@@ -62,6 +104,9 @@ def rank_counts(
     num_good = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
     if P == 0:
         return first_pos, ap, num_good
+    _check_candidates(scores, cand_offsets, cand_index, cand_flags, max_candidates)
+    cand_offsets, cand_index, cand_flags = (t.contiguous() for t in
+                                            (cand_offsets, cand_index, cand_flags))
     desc = matrix_descriptor(scores)
     with device_guard(scores):
         ws_bytes = 0
@@ -98,8 +143,10 @@ def key_histogram(
     [number of NaN scores, smallest non-NaN key, largest non-NaN key] (keys as
     int64 bit patterns).
     """
-    F = prefixes.shape[0]
     dev = scores.device
+    check_vector(prefixes, "prefixes", None, torch.int64, dev)
+    prefixes = prefixes.contiguous()
+    F = prefixes.shape[0]
     hist = torch.zeros((max(F, 1), 1 << digit_bits), dtype=torch.int64, device=dev)
     stats = torch.zeros(3, dtype=torch.int64, device=dev)
     stats[1] = -1  # all ones: no non-NaN key seen

@@ -35,20 +35,28 @@ def cube_descriptor(x: torch.Tensor) -> tuple:
             x.stride(0), x.stride(1), x.stride(2))
 
 
-def _check(x, a, w1, gate, dropout):
+def _check(x, a, c, w1, b1, w2, b2, gate, dropout, grad=None):
+    # every parameter is read by raw pointer at its documented shape: a wrong shape
+    # would be an out-of-bounds read, so each is checked (grad too, in backward)
     if x.dim() != 3:
         raise ValueError(f"x: expected (B, K, G), got shape {tuple(x.shape)}")
     if x.dtype not in DTYPE_CODES:
         raise ValueError(f"x: unsupported dtype {x.dtype}")
     B, K, _ = x.shape
-    Z, H = w1.shape[0], w1.shape[1]
     if not 1 <= K <= MAX_CHANNELS:
         raise ValueError(f"x: expected 1..{MAX_CHANNELS} model channels, got {K}")
-    if tuple(a.shape) != (Z, K) or tuple(w1.shape) != (Z, H, K):
-        raise ValueError(f"expert parameters do not match K={K}: a {tuple(a.shape)}, "
-                         f"w1 {tuple(w1.shape)}")
-    if tuple(gate.shape) != (B, Z):
-        raise ValueError(f"gate: expected ({B}, {Z}), got {tuple(gate.shape)}")
+    if w1.dim() != 3 or w1.shape[2] != K:
+        raise ValueError(f"w1: expected (Z, H, {K}) for K={K} model channels, got "
+                         f"{tuple(w1.shape)}")
+    Z, H = w1.shape[0], w1.shape[1]
+    expected = {"a": (a, (Z, K)), "c": (c, (Z, K)), "b1": (b1, (Z, H)), "w2": (w2, (Z, H)),
+                "b2": (b2, (Z,)), "gate": (gate, (B, Z))}
+    if grad is not None:
+        expected["grad"] = (grad, (B, x.shape[2]))
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape} (Z={Z} experts, H={H} hidden, "
+                             f"K={K} models, B={B}), got {tuple(t.shape)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected 0 <= p < 1, got {dropout}")
 
@@ -72,7 +80,7 @@ def expert_fuse(
     seed: int,
 ) -> torch.Tensor:
     """Fused (B, G) scores of all Z experts in one pass over x."""
-    _check(x, a, w1, gate, dropout)
+    _check(x, a, c, w1, b1, w2, b2, gate, dropout)
     B, K, G = x.shape
     Z, H = w1.shape[0], w1.shape[1]
     ct = compute_dtype(x.dtype)
@@ -114,9 +122,13 @@ def expert_fuse_bwd(
     """(grad_x, grad_a, grad_c, grad_w1, grad_b1, grad_w2, grad_b2, grad_gate), compute dtype.
 
     Hidden activations and dropout masks are recomputed, not stored; parameter
-    gradients are reduced in a fixed order (bitwise reproducible).
+    gradients are reduced in a fixed order (bitwise reproducible). On CUDA each block
+    keeps the parameters and 8 per-warp copies of their gradient partials in shared
+    memory, about 9 Z (2K + HK + 2H + 1) values of the compute dtype: the QME sizes (K <= 8,
+    ratio 3, a few experts) fit easily, but e.g. float64 with Z = 8, H = 64, K = 8 exceeds
+    an H100's 227 KiB and is refused (ValueError) where the CPU twin runs.
     """
-    _check(x, a, w1, gate, dropout)
+    _check(x, a, c, w1, b1, w2, b2, gate, dropout, grad)
     B, K, G = x.shape
     Z, H = w1.shape[0], w1.shape[1]
     ct = compute_dtype(x.dtype)

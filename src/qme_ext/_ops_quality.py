@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._ops import DTYPE_CODES, device_guard, matrix_descriptor
+from ._ops import DTYPE_CODES, check_vector, device_guard, matrix_descriptor
 
 FEATURE_DTYPES = tuple(DTYPE_CODES)
 
@@ -41,10 +41,10 @@ def qmagface_epilogue(
     if cos.dim() != 2 or out.shape != cos.shape:
         raise ValueError(f"qmagface_epilogue: cos {tuple(cos.shape)} and out "
                          f"{tuple(out.shape)} must be equal 2-D shapes")
-    if q_probe.shape != (cos.shape[0],) or q_gallery.shape != (cos.shape[1],):
-        raise ValueError("qmagface_epilogue: norms must have shapes (p,) and (g,)")
-    if q_probe.dtype != torch.float64 or q_gallery.dtype != torch.float64:
-        raise ValueError("qmagface_epilogue: norms must be float64")
+    check_vector(q_probe, "q_probe", cos.shape[0], torch.float64, cos.device)
+    check_vector(q_gallery, "q_gallery", cos.shape[1], torch.float64, cos.device)
+    if out.device != cos.device:
+        raise ValueError(f"out: must be on the device of cos ({cos.device}), got {out.device}")
     if cos.dtype not in DTYPE_CODES or out.dtype not in DTYPE_CODES:
         raise ValueError(f"qmagface_epilogue: unsupported dtype {cos.dtype} / {out.dtype}")
     if cos.numel() == 0:
@@ -93,6 +93,10 @@ def template_aggregate(
         raise ValueError(f"features: unsupported dtype {features.dtype}")
     if weights.dtype not in (torch.float32, torch.float64):
         raise ValueError("weights: expected float32 or float64")
+    for name, t in (("weights", weights), ("offsets", offsets)):
+        if t.device != features.device:  # a kernel would read another device's memory
+            raise ValueError(f"{name}: must be on the device of features ({features.device}), "
+                             f"got {t.device}")
     _check_offsets(offsets, features.shape[0])
     T, D = offsets.shape[0] - 1, features.shape[1]
     wd = weights.dtype

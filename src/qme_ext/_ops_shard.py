@@ -13,31 +13,17 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._ops import device_guard, matrix_descriptor, module_and_extra
+from ._ops import check_row_csr, device_guard, matrix_descriptor, module_and_extra
 
 
 def _check(scores, col_offset, query_offsets, query_keys, query_cols):
     # The CUDA twin cannot throw from a kernel: everything it would index with is
     # checked here, before any pointer is used.
-    P, G = scores.shape
-    dev = scores.device
-    if query_offsets.shape != (P + 1,) or query_offsets.dtype != torch.int64:
-        raise ValueError(f"query_offsets: expected an int64 tensor of shape ({P + 1},), got "
-                         f"{query_offsets.dtype} of shape {tuple(query_offsets.shape)}")
-    nq = query_keys.shape[0]
-    for name, t in (("query_keys", query_keys), ("query_cols", query_cols)):
-        if t.dim() != 1 or t.shape[0] != nq or t.dtype != torch.int64:
-            raise ValueError(f"{name}: expected an int64 tensor of shape ({nq},), got "
-                             f"{t.dtype} of shape {tuple(t.shape)}")
-    for name, t in (("query_offsets", query_offsets), ("query_keys", query_keys),
-                    ("query_cols", query_cols)):
-        if t.device != dev:
-            raise ValueError(f"{name}: must be on the device of scores ({dev})")
+    nq, longest = check_row_csr(scores, "query_offsets", query_offsets,
+                                (("query_keys", query_keys, torch.int64),
+                                 ("query_cols", query_cols, torch.int64)))
     if col_offset < 0:
         raise ValueError(f"col_offset: expected >= 0, got {col_offset}")
-    offs = query_offsets.cpu()
-    if int(offs[0]) != 0 or int(offs[-1]) != nq or bool((offs[1:] < offs[:-1]).any()):
-        raise ValueError(f"query_offsets: expected non-decreasing offsets from 0 to {nq}")
     if nq and scores.dtype != torch.float64:
         if int(query_cols.min()) < 0 or int(query_cols.max()) >= 1 << 32:
             raise ValueError("query_cols: global columns must lie in [0, 2^32) for 32-bit keys")
@@ -46,7 +32,7 @@ def _check(scores, col_offset, query_offsets, query_keys, query_cols):
                              f"{scores.dtype} score matrix")
     elif nq and int(query_cols.min()) < 0:
         raise ValueError("query_cols: global columns must be >= 0")
-    return int((offs[1:] - offs[:-1]).max()) if P else 0
+    return longest
 
 
 @torch.library.custom_op("qme_ext::count_before", mutates_args=())

@@ -46,6 +46,7 @@ Launch, e.g. 4 processes on one machine::
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -57,9 +58,23 @@ from ._accumulate import Reducer, TensorSource
 from ._inputs import as_ids, as_probabilities, as_score_matrix
 from ._ops import DTYPE_CODES
 
-__all__ = ["evaluate", "topk", "TorchReducer"]
+__all__ = ["evaluate", "topk", "TorchReducer", "nccl_device"]
 
 SHARDS = ("rows", "columns")
+
+
+def nccl_device(group=None) -> torch.device:
+    """This process's GPU in an NCCL group: the group's bound device
+    (``init_process_group(..., device_id=...)``), else torchrun's ``LOCAL_RANK``, else the
+    current device. Never plain ``cuda:0`` on every rank: NCCL refuses two ranks on one GPU."""
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    bound = getattr(pg, "bound_device_id", None)
+    if bound is not None:
+        return torch.device(bound)
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and torch.cuda.device_count() > 0:
+        return torch.device("cuda", int(local) % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 class TorchReducer(Reducer):
@@ -72,8 +87,9 @@ class TorchReducer(Reducer):
         self.group = group
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
-        if dist.get_backend(group) == "nccl":
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        backend = str(dist.get_backend(group))  # "nccl", "gloo", or e.g. "cpu:gloo,cuda:nccl"
+        if "nccl" in backend and "cpu:" not in backend:
+            self.device = nccl_device(group)
         else:
             self.device = torch.device("cpu")
 
@@ -169,6 +185,13 @@ def _layout(red: TorchReducer, shard: Optional[str], P: int, G: int, S: int, dty
     return shard, 0, 0
 
 
+def _own_gpu(red: TorchReducer, device):
+    if device is not None and red.device.type == "cuda" and torch.device(device) == \
+            torch.device("cuda"):
+        return red.device
+    return device
+
+
 def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
              g_clothes_ids, unique_g_pids, protocol: str = "qme", seed: int = 45,
              device=None, fars: Sequence[float] = metrics.DEFAULT_FARS, *, group=None,
@@ -179,9 +202,11 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     ``shard``: "rows" (probes split), "columns" (gallery and subjects split) or None
     (inferred from the ids, see the module docstring). The other arguments are this
     process's shard and ids, as for :func:`qme_ext.metrics.evaluate`; ``block_rows``
-    walks the local shard in row blocks.
+    walks the local shard in row blocks. ``device="cuda"`` (no index) in an NCCL group
+    means this process's GPU (:func:`nccl_device`), not ``cuda:0`` on every process.
     """
     red = TorchReducer(group)
+    device = _own_gpu(red, device)
     error, layout = None, None
     try:
         metrics._check_protocol(protocol)
@@ -201,8 +226,8 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
         q_ids = [_as_numpy_ids(x) for x in (q_pids, q_camids, q_clothes_ids)]
         g_ids = [_as_numpy_ids(x) for x in (g_pids, g_camids, g_clothes_ids, unique_g_pids)]
         layout = (S.shape[0], S.shape[1], M.shape[1], DTYPE_CODES[S.dtype], q_ids, g_ids)
-    except (ValueError, TypeError) as exc:
-        error = exc
+    except Exception as exc:  # any local failure (bad input, out of memory) must reach
+        error = exc  # _agree: a rank that skipped the collective would hang the others
     _agree(red, error)
     shard, col_offset, merge_col_offset = _layout(red, shard, *layout)
     return metrics._evaluate_source(
@@ -244,8 +269,8 @@ def topk(scores, k: int, largest: bool = True, *, shard: str, group=None):
         t = as_score_matrix(scores, "scores").detach()
         largest = check_largest(largest)
         k = check_k(k, MAX_K)  # type and range; against the gallery size below
-    except (ValueError, TypeError) as exc:
-        error = exc
+    except Exception as exc:  # any local failure (bad input, out of memory) must reach
+        error = exc  # _agree: a rank that skipped the collective would hang the others
     _agree(red, error)
     info = red.stack(np.asarray([t.shape[0], t.shape[1], DTYPE_CODES[t.dtype]], dtype=np.int64))
     if len(set(info[:, 2].tolist())) > 1:

@@ -105,10 +105,15 @@ def _on_device(matrix, device) -> torch.Tensor:
     return _tensor(matrix).to(device)
 
 
+def _ids_on(ids, device) -> torch.Tensor:
+    """(n,) int64 ids on `device`, from numpy, a list or a tensor on any device."""
+    if isinstance(ids, torch.Tensor):
+        return ids.detach().to(device=device, dtype=torch.int64)
+    return torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)
+
+
 def _genuine_mask(q_pids, g_pids, device) -> torch.Tensor:
-    q = torch.as_tensor(np.asarray(q_pids, dtype=np.int64), device=device)
-    g = torch.as_tensor(np.asarray(g_pids, dtype=np.int64), device=device)
-    return q[:, None] == g[None, :]
+    return _ids_on(q_pids, device)[:, None] == _ids_on(g_pids, device)[None, :]
 
 
 # ------------------------------------------------------------------------------------------
@@ -329,7 +334,7 @@ def _split_eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
 
 def _calibration_pairs(q_pids, g_pids, seed: int) -> tuple:
     """Flat indices of all genuine pairs and of <= MAX_CALIBRATION_IMPOSTORS impostor pairs."""
-    genuine = (np.asarray(q_pids)[:, None] == np.asarray(g_pids)[None, :]).reshape(-1)
+    genuine = _genuine_mask(q_pids, g_pids, "cpu").reshape(-1).numpy()
     gen_idx = np.flatnonzero(genuine)
     imp_idx = np.flatnonzero(~genuine)
     if gen_idx.size == 0 or imp_idx.size == 0:

@@ -30,6 +30,10 @@ struct RankCountsArgs {
   double* ap;                    // (num_modes, P) (1/n) sum_i i / (p_i + 1); 0 when n = 0
   int64_t* num_good;             // (num_modes, P) n
 };
+// Checks shared by both twins and the CUDA workspace query (throws InvalidArgument):
+// the view, num_modes, max_candidates >= 0, and for 32-bit keys G <= 2^32 (the
+// column lives in the low 32 bits of the 64-bit rank code).
+void check_rank_counts_args(const RankCountsArgs& args);
 void rank_counts_cpu(const RankCountsArgs& args, int num_threads);
 
 // ---- key_histogram: one radix digit of the order-preserving score keys -----

@@ -142,7 +142,8 @@ def gate_weights(q: Optional[torch.Tensor], num_experts: int, batch: int,
         return torch.ones((batch, 1), dtype=dtype, device=device)
     if q is None:
         raise ValueError(f"QME with {Z} experts needs the probe quality q")
-    q = q.reshape(-1).to(dtype).clamp(0.0, 1.0)
+    # on the scores' device: a CPU q with CUDA scores is a natural call (q comes from numpy)
+    q = torch.as_tensor(q).reshape(-1).to(device=device, dtype=dtype).clamp(0.0, 1.0)
     if q.shape[0] != batch:
         raise ValueError(f"q: expected {batch} values, got {q.shape[0]}")
     if Z == 2:

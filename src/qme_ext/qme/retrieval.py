@@ -94,7 +94,7 @@ def _quality(model, quality, features, scores, num_probes: int, const_quality: f
 
     if isinstance(quality, QualityEstimator):
         if features is not None:
-            q = estimate_quality(quality, features, device=device)
+            q = estimate_quality(quality, features)
         elif isinstance(scores, ScoreSet):
             q = _quality_of(quality, scores, "face", const_quality, device)
         else:

@@ -161,9 +161,14 @@ class _BatchPlan:
         return self._cache[1][i]
 
 
-def estimate_quality(qe, features, batch: int = 4096, device="cpu") -> np.ndarray:
-    """QE output q (P,) in [0, 1] for features (P, D) (or (P, T, D)); 0 for all-zero rows."""
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+def estimate_quality(qe, features, batch: int = 4096) -> np.ndarray:
+    """QE output q (P,) in [0, 1] for features (P, D) (or (P, T, D)); 0 for all-zero rows.
+
+    The QE runs where its parameters are (CPU or GPU); features come in as numpy or a
+    tensor on any device, q goes out as a numpy array.
+    """
+    device = next(qe.parameters(), torch.empty(0)).device
+    x = torch.as_tensor(features).detach().to("cpu", torch.float32)
     out = np.empty(x.shape[0], dtype=np.float32)
     was = qe.training
     qe.eval()
@@ -179,7 +184,7 @@ def estimate_quality(qe, features, batch: int = 4096, device="cpu") -> np.ndarra
 
 def _pseudo_loss_eval(qe, x, face, q_pids, g_pids, config, device) -> float:
     from .losses import pseudo_quality_loss
-    q = torch.as_tensor(estimate_quality(qe, x, device=device))
+    q = torch.as_tensor(estimate_quality(qe, x))
     with torch.no_grad():
         loss = pseudo_quality_loss(q, torch.as_tensor(face), torch.as_tensor(q_pids),
                                    torch.as_tensor(g_pids), rank_threshold=config.rank_threshold)
@@ -267,7 +272,7 @@ def _quality_of(qe, scoreset, config_or_name, const: float, device) -> np.ndarra
     if qe is None:
         return np.full(scoreset.num_probes, const, dtype=np.float32)
     name = getattr(qe, "quality_name", None) or config_or_name
-    return estimate_quality(qe, _features(scoreset, name), device=device)
+    return estimate_quality(qe, _features(scoreset, name))
 
 
 def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optional[str] = None,
@@ -396,7 +401,10 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         step, best, best_step, bad = st["step"], st["best"], st["best_step"], st["bad"]
         best_state = st["best_state"]
         hist = {k: list(v) for k, v in st["history"].items()}
-        torch.set_rng_state(st["torch_rng"])
+        # map_location moved the saved ByteTensors to `dev`; the setters want CPU tensors
+        torch.set_rng_state(st["torch_rng"].cpu())
+        if dev.type == "cuda" and st.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(st["cuda_rng"].cpu(), dev)  # the plain-torch dropout
         log(f"resumed from {resume} at step {step}")
     plan = _BatchPlan(x.shape[0], config.batch_size, config.seed)
     k = len(models)
@@ -442,7 +450,9 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
                 state = {"step": step, "best": best, "best_step": best_step, "bad": bad,
                          "best_state": best_state, "history": hist,
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "torch_rng": torch.get_rng_state()}
+                         "torch_rng": torch.get_rng_state(),
+                         "cuda_rng": (torch.cuda.get_rng_state(dev) if dev.type == "cuda"
+                                      else None)}
                 save_checkpoint(checkpoint, model, qe, config, models,
                                 {"train_state": state})
     if best_state is not None:

@@ -82,10 +82,16 @@ def eqface_step_params(step: int, backbone: nn.Module, head: nn.Module,
 
 def aggregate_templates(features: torch.Tensor, weights: torch.Tensor, offsets: torch.Tensor,
                         normalize: bool = True) -> torch.Tensor:
-    """Batched templates (T, D) = sum w f / sum w over CSR segments, one kernel op."""
+    """Batched templates (T, D) = sum w f / sum w over CSR segments, one kernel op.
+
+    features (N, D); weights (N,); offsets (T + 1,) segment starts (any integer dtype and
+    device: like the weights, they are moved to the features' device).
+    """
     wd = torch.float64 if (weights.dtype == torch.float64 or features.dtype == torch.float64) \
         else torch.float32
-    return template_aggregate(features, weights.to(wd), offsets.to(torch.int64), normalize)[0]
+    return template_aggregate(features, weights.to(features.device, wd),
+                              torch.as_tensor(offsets).to(features.device, torch.int64),
+                              normalize)[0]
 
 
 def _one_segment(n: int, device) -> torch.Tensor:
