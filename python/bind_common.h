@@ -14,10 +14,15 @@
 namespace qme_py {
 namespace py = pybind11;
 
+inline void expect_tuple(const py::tuple& t, size_t n, const char* name) {
+  if (t.size() != n)
+    throw qme::InvalidArgument(std::string(name) + ": expected a " + std::to_string(n) +
+                               "-tuple, got " + std::to_string(t.size()) + " items");
+}
+
 // (address, dtype_code, rows, cols, stride_row, stride_col) -> MatrixView
 inline qme::MatrixView matrix_from(const py::tuple& t, const char* name) {
-  if (t.size() != 6)
-    throw qme::InvalidArgument(std::string(name) + ": expected a 6-tuple matrix descriptor");
+  expect_tuple(t, 6, name);
   qme::MatrixView m;
   m.data = reinterpret_cast<const void*>(t[0].cast<uintptr_t>());
   m.dtype = static_cast<qme::DType>(t[1].cast<int32_t>());

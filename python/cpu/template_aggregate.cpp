@@ -1,28 +1,21 @@
-// CPU binding of template_aggregate (qme/quality_ops.h).
+// CPU binding of template_aggregate (qme/quality_ops.h); its argument tuple is decoded by
+// quality_bind.h, shared with the CUDA binding.
 #include <pybind11/pybind11.h>
 
 #include "../bind_common.h"
+#include "../quality_bind.h"
 #include "../registry.h"
-#include "qme/quality_ops.h"
 
 namespace py = pybind11;
-using qme_py::matrix_from;
-using qme_py::ptr;
 
 namespace {
 
 void register_template_aggregate(py::module_& m) {
-  m.def("template_aggregate",
-        [](py::tuple features, uintptr_t weights, bool weights_f64, uintptr_t offsets,
-           int64_t num_templates, bool normalize, uintptr_t templates, uintptr_t weight_sum,
-           uintptr_t norm) {
-          qme::TemplateAggregateArgs a{matrix_from(features, "features"), ptr<const void>(weights),
-                                       weights_f64, ptr<const int64_t>(offsets), num_templates,
-                                       normalize, ptr<void>(templates), ptr<void>(weight_sum),
-                                       ptr<void>(norm)};
-          py::gil_scoped_release nogil;
-          qme::template_aggregate_cpu(a, qme_py::cpu_threads());
-        });
+  m.def("template_aggregate", [](py::tuple t) {
+    const qme::TemplateAggregateArgs a = qme_py::template_aggregate_args(t);
+    py::gil_scoped_release nogil;
+    qme::template_aggregate_cpu(a, qme_py::cpu_threads());
+  });
 }
 
 const qme_py::Register registered(register_template_aggregate);

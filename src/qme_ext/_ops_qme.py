@@ -94,8 +94,8 @@ def expert_fuse(
         if x.device.type == "cuda":
             ws = _backend.cuda_module().expert_fuse_workspace(desc, Z, H)
         mod, extra, _ws = module_and_extra(x.device, ws)
-        mod.expert_fuse(desc, *(t.data_ptr() for t in ps), Z, H, float(dropout), int(seed) & _U64,
-                        out.data_ptr(), *extra)
+        mod.expert_fuse((desc, tuple(t.data_ptr() for t in ps), Z, H, float(dropout),
+                         int(seed) & _U64, out.data_ptr()), *extra)
     return out
 
 
@@ -150,8 +150,9 @@ def expert_fuse_bwd(
         if dev.type == "cuda":
             ws = _backend.cuda_module().expert_fuse_bwd_workspace(desc, Z, H)
         mod, extra, _ws = module_and_extra(dev, ws)
-        mod.expert_fuse_bwd(desc, *(t.data_ptr() for t in ps), Z, H, float(dropout),
-                            int(seed) & _U64, g.data_ptr(), *(t.data_ptr() for t in outs), *extra)
+        mod.expert_fuse_bwd((desc, tuple(t.data_ptr() for t in ps), Z, H, float(dropout),
+                             int(seed) & _U64, g.data_ptr(), tuple(t.data_ptr() for t in outs)),
+                            *extra)
     return tuple(outs)
 
 

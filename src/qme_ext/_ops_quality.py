@@ -53,8 +53,8 @@ def qmagface_epilogue(
     q_gallery = q_gallery.contiguous()
     with device_guard(cos):
         mod, extra = _module(cos.device)
-        mod.qmagface_epilogue(matrix_descriptor(cos), q_probe.data_ptr(), q_gallery.data_ptr(),
-                              float(alpha), float(beta), matrix_descriptor(out), *extra)
+        mod.qmagface_epilogue((matrix_descriptor(cos), q_probe.data_ptr(), q_gallery.data_ptr(),
+                               float(alpha), float(beta), matrix_descriptor(out)), *extra)
 
 
 @qmagface_epilogue.register_fake
@@ -110,9 +110,9 @@ def template_aggregate(
     offsets = offsets.contiguous()
     with device_guard(features):
         mod, extra = _module(dev)
-        mod.template_aggregate(matrix_descriptor(features), weights.data_ptr(),
-                               wd == torch.float64, offsets.data_ptr(), T, bool(normalize),
-                               templates.data_ptr(), weight_sum.data_ptr(), norm.data_ptr(),
+        mod.template_aggregate((matrix_descriptor(features), weights.data_ptr(),
+                                wd == torch.float64, offsets.data_ptr(), T, bool(normalize),
+                                templates.data_ptr(), weight_sum.data_ptr(), norm.data_ptr()),
                                *extra)
     return templates, weight_sum, norm
 
