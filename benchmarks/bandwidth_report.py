@@ -26,7 +26,7 @@ import torch
 
 import qme_ext
 from conftest import device_info, peak_bandwidth  # run as a script: benchmarks/ is on sys.path
-from qme_ext import _ops, _ops_qme, _ops_quality
+from qme_ext import _ops, _ops_fusion, _ops_qme, _ops_quality, _ops_topk
 from qme_ext.metrics import _same_pid_candidates
 
 
@@ -120,7 +120,33 @@ def cases(dev: torch.device, scale: float):
         run = lambda: _ops_quality.template_aggregate(f, w, off, True)  # noqa: E731
         return f"{N}x{D} bfloat16, {T} templates", nbytes(f, w, off) + T * (D + 2) * 4, run
 
+    def fuse(K):
+        P, G = 10_000, n(27_000)  # K float32 matrices of ~1.08 GB each at scale 1
+        mats = [torch.randn((P, G), generator=gen, device=dev) for _ in range(K)]
+        w = torch.full((K,), 1.0 / K, dtype=torch.float64, device=dev)
+        run = lambda: _ops_fusion.fuse_scores(  # noqa: E731
+            mats, [0] * K, [0.1] * K, [1.3] * K, _ops_fusion.RULE_SUM, w, 2.0, torch.float32)
+        return f"{K} x {P}x{G} float32 -> float32", nbytes(*mats) + P * G * 4, run
+
+    def stats():
+        P, G = 10_000, n(100_000)  # 4 GB of float32 at scale 1
+        S = torch.randn((P, G), generator=gen, device=dev)
+        q = torch.randint(0, 1000, (P,), generator=gen, device=dev)
+        g = torch.randint(0, 1000, (G,), generator=gen, device=dev)
+        run = lambda: _ops_fusion.score_stats(S, q, g)  # noqa: E731
+        return f"{P}x{G} float32", nbytes(S, q, g), run
+
+    def topk(k):
+        P, G = 1000, n(1_000_000)
+        S = torch.randn((P, G), generator=gen, device=dev)
+        run = lambda: _ops_topk.topk(S, k, True)  # noqa: E731
+        return f"{P}x{G} float32, k={k}", nbytes(S) + P * k * 12, run
+
     return [
+        ("fuse_scores", lambda: fuse(3)),
+        ("score_stats", stats),
+        ("topk", lambda: topk(10)),
+        ("topk", lambda: topk(1000)),
         ("rank_counts", lambda: rank_counts(torch.float32)),
         ("rank_counts", lambda: rank_counts(torch.float16)),
         ("key_histogram (pass 1)", lambda: key_histogram(0)),

@@ -49,18 +49,25 @@ Choices
   ``MAX_CALIBRATION_IMPOSTORS`` so the search stays fast; reported EERs come from
   :mod:`qme_ext.metrics`. The EER convention is bob's (threshold at min |FAR - FRR|,
   EER = (FAR + FRR) / 2) evaluated at every distinct calibration score.
-- All matrices are processed as torch float64 tensors on ``device`` (one model at a time, so the
-  peak memory is about three float64 copies of one matrix) and returned as float32 numpy.
+- Applying a fusion is one ``qme_ext::fuse_scores`` call on ``device`` (CPU or CUDA): the K
+  matrices are read in place (any float dtype and strides), normalised and folded in float64
+  per entry, and only the float32 result is written; no normalised copy is stored. Its eager
+  definition, :func:`qme_ext.reference.fusion.fuse_scores_ref`, is the test oracle. Fitting
+  the statistics works on float64 copies of the calibration matrices.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ._ops_fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
+                          fuse_scores, score_stats)
 from .io import ScoreSet
+from .reference.fusion import asym_ao_ref
 
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
@@ -70,7 +77,6 @@ __all__ = [
 
 EPS = 1e-10
 MAX_CALIBRATION_IMPOSTORS = 200_000
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _canon(name: str) -> str:
@@ -84,19 +90,15 @@ def _tensor(matrix) -> torch.Tensor:
     return torch.as_tensor(matrix)
 
 
-def _as_tensor(matrix, device) -> torch.Tensor:
-    """Any array -> float64 tensor on ``device`` with NaN/inf replaced (np.nan_to_num rule)."""
+def _float_matrix(matrix, device) -> torch.Tensor:
+    """A 2-D float tensor on ``device`` for the fused kernel (a view where possible)."""
     t = _tensor(matrix)
     if device is not None:
         t = t.to(device)
-    if not t.is_floating_point():
+    if not t.is_floating_point() or t.dtype not in (torch.float16, torch.bfloat16,
+                                                     torch.float32, torch.float64):
         t = t.to(torch.float64)
-    # replace before widening, so +-inf become the float32 extremes like np.nan_to_num on f32
-    if t.dtype != torch.float64:
-        t = torch.nan_to_num(t.to(torch.float32), nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
-    else:
-        t = torch.nan_to_num(t, nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
-    return t.to(torch.float64)
+    return t if t.dim() == 2 else t.reshape(1, -1)
 
 
 def _on_device(matrix, device) -> torch.Tensor:
@@ -134,12 +136,22 @@ class Normaliser:
         self.fitted = False
         self.self_calibrated = False
 
-    def _stats(self, s: torch.Tensor, genuine: Optional[torch.Tensor]) -> None:
+    def _stats(self, stats: "_Stats") -> None:
         raise NotImplementedError
 
-    def _apply(self, s: torch.Tensor) -> torch.Tensor:
-        """Transform ``s`` in place (it is always a private float64 copy) and return it."""
+    def _params(self) -> tuple:
+        """(norm code, shift, div) of qme_ext::fuse_scores for the fitted statistics."""
         raise NotImplementedError
+
+    def fuse_params(self, matrix=None, q_pids=None, g_pids=None) -> tuple:
+        """The fitted (norm code, shift, div); a self-calibrated normaliser fits on
+        ``matrix`` (and the ids) first."""
+        if self.self_calibrated:
+            self.fit((matrix, q_pids, g_pids))
+            self.self_calibrated = True
+        elif not self.fitted:
+            raise RuntimeError(f"normaliser {self.name!r} used before fit()")
+        return self._params()
 
     def fit(self, calibration, q_pids=None, g_pids=None) -> "Normaliser":
         """Fit on ``(score_mat, q_pids, g_pids)``, on a bare matrix (label-free normalisers), or
@@ -152,19 +164,20 @@ class Normaliser:
             return self
         if isinstance(calibration, tuple):
             calibration, q_pids, g_pids = calibration
-        s = _as_tensor(calibration, self.device)
-        genuine = None
+        s = _float_matrix(calibration, self.device)  # read in place by the one-pass kernel
+        q = g = torch.empty(0, dtype=torch.int64, device=s.device)
         if self.needs_labels:
             if q_pids is None or g_pids is None:
                 raise ValueError(f"normaliser {self.name!r} needs q_pids and g_pids "
                                  f"(genuine-pair statistics)")
-            genuine = _genuine_mask(q_pids, g_pids, s.device)
-            if genuine.shape != s.shape:
-                raise ValueError(f"labels give shape {tuple(genuine.shape)} but scores have "
+            q, g = _ids_on(q_pids, s.device), _ids_on(g_pids, s.device)
+            if (q.numel(), g.numel()) != tuple(s.shape):
+                raise ValueError(f"labels give shape {(q.numel(), g.numel())} but scores have "
                                  f"shape {tuple(s.shape)}")
-            if not bool(genuine.any()):
-                raise ValueError(f"normaliser {self.name!r}: calibration has no genuine pair")
-        self._stats(s, genuine)
+        stats = _Stats(*score_stats(s, q, g).cpu().tolist())
+        if self.needs_labels and stats.genuine[0] == 0:
+            raise ValueError(f"normaliser {self.name!r}: calibration has no genuine pair")
+        self._stats(stats)
         self.fitted = True
         self.self_calibrated = False
         return self
@@ -172,13 +185,11 @@ class Normaliser:
     def transform(self, matrix, q_pids=None, g_pids=None):
         """Normalise ``matrix`` (any shape) with the fitted statistics (float64 result)."""
         is_numpy = not isinstance(matrix, torch.Tensor)
-        s = _as_tensor(matrix, self.device if is_numpy else matrix.device)
-        if self.self_calibrated:
-            self.fit((s, q_pids, g_pids))
-            self.self_calibrated = True
-        elif not self.fitted:
-            raise RuntimeError(f"normaliser {self.name!r} used before fit()")
-        out = self._apply(s)
+        s = _float_matrix(matrix, self.device if is_numpy else matrix.device)
+        code, shift, div = self.fuse_params(s, q_pids, g_pids)
+        one = torch.ones(1, dtype=torch.float64)
+        out = fuse_scores([s], [code], [shift], [div], RULE_SUM, one, 0.0, torch.float64)
+        out = out.reshape(np.shape(matrix))
         return out.cpu().numpy() if is_numpy else out
 
     def __repr__(self) -> str:
@@ -186,9 +197,17 @@ class Normaliser:
         return f"{type(self).__name__}({params})"
 
 
-def _genuine_mean_std(s: torch.Tensor, genuine: torch.Tensor) -> tuple:
-    g = s[genuine]
-    return float(g.mean()), float(g.std(correction=0))
+@dataclasses.dataclass
+class _Stats:
+    """qme_ext::score_stats rows: (count, mean, M2, min, max) of all and of genuine entries."""
+
+    all: list
+    genuine: list
+
+    @staticmethod
+    def mean_std(row) -> tuple:
+        """(mean, population std) of a (count, mean, M2, ...) row."""
+        return row[1], math.sqrt(row[2] / row[0])
 
 
 class ZScore(Normaliser):
@@ -196,11 +215,11 @@ class ZScore(Normaliser):
 
     name = "zscore"
 
-    def _stats(self, s, genuine):
-        self.mu, self.sigma = float(s.mean()), float(s.std(correction=0))
+    def _stats(self, stats):
+        self.mu, self.sigma = _Stats.mean_std(stats.all)
 
-    def _apply(self, s):
-        return s.sub_(self.mu).div_(self.sigma + EPS)
+    def _params(self):
+        return NORM_AFFINE, self.mu, self.sigma + EPS
 
 
 class MinMax(Normaliser):
@@ -208,11 +227,11 @@ class MinMax(Normaliser):
 
     name = "minmax"
 
-    def _stats(self, s, genuine):
-        self.lo, self.hi = float(s.min()), float(s.max())
+    def _stats(self, stats):
+        self.lo, self.hi = stats.all[3], stats.all[4]
 
-    def _apply(self, s):
-        return s.sub_(self.lo).div_(self.hi - self.lo + EPS)
+    def _params(self):
+        return NORM_AFFINE, self.lo, self.hi - self.lo + EPS
 
 
 class Tanh(Normaliser):
@@ -221,14 +240,14 @@ class Tanh(Normaliser):
     name = "tanh"
     needs_labels = True
 
-    def _stats(self, s, genuine):
-        self.mu_g, self.sigma_g = _genuine_mean_std(s, genuine)
+    def _stats(self, stats):
+        self.mu_g, self.sigma_g = _Stats.mean_std(stats.genuine)
         if self.sigma_g == 0.0:
             raise ValueError("normaliser 'tanh': genuine calibration scores are constant "
                              "(sigma_G = 0)")
 
-    def _apply(self, s):
-        return s.sub_(self.mu_g).div_(self.sigma_g).mul_(0.01).tanh_().add_(1.0).mul_(0.5)
+    def _params(self):
+        return NORM_TANH, self.mu_g, self.sigma_g
 
 
 class RHE(Normaliser):
@@ -237,12 +256,12 @@ class RHE(Normaliser):
     name = "rhe"
     needs_labels = True
 
-    def _stats(self, s, genuine):
-        self.lo = float(s.min())
-        self.mu_g, self.sigma_g = _genuine_mean_std(s, genuine)
+    def _stats(self, stats):
+        self.lo = stats.all[3]
+        self.mu_g, self.sigma_g = _Stats.mean_std(stats.genuine)
 
-    def _apply(self, s):
-        return s.sub_(self.lo).div_(self.mu_g + self.sigma_g - self.lo + EPS)
+    def _params(self):
+        return NORM_AFFINE, self.lo, self.mu_g + self.sigma_g - self.lo + EPS
 
 
 class _Raw(Normaliser):
@@ -250,11 +269,11 @@ class _Raw(Normaliser):
 
     name = "raw"
 
-    def _stats(self, s, genuine):
+    def _stats(self, stats):
         pass
 
-    def _apply(self, s):
-        return s
+    def _params(self):
+        return NORM_AFFINE, 0.0, 1.0
 
 
 NORMALISERS = {cls.name: cls for cls in (ZScore, MinMax, Tanh, RHE, _Raw)}
@@ -279,16 +298,10 @@ def asym_ao(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
     Inputs are clipped to [0, 1]; the result is 0 where a or b is 0 (the operator's limit, and
     it avoids 0^(negative) for m < 1) and is clipped to [0, 1]. m = 0 gives the Hamacher product
     ab / (a + b - ab), m = 1 the product ab; As(1, b) = b and, for m = 2, As(a, 1) = a.
+    Eager tensors (qme_ext.reference.fusion.asym_ao_ref); the ``asym_ao`` rule of
+    :func:`fuse` runs the same fold inside the fused kernel.
     """
-    a = a.clamp(0.0, 1.0)
-    b = b.clamp(0.0, 1.0)
-    zero = (a == 0) | (b == 0)
-    # harmless stand-ins where the result is forced to 0 keep 0^(negative) and 0/0 out
-    a.masked_fill_(zero, 1.0)
-    b.masked_fill_(zero, 0.5)
-    num = a.pow(m).mul_(b)
-    den = a.pow(m - 1.0).mul_(b).add_(1.0).sub_(b)
-    return num.div_(den).masked_fill_(zero, 0.0).clamp_(0.0, 1.0)
+    return asym_ao_ref(a, b, m)
 
 
 RULES = ("mean", "min", "max", "weighted", "asym_ao", "bssf", "farsight_style")
@@ -459,24 +472,22 @@ def _per_probe_weights(base: np.ndarray, face_index: int, q: np.ndarray) -> np.n
     return w
 
 
-def _combine(rule: str, mats, weights, m: float) -> torch.Tensor:
-    """Fold the normalised (P, N) tensors of ``mats`` (an iterator, one model at a time)."""
-    # each s is a private tensor, so the accumulator is updated in place (memory-bound work)
-    acc = None
-    for k, s in enumerate(mats):
-        if rule == "asym_ao":
-            acc = s.clamp_(0.0, 1.0) if acc is None else asym_ao(acc, s, m)
-        elif rule in ("min", "max"):
-            op = torch.minimum if rule == "min" else torch.maximum
-            acc = s if acc is None else op(acc, s, out=acc)
-        else:  # weighted sum: weights (K,) or per probe (P, K)
-            wk = np.asarray(weights)[..., k]
-            if wk.ndim == 0:
-                s.mul_(float(wk))
-            else:
-                s.mul_(torch.as_tensor(wk, dtype=s.dtype, device=s.device)[:, None])
-            acc = s if acc is None else acc.add_(s)
-    return acc
+_RULE_CODE = {"min": RULE_MIN, "max": RULE_MAX, "asym_ao": RULE_ASYM_AO}  # others: sum
+
+
+def _fuse_matrices(result: "FusionResult", mats: dict, scoreset: ScoreSet, weights, m: float,
+                   device) -> torch.Tensor:
+    """(P, N) float32: the models' matrices of ``mats`` normalised and folded by one
+    qme_ext::fuse_scores call (each input read once; weights (K,) or per probe (P, K))."""
+    models = list(result.normalisers)
+    tensors = [_float_matrix(mats[mm], device) for mm in models]
+    params = [result.normalisers[mm].fuse_params(t, scoreset.q_pids, scoreset.g_pids)
+              for mm, t in zip(models, tensors)]
+    rule = _RULE_CODE.get(result.rule, RULE_SUM)
+    w = torch.as_tensor(np.asarray(weights if rule == RULE_SUM else np.ones(len(models)),
+                                   dtype=np.float64))
+    return fuse_scores(tensors, [p[0] for p in params], [p[1] for p in params],
+                       [p[2] for p in params], rule, w, float(m), torch.float32)
 
 
 def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "self",
@@ -564,13 +575,9 @@ def apply_fusion(result: FusionResult, scoreset: ScoreSet, name: str, *,
         face_index, q = _face_quality(scoreset, models, face)
         w_probe = _per_probe_weights(result.weights, face_index, q)
 
-    def normalised(mats):
-        for mm in models:
-            yield result.normalisers[mm].transform(_on_device(mats[mm], device))
-
-    fused = _combine(result.rule, normalised(scoreset.score_mats), w_probe, m)
+    fused = _fuse_matrices(result, scoreset.score_mats, scoreset, w_probe, m, device)
     fused_merge = None
     if all(mm in scoreset.merge_score_mats for mm in models):
-        fused_merge = _combine(result.rule, normalised(scoreset.merge_score_mats), w_probe, m)
-        fused_merge = fused_merge.to(torch.float32).cpu().numpy()
-    return scoreset.with_model(name, fused.to(torch.float32).cpu().numpy(), fused_merge)
+        fused_merge = _fuse_matrices(result, scoreset.merge_score_mats, scoreset, w_probe, m,
+                                     device).cpu().numpy()
+    return scoreset.with_model(name, fused.cpu().numpy(), fused_merge)
