@@ -7,7 +7,8 @@ Subcommands
     (percentages), optionally write all metric keys as JSON and PNG plots. With
     ``--max-memory SIZE`` the file is read in blocks of probe rows that fit SIZE (the same
     report, bit for bit; what SIZE covers: :mod:`qme_ext.streaming`); fusion then needs
-    ``--calibration TRAIN.h5`` and ``--plots`` is unavailable (curves need whole matrices).
+    ``--calibration TRAIN.h5``, and ``--plots`` draws ROC/DET sampled at 64 log-spaced
+    FARs (each point exact) from further passes over the file.
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
@@ -130,15 +131,12 @@ def _check_rows(args, models, merge_models, items) -> None:
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from .io import load_ids, load_scores
-    from .streaming import evaluate_file, parse_memory, plan_block_rows
+    from .streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
     try:
         budget = parse_memory(args.max_memory)
     except ValueError:
         raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such as "
                         f"2GB, 512MiB or a number of bytes") from None
-    if args.plots:
-        raise UserError("--plots needs the whole matrices (ROC/DET at every distinct score); "
-                        "drop --plots or --max-memory")
     check_device(args.device)
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
@@ -156,15 +154,24 @@ def _streaming_results(args, items) -> dict:
         calibration = load_scores(args.calibration, models=models)
     rows = [(m, dict(model=m)) for m in models]
     rows += [(item, dict(fusion=item, models=models, calibration=calibration)) for item in items]
-    results = {}
+    plotting = bool(args.plots) and _plots_available()
+    results, curves = {}, {}
     for row, how in rows:
         progress(args, f"evaluating {row} out of core (--max-memory {args.max_memory})")
         try:
             res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
                                 seed=args.seed, device=args.device, **how)
+            if plotting:
+                curves[row] = curves_file(args.file, max_memory=budget, device=args.device,
+                                          **how)
         except ValueError as exc:
             raise UserError(f"{row!r}: {exc}") from None
         results[row] = {k: float(v) for k, v in res.items()}
+    if plotting:
+        from . import plots
+        plots.write_curve_plots(args.plots, curves)
+        progress(args, f"plots written to {args.plots} (ROC/DET sampled at 64 FARs, "
+                       "each point exact)")
     return results
 
 
@@ -184,11 +191,18 @@ def _rows(args, scores, calibration, items):
     return rows
 
 
-def _write_plots(args, rows, scores) -> None:
+def _plots_available() -> bool:
     from . import plots
     if not plots.available():
         print(f"{PROG}: warning: matplotlib is not installed; skipping --plots",
               file=sys.stderr)
+        return False
+    return True
+
+
+def _write_plots(args, rows, scores) -> None:
+    from . import plots
+    if not _plots_available():
         return
     plots.write_comparison_plots(args.plots, {r: mat for r, (mat, _) in rows.items()}, scores)
     progress(args, f"plots written to {args.plots}")

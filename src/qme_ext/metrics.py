@@ -465,6 +465,53 @@ def eer(scores, q_pids, g_pids, device=None) -> tuple[float, float]:
     return float((far[i] + frr[i]) / 2.0), float(cand_t[i])
 
 
+def roc_far_grid(num_impostors: int, points: int = 64) -> list:
+    """Log-spaced FARs from 1 / N_imp to 1: where a sampled ROC is read."""
+    lo = 1.0 / max(int(num_impostors), 1)
+    return sorted(set(np.logspace(np.log10(lo), 0.0, points).tolist()))
+
+
+def histogram_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    """``bins`` + 1 shared linear edges over [lo, hi] (``np.histogram_bin_edges`` rule;
+    [0, 1] when there is no finite score)."""
+    return np.histogram_bin_edges([lo, hi] if lo <= hi else [0.0, 1.0], bins=bins)
+
+
+def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, points: int = 64,
+                   bins: int = 60) -> dict:
+    """Plot curves of a block source in bounded memory (``qme-ext evaluate --max-memory
+    --plots``): ``roc`` = (far, tar) and ``det`` = (far, frr) at :func:`roc_far_grid`
+    (each point exact: the k-th largest impostor score as threshold, SPEC 2.2), ``cmc``
+    to rank 20, and ``hist`` = (edges, genuine counts, impostor counts) of the finite
+    scores on shared linear bins (two more passes over the source)."""
+    ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
+                        q_camids, g_camids, None, None, ("general",))
+    parts = accumulate(source, ids, Plan(("general",), tar=True), LOCAL)
+    cmc = _rank_results(parts.rank, 20, False)[0].cmc
+    tr = _tar_from_keys(parts.impostors, parts.num_genuine,
+                        roc_far_grid(parts.impostors.num_impostor, points), "qme")
+    gallery = GalleryIndex(ids.g_pids)
+
+    def finite(t: torch.Tensor) -> np.ndarray:
+        v = t.to(torch.float64)
+        return v[torch.isfinite(v)].cpu().numpy()
+
+    lo, hi = np.inf, -np.inf
+    for blk in source.blocks(scores=True):
+        v = finite(blk.scores)
+        if v.size:
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    edges = histogram_edges(lo, hi, bins)
+    all_counts = np.zeros(bins, dtype=np.int64)
+    gen_counts = np.zeros(bins, dtype=np.int64)
+    for blk in source.blocks(scores=True):
+        cand = gallery.candidates(ids.q_pids[blk.rows])
+        all_counts += np.histogram(finite(blk.scores), edges)[0]
+        gen_counts += np.histogram(finite(blk.scores[cand.probe, cand.index]), edges)[0]
+    return {"roc": (tr.achieved_far, tr.tar), "det": (tr.achieved_far, 1.0 - tr.tar),
+            "cmc": cmc, "hist": (edges, gen_counts, all_counts - gen_counts)}
+
+
 # ---------------------------------------------------------------------------
 # the QME reference protocol in one call
 # the protocols evaluate() knows; "qme" is SPEC §2 (the paper's reference keys)

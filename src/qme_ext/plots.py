@@ -11,8 +11,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist", "probit", "safe_name",
-           "write_comparison_plots"]
+__all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist",
+           "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "curves_of_matrix",
+           "write_curve_plots", "write_comparison_plots"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5
@@ -105,25 +106,75 @@ def plot_cmc(curves: dict, path) -> None:
     _save(fig, path)
 
 
-def plot_score_hist(genuine, impostor, title: str, path, bins: int = 60) -> None:
-    """Genuine vs impostor score densities on shared bins (``np.histogram``, any size input)."""
-    plt = _pyplot()
+def score_histograms(genuine, impostor, bins: int = 60) -> tuple:
+    """(edges (bins + 1,), genuine counts, impostor counts) of the finite scores on shared
+    linear bins, as :func:`qme_ext.metrics.histogram_edges` places them."""
+    from .metrics import histogram_edges
     genuine = np.asarray(genuine, dtype=np.float64)
     impostor = np.asarray(impostor, dtype=np.float64)
+    genuine, impostor = genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
     both = np.concatenate([genuine, impostor])
-    both = both[np.isfinite(both)]
-    edges = np.histogram_bin_edges(both if both.size else [0.0, 1.0], bins=bins)
+    edges = histogram_edges(both.min() if both.size else np.inf,
+                            both.max() if both.size else -np.inf, bins)
+    return edges, np.histogram(genuine, edges)[0], np.histogram(impostor, edges)[0]
+
+
+def plot_score_hist(genuine, impostor, title: str, path, bins: int = 60) -> None:
+    """Genuine vs impostor score densities on shared bins (``np.histogram``, any size input)."""
+    plot_score_hist_counts(*score_histograms(genuine, impostor, bins), title, path)
+
+
+def plot_score_hist_counts(edges, genuine_counts, impostor_counts, title: str, path) -> None:
+    """Genuine vs impostor densities from counts on shared ``edges`` (out-of-core input)."""
+    plt = _pyplot()
+    edges = np.asarray(edges, dtype=np.float64)
+    widths = np.diff(edges)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for values, label in ((impostor, "impostor"), (genuine, "genuine")):
-        values = values[np.isfinite(values)]
-        if values.size:
-            density, _ = np.histogram(values, bins=edges, density=True)
-            ax.stairs(density, edges, fill=True, alpha=0.5, label=f"{label} (n={values.size})")
+    for counts, label in ((impostor_counts, "impostor"), (genuine_counts, "genuine")):
+        counts = np.asarray(counts, dtype=np.float64)
+        n = int(counts.sum())
+        if n:
+            density = counts / (n * np.where(widths > 0, widths, 1.0))
+            ax.stairs(density, edges, fill=True, alpha=0.5, label=f"{label} (n={n})")
     ax.set_xlabel("Score")
     ax.set_ylabel("Density")
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def curves_of_matrix(mat, ids, bins: int = 60) -> dict:
+    """Plot curves of a loaded (P, G) score matrix: ``roc`` = (far, tar) and ``det`` =
+    (far, frr) at every distinct score, ``cmc`` to rank 20, ``hist`` = (edges, genuine
+    counts, impostor counts). ``ids``: anything with q_pids, g_pids, q_camids, g_camids.
+    (Out of core: :func:`qme_ext.streaming.curves_file`, same keys.)"""
+    from .metrics import cmc_curve, roc
+    far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
+    mat = np.asarray(mat)
+    genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]
+    return {"roc": (far, tar), "det": (far, 1.0 - tar),
+            "cmc": cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
+                             max_rank=20),
+            "hist": score_histograms(mat[genuine], mat[~genuine], bins)}
+
+
+def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
+    """roc.png, det.png, cmc.png comparing every row of ``curves`` ({row: the dict of
+    :func:`curves_of_matrix`}), and score_hist_<row>.png for ``hist_rows`` (default: all).
+    Returns the file names written."""
+    import os
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, plot, key in (("roc.png", plot_roc, "roc"), ("det.png", plot_det, "det"),
+                            ("cmc.png", plot_cmc, "cmc")):
+        plot({row: c[key] for row, c in curves.items()}, os.path.join(out_dir, name))
+        written.append(name)
+    for row in (curves if hist_rows is None else hist_rows):
+        name = f"score_hist_{safe_name(row)}.png"
+        plot_score_hist_counts(*curves[row]["hist"], f"{row}: score distributions",
+                               os.path.join(out_dir, name))
+        written.append(name)
+    return written
 
 
 def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None) -> list:
@@ -133,27 +184,5 @@ def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None) -> list:
     ``q_camids``, ``g_camids`` (a :class:`qme_ext.io.ScoreSet`); ``hist_rows`` the rows that
     get a ``score_hist_<row>.png`` (default: all). Returns the file names written.
     """
-    import os
-
-    from .metrics import cmc_curve, det, roc
-    os.makedirs(out_dir, exist_ok=True)
-    roc_c, det_c, cmc_c = {}, {}, {}
-    for row, mat in mats.items():
-        far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
-        roc_c[row] = (far, tar)
-        det_c[row] = det(mat, ids.q_pids, ids.g_pids)
-        cmc_c[row] = cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
-                               max_rank=20)
-    written = []
-    for name, plot, curves in (("roc.png", plot_roc, roc_c), ("det.png", plot_det, det_c),
-                               ("cmc.png", plot_cmc, cmc_c)):
-        plot(curves, os.path.join(out_dir, name))
-        written.append(name)
-    genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]
-    for row in (mats if hist_rows is None else hist_rows):
-        mat = np.asarray(mats[row])
-        name = f"score_hist_{safe_name(row)}.png"
-        plot_score_hist(mat[genuine], mat[~genuine], f"{row}: score distributions",
-                        os.path.join(out_dir, name))
-        written.append(name)
-    return written
+    return write_curve_plots(out_dir, {row: curves_of_matrix(mat, ids)
+                                       for row, mat in mats.items()}, hist_rows)

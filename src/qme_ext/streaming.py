@@ -53,7 +53,8 @@ from ._accumulate import Block, BlockSource, check_block_rows
 from .io import ScoreSet, iter_row_blocks, load_ids, load_scores
 
 __all__ = ["parse_memory", "bytes_per_row", "rows_per_block", "plan_block_rows", "FileSource",
-           "FusedFileSource", "evaluate_file", "CANDIDATE_BYTES", "FUSION_WORK_BYTES"]
+           "FusedFileSource", "evaluate_file", "curves_file", "CANDIDATE_BYTES",
+           "FUSION_WORK_BYTES"]
 
 # index (8) + probe (8) + flags (1) + the genuine score (8) + torch temporaries of
 # the candidate construction (about as much again), per same-pid gallery entry
@@ -214,6 +215,32 @@ def plan_block_rows(names: Sequence[str], ids: dict, shapes: dict, fused: bool, 
     return min(P, rows_per_block(row, max_memory))
 
 
+def _file_source(path, model, fusion, models, calibration, max_memory, block_rows, device,
+                 weights, m, fusion_seed, face):
+    """(block source of ``model`` or of ``fusion`` of ``models`` in ``path``, its ids)."""
+    from .fusion import fit_fusion
+    if (model is None) == (fusion is None):
+        raise ValueError("model, fusion: give exactly one (a model name, or a fusion method)")
+    if block_rows is not None and max_memory is not None:
+        raise ValueError("block_rows, max_memory: give at most one")
+    if max_memory is not None:
+        max_memory = parse_memory(max_memory)  # a bad value is reported before the file is read
+    names, ids, shapes = load_ids(path, models if fusion else [model])
+    if block_rows is None:
+        block_rows = plan_block_rows(names, ids, shapes, fusion is not None, max_memory, path)
+    if fusion is None:
+        return FileSource(path, model, shapes, block_rows, device), ids
+    if calibration is None or (isinstance(calibration, str) and calibration == "self"):
+        raise ValueError("calibration: out-of-core fusion needs a calibration set (a "
+                         "ScoreSet or score file); fitting on the evaluated file itself "
+                         "needs its whole matrices")
+    if not isinstance(calibration, ScoreSet):
+        calibration = load_scores(calibration, models=names)
+    result = fit_fusion(fusion, calibration, names, device=device, weights=weights,
+                        seed=fusion_seed)
+    return FusedFileSource(path, names, ids, shapes, result, block_rows, device, m, face), ids
+
+
 def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = None,
                   models: Optional[Sequence[str]] = None, calibration=None, max_memory=None,
                   block_rows: Optional[int] = None, protocol: str = "qme", seed: int = 45,
@@ -229,30 +256,26 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     :func:`qme_ext.fusion.fuse`. ``device`` runs fusion and the metric kernels.
     """
     from . import metrics
-    from .fusion import fit_fusion
     metrics._check_protocol(protocol)
-    if (model is None) == (fusion is None):
-        raise ValueError("model, fusion: give exactly one (a model name, or a fusion method)")
-    if block_rows is not None and max_memory is not None:
-        raise ValueError("block_rows, max_memory: give at most one")
-    if max_memory is not None:
-        max_memory = parse_memory(max_memory)  # a bad value is reported before the file is read
-    names, ids, shapes = load_ids(path, models if fusion else [model])
-    if block_rows is None:
-        block_rows = plan_block_rows(names, ids, shapes, fusion is not None, max_memory, path)
-    if fusion is None:
-        source = FileSource(path, model, shapes, block_rows, device)
-    else:
-        if calibration is None or (isinstance(calibration, str) and calibration == "self"):
-            raise ValueError("calibration: out-of-core fusion needs a calibration set (a "
-                             "ScoreSet or score file); fitting on the evaluated file itself "
-                             "needs its whole matrices")
-        if not isinstance(calibration, ScoreSet):
-            calibration = load_scores(calibration, models=names)
-        result = fit_fusion(fusion, calibration, names, device=device, weights=weights,
-                            seed=fusion_seed)
-        source = FusedFileSource(path, names, ids, shapes, result, block_rows, device, m, face)
+    source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
+                               device, weights, m, fusion_seed, face)
     return metrics._evaluate_source(
         source, ids["q_pids"], ids["q_camids"], ids["q_clothes_ids"], ids["g_pids"],
         ids["g_camids"], ids["g_clothes_ids"], ids["unique_g_pids"], seed=seed,
         fars=metrics.DEFAULT_FARS if fars is None else fars)
+
+
+def curves_file(path, model: Optional[str] = None, *, fusion: Optional[str] = None,
+                models: Optional[Sequence[str]] = None, calibration=None, max_memory=None,
+                block_rows: Optional[int] = None, device="cpu", weights=None, m: float = 2.0,
+                fusion_seed: int = 0, face: Optional[str] = None, points: int = 64,
+                bins: int = 60) -> dict:
+    """The plot curves of ``model`` (or ``fusion``) in ``path`` read in row blocks, as
+    :func:`qme_ext.plots.curves_of_matrix` gives them for a loaded matrix, except that
+    ROC and DET are sampled at ``points`` log-spaced FARs (every sampled point lies
+    exactly on the full curve). Arguments as :func:`evaluate_file`."""
+    from . import metrics
+    source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
+                               device, weights, m, fusion_seed, face)
+    return metrics._curves_source(source, ids["q_pids"], ids["q_camids"], ids["g_pids"],
+                                  ids["g_camids"], points, bins)
