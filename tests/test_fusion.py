@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import requires_cuda
 from qme_ext import fusion
 from qme_ext.datasets import make_example_scoreset
 from qme_ext.fusion import asym_ao, fuse, get_normaliser, parse_method
@@ -241,7 +242,7 @@ def test_self_calibrated_baselines_match_qme_reference_protocol(scores):
             assert ours[k] == pytest.approx(ref[k], abs=1e-12, nan_ok=True), (method, k)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_cuda_matches_cpu(scores):
     for method in ["zscore", "rhe", "asym_ao", "farsight_style"]:
         a = fuse(scores, method, device="cpu").score_mats[method]

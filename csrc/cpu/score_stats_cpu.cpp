@@ -29,7 +29,7 @@ void score_stats_cpu(const ScoreStatsArgs& a, int num_threads) {
         gen[c] = stats_detail::empty_moments();
         const int64_t r0 = c * kStatsChunkRows;
         const int64_t r1 = r0 + kStatsChunkRows < P ? r0 + kStatsChunkRows : P;
-        stats_detail::chunk_moments<D>(a, r0, r1, 0, 1, all[c], gen[c]);
+        stats_detail::chunk_moments<D>(a, r0, r1, 0, a.scores.cols, 1, all[c], gen[c]);
       }
     });
     return 0;

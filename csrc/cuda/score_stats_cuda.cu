@@ -1,9 +1,11 @@
-// CUDA twin of score_stats (score_stats_cpu.cpp): one block per fixed row chunk;
-// each thread accumulates its columns of the chunk, the block merges the threads'
-// moments in a fixed tree and writes the chunk's partial to the workspace; a
-// second one-thread kernel merges the partials in chunk order. Deterministic.
+// CUDA twin of score_stats (score_stats_cpu.cpp): one block per (row chunk, column
+// slice); each thread accumulates its columns of the slice, the block merges the
+// threads' moments in a fixed tree and writes the partial to the workspace; one more
+// block merges the partials (contiguous ranges per thread, then the same tree).
+// Every order is fixed by the problem's shape: deterministic run to run.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -15,16 +17,24 @@ namespace qme {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kSliceCols = 32768;  // columns per block: wide, short matrices still fill the GPU
+constexpr int64_t kMaxSlices = 256;
 using stats_detail::Moments;
 
-template <DType D>
-__global__ void __launch_bounds__(kThreads) chunk_kernel(ScoreStatsArgs a, double* partials) {
-  __shared__ Moments s_all[kThreads], s_gen[kThreads];
-  const int64_t c = blockIdx.x;
-  const int64_t r0 = c * kStatsChunkRows;
-  const int64_t r1 = r0 + kStatsChunkRows < a.scores.rows ? r0 + kStatsChunkRows : a.scores.rows;
-  Moments all = stats_detail::empty_moments(), gen = stats_detail::empty_moments();
-  stats_detail::chunk_moments<D>(a, r0, r1, threadIdx.x, kThreads, all, gen);
+struct Layout {
+  int64_t chunks, slices, slice_cols;
+  int64_t parts() const { return chunks * slices; }
+};
+
+Layout layout_of(const ScoreStatsArgs& a) {
+  const int64_t chunks = (a.scores.rows + kStatsChunkRows - 1) / kStatsChunkRows;
+  const int64_t G = a.scores.cols;
+  const int64_t slices = std::max<int64_t>(1, std::min(kMaxSlices, (G + kSliceCols - 1) / kSliceCols));
+  return Layout{chunks, slices, std::max<int64_t>(1, (G + slices - 1) / slices)};
+}
+
+// The block's moments, merged over its threads in a fixed tree; valid in thread 0.
+__device__ void block_merge(Moments* s_all, Moments* s_gen, Moments all, Moments gen) {
   s_all[threadIdx.x] = all;
   s_gen[threadIdx.x] = gen;
   __syncthreads();
@@ -35,57 +45,73 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(ScoreStatsArgs a, doubl
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    stats_detail::write_moments(partials + c * 10, s_all[0]);
-    stats_detail::write_moments(partials + c * 10 + 5, s_gen[0]);
-  }
 }
 
-__global__ void merge_kernel(const double* partials, int64_t chunks, double* out) {
+template <DType D>
+__global__ void __launch_bounds__(kThreads) part_kernel(ScoreStatsArgs a, Layout l,
+                                                        double* partials) {
+  __shared__ Moments s_all[kThreads], s_gen[kThreads];
+  const int64_t part = blockIdx.x;  // chunk-major: part = chunk * slices + slice
+  const int64_t c = part / l.slices, sl = part % l.slices;
+  const int64_t r0 = c * kStatsChunkRows;
+  const int64_t r1 = std::min<int64_t>(r0 + kStatsChunkRows, a.scores.rows);
+  const int64_t j0 = sl * l.slice_cols, j1 = std::min<int64_t>(j0 + l.slice_cols, a.scores.cols);
   Moments all = stats_detail::empty_moments(), gen = stats_detail::empty_moments();
-  for (int64_t c = 0; c < chunks; ++c) {
-    all = stats_detail::merge(all, stats_detail::read_moments(partials + c * 10));
-    gen = stats_detail::merge(gen, stats_detail::read_moments(partials + c * 10 + 5));
+  stats_detail::chunk_moments<D>(a, r0, r1, j0 + threadIdx.x, j1, kThreads, all, gen);
+  block_merge(s_all, s_gen, all, gen);
+  if (threadIdx.x == 0) {
+    stats_detail::write_moments(partials + part * 10, s_all[0]);
+    stats_detail::write_moments(partials + part * 10 + 5, s_gen[0]);
   }
-  stats_detail::write_moments(out, all);
-  stats_detail::write_moments(out + 5, gen);
 }
 
-int64_t num_chunks(const ScoreStatsArgs& a) {
-  return (a.scores.rows + kStatsChunkRows - 1) / kStatsChunkRows;
+// One block: thread t merges the partials [t * per, (t + 1) * per) in order, then the tree.
+__global__ void __launch_bounds__(kThreads) merge_kernel(const double* partials, int64_t parts,
+                                                         double* out) {
+  __shared__ Moments s_all[kThreads], s_gen[kThreads];
+  const int64_t per = (parts + kThreads - 1) / kThreads;
+  const int64_t b = threadIdx.x * per, e = std::min<int64_t>(b + per, parts);
+  Moments all = stats_detail::empty_moments(), gen = stats_detail::empty_moments();
+  for (int64_t p = b; p < e; ++p) {
+    all = stats_detail::merge(all, stats_detail::read_moments(partials + p * 10));
+    gen = stats_detail::merge(gen, stats_detail::read_moments(partials + p * 10 + 5));
+  }
+  block_merge(s_all, s_gen, all, gen);
+  if (threadIdx.x == 0) {
+    stats_detail::write_moments(out, s_all[0]);
+    stats_detail::write_moments(out + 5, s_gen[0]);
+  }
 }
 
 }  // namespace
 
 size_t score_stats_cuda_workspace(const ScoreStatsArgs& a) {
   check_matrix(a.scores, "scores");
-  return static_cast<size_t>(num_chunks(a)) * 10 * sizeof(double);
+  if (a.scores.rows == 0 || a.scores.cols == 0) return 0;
+  return static_cast<size_t>(layout_of(a).parts()) * 10 * sizeof(double);
 }
 
 void score_stats_cuda(const ScoreStatsArgs& a, void* workspace, size_t workspace_bytes,
                       cudaStream_t stream) {
   check_score_stats_args(a);
-  const int64_t chunks = num_chunks(a);
-  if (chunks == 0 || a.scores.cols == 0) {  // no entry: the empty moments
-    double host[10];
-    stats_detail::write_moments(host, stats_detail::empty_moments());
-    stats_detail::write_moments(host + 5, stats_detail::empty_moments());
-    QME_CUDA_CHECK(cudaMemcpyAsync(a.out, host, sizeof(host), cudaMemcpyHostToDevice, stream));
-    QME_CUDA_CHECK(cudaStreamSynchronize(stream));  // `host` dies with this frame
+  if (a.scores.rows == 0 || a.scores.cols == 0) {  // no entry: the merge writes empty moments
+    merge_kernel<<<1, kThreads, 0, stream>>>(nullptr, 0, a.out);
+    QME_CUDA_CHECK_LAUNCH();
     return;
   }
-  if (chunks > 0x7FFFFFFF) throw InvalidArgument("score_stats: too many rows for one launch");
-  if (workspace == nullptr || workspace_bytes < score_stats_cuda_workspace(a))
-    throw InvalidArgument("workspace: score_stats needs " +
-                          std::to_string(score_stats_cuda_workspace(a)) + " bytes");
+  const Layout l = layout_of(a);
+  if (l.parts() > 0x7FFFFFFF) throw InvalidArgument("score_stats: matrix too large for one launch");
+  const size_t need = score_stats_cuda_workspace(a);
+  if (workspace == nullptr || workspace_bytes < need)
+    throw InvalidArgument("workspace: score_stats needs " + std::to_string(need) + " bytes");
   double* partials = static_cast<double*>(workspace);
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
-    chunk_kernel<D><<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(a, partials);
+    part_kernel<D><<<static_cast<unsigned>(l.parts()), kThreads, 0, stream>>>(a, l, partials);
     QME_CUDA_CHECK_LAUNCH();
     return 0;
   });
-  merge_kernel<<<1, 1, 0, stream>>>(partials, chunks, a.out);
+  merge_kernel<<<1, kThreads, 0, stream>>>(partials, l.parts(), a.out);
   QME_CUDA_CHECK_LAUNCH();
 }
 

@@ -53,7 +53,8 @@ Choices
   matrices are read in place (any float dtype and strides), normalised and folded in float64
   per entry, and only the float32 result is written; no normalised copy is stored. Its eager
   definition, :func:`qme_ext.reference.fusion.fuse_scores_ref`, is the test oracle. Fitting
-  the statistics works on float64 copies of the calibration matrices.
+  reads each calibration matrix in place once (``qme_ext::score_stats``: count, mean, M2, min
+  and max of all and of genuine entries, ids compared on the fly).
 """
 from __future__ import annotations
 

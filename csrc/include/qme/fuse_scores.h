@@ -89,14 +89,26 @@ QME_HD double normalise(double v, int32_t norm, double shift, double div) {
   return z;
 }
 
+// a^e as PyTorch's pow(tensor, scalar) computes it: its special exponents by
+// multiplication (a^2 = a * a, the default m = 2), the others by pow().
+QME_HD double pow_scalar(double a, double e) {
+  if (e == 1.0) return a;
+  if (e == 2.0) return mul(a, a);
+  if (e == 3.0) return mul(mul(a, a), a);
+  if (e == 0.5) return sqrt(a);
+  if (e == -1.0) return 1.0 / a;
+  if (e == -2.0) return 1.0 / mul(a, a);
+  return pow(a, e);
+}
+
 // Asymmetric Hamacher aggregation As(a, b) = a^m b / (a^(m-1) b + 1 - b) on [0, 1],
 // 0 where a or b is 0 (qme_ext.fusion.asym_ao).
 QME_HD double asym_ao(double a, double b, double m) {
   a = clamp01(a);
   b = clamp01(b);
   if (a == 0.0 || b == 0.0) return 0.0;
-  const double num = mul(pow(a, m), b);
-  const double den = sub(add(mul(pow(a, m - 1.0), b), 1.0), b);
+  const double num = mul(pow_scalar(a, m), b);
+  const double den = sub(add(mul(pow_scalar(a, m - 1.0), b), 1.0), b);
   return clamp01(num / den);
 }
 
@@ -123,10 +135,14 @@ QME_HD double fused_score(const FuseScoresArgs& a, int64_t i, int64_t j) {
     acc = clamp01(acc);
     for (int k = 1; k < a.num_models; ++k) acc = asym_ao(acc, model_score<D>(a, k, i, j), a.m);
   } else {
+    // torch.minimum / torch.maximum: a NaN (a zero divisor's 0 / 0) wins
     const bool take_min = rule == static_cast<int32_t>(FuseRule::kMin);
     for (int k = 1; k < a.num_models; ++k) {
       const double s = model_score<D>(a, k, i, j);
-      acc = take_min ? (s < acc ? s : acc) : (s > acc ? s : acc);
+      if (s != s || acc != acc)
+        acc = s != s ? s : acc;
+      else
+        acc = take_min ? (s < acc ? s : acc) : (s > acc ? s : acc);
     }
   }
   return acc;

@@ -5,8 +5,9 @@
 // first (NaN -> 0, +-inf -> +-FLT_MAX), as the normalisers see them.
 //
 // Deterministic: the rows are cut into fixed chunks of kStatsChunkRows; each chunk's
-// moments are accumulated in a fixed order and the chunks merged in chunk order, so
-// the result depends neither on the thread count nor on the launch.
+// moments are accumulated in a fixed order and the chunks merged in a fixed order, so
+// the result depends neither on the thread count nor on the launch. The CPU and CUDA
+// twins use different (fixed) orders: they agree to rounding, not bit for bit.
 #pragma once
 
 #include <cstddef>
@@ -50,10 +51,13 @@ struct Moments {
 QME_HD Moments empty_moments() { return Moments{0.0, 0.0, 0.0, HUGE_VAL, -HUGE_VAL}; }
 
 QME_HD void add_value(Moments& m, double x) {
+  using fuse_detail::add;
+  using fuse_detail::mul;
+  using fuse_detail::sub;
   m.n += 1.0;
-  const double d = x - m.mean;
-  m.mean += d / m.n;
-  m.m2 += d * (x - m.mean);
+  const double d = sub(x, m.mean);
+  m.mean = add(m.mean, d / m.n);
+  m.m2 = add(m.m2, mul(d, sub(x, m.mean)));
   m.lo = x < m.lo ? x : m.lo;
   m.hi = x > m.hi ? x : m.hi;
 }
@@ -61,23 +65,27 @@ QME_HD void add_value(Moments& m, double x) {
 QME_HD Moments merge(const Moments& a, const Moments& b) {
   if (b.n == 0.0) return a;
   if (a.n == 0.0) return b;
-  const double n = a.n + b.n, d = b.mean - a.mean;
-  return Moments{n, a.mean + d * (b.n / n), a.m2 + b.m2 + d * d * (a.n * b.n / n),
+  using fuse_detail::add;
+  using fuse_detail::mul;
+  using fuse_detail::sub;
+  const double n = a.n + b.n, d = sub(b.mean, a.mean);
+  return Moments{n, add(a.mean, mul(d, b.n / n)),
+                 add(add(a.m2, b.m2), mul(mul(d, d), mul(a.n, b.n) / n)),
                  b.lo < a.lo ? b.lo : a.lo, b.hi > a.hi ? b.hi : a.hi};
 }
 
 // Moments of the chunk's rows [r0, r1): all entries and genuine entries, the row's
-// columns j0, j0 + step, ... (one thread's share; step 1 covers the row).
+// columns j0, j0 + step, ... below j1 (one thread's share; step 1 covers [j0, j1)).
 template <DType D>
 QME_HD void chunk_moments(const ScoreStatsArgs& a, int64_t r0, int64_t r1, int64_t j0,
-                          int64_t step, Moments& all, Moments& gen) {
+                          int64_t j1, int64_t step, Moments& all, Moments& gen) {
   using S = typename ScoreTraits<D>::Storage;
   const S* base = static_cast<const S*>(a.scores.data);
   const bool labels = a.q_pids != nullptr && a.g_pids != nullptr;
   for (int64_t i = r0; i < r1; ++i) {
     const S* row = base + i * a.scores.stride_row;
     const int64_t q = labels ? a.q_pids[i] : 0;
-    for (int64_t j = j0; j < a.scores.cols; j += step) {
+    for (int64_t j = j0; j < j1; j += step) {
       const double x = fuse_detail::nan_to_num(ScoreTraits<D>::value(row[j * a.scores.stride_col]));
       add_value(all, x);
       if (labels && a.g_pids[j] == q) add_value(gen, x);
