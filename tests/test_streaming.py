@@ -98,7 +98,7 @@ def test_memory_budget_sets_the_block_size(score_files):
     with pytest.raises(ValueError, match="less than one probe row"):
         streaming.plan_block_rows(names, ids, shapes, False, row - 1)
     fused_row = streaming.bytes_per_row(163, 17, 1, num_models=3, fused=True)
-    assert fused_row == 4 * 180 * 3 + streaming.CANDIDATE_BYTES + 52 * 180
+    assert fused_row == 4 * 180 * 3 + streaming.CANDIDATE_BYTES + 8 * 180
 
 
 def test_file_blocks_are_freed_before_the_next_read(score_files, monkeypatch):

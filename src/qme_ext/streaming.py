@@ -19,10 +19,10 @@ What the memory budget covers
   ``4 (G + S)`` bytes per probe) and the block's candidate lists
   (:data:`CANDIDATE_BYTES` per gallery entry sharing the probe's pid, counted with the
   largest pid group of the gallery);
-* a fusion item: the K models' rows (``4 K (G + S)``), fusion's float64 working
-  tensors (:data:`FUSION_WORK_BYTES` per fused entry: the normalised model, the
-  running fusion and the temporaries of the rule) and the fused float32 rows
-  (``4 (G + S)``), plus the candidate lists.
+* a fusion item: the K models' rows (``4 K (G + S)``), the fused float32 rows
+  (``4 (G + S)``; ``qme_ext::fuse_scores`` writes them directly, with no normalised
+  copy), :data:`FUSION_WORK_BYTES` per fused entry for a dtype promotion, plus the
+  candidate lists.
 
 Not covered, because they grow with P + G (one number per probe or gallery entry),
 not with P x G: the id vectors, the per-probe results (about 100 bytes per probe),
@@ -32,7 +32,9 @@ whole, as :func:`qme_ext.fusion.fit_fusion` needs it). A budget smaller than one
 probe row is an error. A block's matrices are freed before the next block is read.
 Measured (``benchmarks/bench_streaming.py``, 2,000 x 50,000 float32, a 384 MiB file):
 ``max_memory="64MB"`` (61 MiB) raised the peak RSS by 89 MiB, ``"256MB"`` by 267 MiB,
-``load_scores`` + ``evaluate`` by 435 MiB.
+``load_scores`` + ``evaluate`` by 435 MiB. A z-score (or Asym-AO) fusion of 3 models of
+1,000 x 20,000 float32 (a 232 MiB file): ``"32MB"`` raised it by 43 (45) MiB, ``"64MB"`` by
+74 (69) MiB.
 
 Fusion methods are fitted once on ``calibration`` and applied block by block
 (:func:`qme_ext.fusion.apply_fusion`, element-wise per probe: every method of
@@ -59,9 +61,10 @@ __all__ = ["parse_memory", "bytes_per_row", "rows_per_block", "plan_block_rows",
 # index (8) + probe (8) + flags (1) + the genuine score (8) + torch temporaries of
 # the candidate construction (about as much again), per same-pid gallery entry
 CANDIDATE_BYTES = 48
-# float64 per fused entry: normalised model, running fusion, and the rule's
-# temporaries (asym_ao holds two clipped inputs, numerator and denominator)
-FUSION_WORK_BYTES = 6 * 8
+# per fused entry beyond the fused float32 row: qme_ext::fuse_scores reads the K rows in
+# place and keeps no normalised copy; models stored in different float dtypes are
+# promoted to a common one first, a copy this allowance covers for one model
+FUSION_WORK_BYTES = 4
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
           "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
