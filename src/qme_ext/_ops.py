@@ -21,16 +21,27 @@ def matrix_descriptor(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), DTYPE_CODES[t.dtype], t.shape[0], t.shape[1], t.stride(0), t.stride(1))
 
 
-def module_and_extra(device: torch.device, workspace_bytes: int):
-    """The kernel module for `device`, and the trailing (workspace, bytes, stream) args."""
+def module_and_stream(device: torch.device):
+    """The kernel module for `device`, and the trailing args of its bindings that take
+    no workspace: () on the CPU, (current stream,) on CUDA."""
     if device.type == "cpu":
-        return _backend.cpu_module(), (), None
+        return _backend.cpu_module(), ()
     if device.type == "cuda":
-        mod = _backend.cuda_module()
-        ws = torch.empty(max(int(workspace_bytes), 1), dtype=torch.uint8, device=device)
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return mod, (ws.data_ptr(), int(workspace_bytes), stream), ws
+        return _backend.cuda_module(), (torch.cuda.current_stream(device).cuda_stream,)
     raise ValueError(f"scores: unsupported device {device}; expected cpu or cuda")
+
+
+def module_and_extra(device: torch.device, workspace_query=None):
+    """The kernel module for `device`, the trailing (workspace, bytes, stream) args of a
+    CUDA binding (none on the CPU), and the workspace tensor, which the caller keeps
+    alive until the kernel is enqueued. ``workspace_query(cuda_module)`` gives the
+    bytes; it is asked on CUDA only."""
+    mod, stream = module_and_stream(device)
+    if device.type == "cpu":
+        return mod, (), None
+    nbytes = int(workspace_query(mod)) if workspace_query is not None else 0
+    ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    return mod, (ws.data_ptr(), nbytes, *stream), ws
 
 
 def check_vector(t: torch.Tensor, name: str, n, dtype: torch.dtype, device) -> None:
@@ -109,10 +120,8 @@ def rank_counts(
                                             (cand_offsets, cand_index, cand_flags))
     desc = matrix_descriptor(scores)
     with device_guard(scores):
-        ws_bytes = 0
-        if dev.type == "cuda":
-            ws_bytes = _backend.cuda_module().rank_counts_workspace(desc, num_modes, max_candidates)
-        mod, extra, _ws = module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(
+            dev, lambda m: m.rank_counts_workspace(desc, num_modes, max_candidates))
         mod.rank_counts(desc, cand_offsets.data_ptr(), cand_index.data_ptr(), cand_flags.data_ptr(),
                         num_modes, max_candidates, first_pos.data_ptr(), ap.data_ptr(),
                         num_good.data_ptr(), *extra)
@@ -155,10 +164,8 @@ def key_histogram(
     desc = matrix_descriptor(scores)
     base = stats.data_ptr()
     with device_guard(scores):
-        ws_bytes = 0
-        if dev.type == "cuda":
-            ws_bytes = _backend.cuda_module().key_histogram_workspace(desc, digit_bits, F)
-        mod, extra, _ws = module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(
+            dev, lambda m: m.key_histogram_workspace(desc, digit_bits, F))
         mod.key_histogram(desc, digit_shift, digit_bits, F, prefixes.data_ptr() if F else 0,
                           prefix_shift, to_unsigned64(nan_key), hist.data_ptr(), base, base + 8,
                           base + 16, *extra)
@@ -212,10 +219,7 @@ def openset_stats(
     genuine_col, enrolled = genuine_col.contiguous(), enrolled.contiguous()
     desc = matrix_descriptor(merge_scores)
     with device_guard(merge_scores):
-        ws_bytes = 0
-        if dev.type == "cuda":
-            ws_bytes = _backend.cuda_module().openset_stats_workspace(desc, NS)
-        mod, extra, _ws = module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(dev, lambda m: m.openset_stats_workspace(desc, NS))
         mod.openset_stats(desc, genuine_col.data_ptr(), enrolled.data_ptr(), NS,
                           max_other.data_ptr(), num_ge.data_ptr(), *extra)
     return max_other, num_ge

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
-from ._ops import DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_extra
+from ._ops import (DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_extra,
+                   module_and_stream)
 
 MAX_MODELS = 8
 NORM_AFFINE, NORM_TANH = 0, 1
@@ -85,12 +85,8 @@ def fuse_scores(
             tuple(float(v) for v in shift), tuple(float(v) for v in div), int(rule),
             w.data_ptr(), w_stride, float(m), out.data_ptr(), DTYPE_CODES[out_dtype])
     with device_guard(scores[0]):
-        if dev.type == "cuda":
-            _backend.cuda_module().fuse_scores(args, torch.cuda.current_stream(dev).cuda_stream)
-        elif dev.type == "cpu":
-            _backend.cpu_module().fuse_scores(args)
-        else:
-            raise ValueError(f"scores: unsupported device {dev}; expected cpu or cuda")
+        mod, stream = module_and_stream(dev)
+        mod.fuse_scores(args, *stream)
     return out
 
 
@@ -130,10 +126,8 @@ def score_stats(
     args = (matrix_descriptor(scores), q_pids.data_ptr() if labels else 0,
             g_pids.data_ptr() if labels else 0, out.data_ptr())
     with device_guard(scores):
-        ws_bytes = 0
-        if dev.type == "cuda":
-            ws_bytes = _backend.cuda_module().score_stats_workspace(matrix_descriptor(scores))
-        mod, extra, _ws = module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(
+            dev, lambda m: m.score_stats_workspace(matrix_descriptor(scores)))
         mod.score_stats(args, *extra)
     return out
 

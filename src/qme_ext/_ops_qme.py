@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
 from ._ops import DTYPE_CODES, device_guard, module_and_extra
 
 MAX_CHANNELS = 8  # kExpertMaxChannels in csrc/include/qme/expert_fuse.h
@@ -90,10 +89,8 @@ def expert_fuse(
     ps = _prepared(x, (a, c, w1, b1, w2, b2, gate))
     desc = cube_descriptor(x)
     with device_guard(x):
-        ws = 0
-        if x.device.type == "cuda":
-            ws = _backend.cuda_module().expert_fuse_workspace(desc, Z, H)
-        mod, extra, _ws = module_and_extra(x.device, ws)
+        mod, extra, _ws = module_and_extra(x.device,
+                                           lambda m: m.expert_fuse_workspace(desc, Z, H))
         mod.expert_fuse((desc, tuple(t.data_ptr() for t in ps), Z, H, float(dropout),
                          int(seed) & _U64, out.data_ptr()), *extra)
     return out
@@ -146,10 +143,7 @@ def expert_fuse_bwd(
     g = grad.detach().to(device=dev, dtype=ct).contiguous()
     desc = cube_descriptor(x)
     with device_guard(x):
-        ws = 0
-        if dev.type == "cuda":
-            ws = _backend.cuda_module().expert_fuse_bwd_workspace(desc, Z, H)
-        mod, extra, _ws = module_and_extra(dev, ws)
+        mod, extra, _ws = module_and_extra(dev, lambda m: m.expert_fuse_bwd_workspace(desc, Z, H))
         mod.expert_fuse_bwd((desc, tuple(t.data_ptr() for t in ps), Z, H, float(dropout),
                              int(seed) & _U64, g.data_ptr(), tuple(t.data_ptr() for t in outs)),
                             *extra)

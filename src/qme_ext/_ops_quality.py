@@ -13,18 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
-from ._ops import DTYPE_CODES, check_vector, device_guard, matrix_descriptor
+from ._ops import DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_stream
 
 FEATURE_DTYPES = tuple(DTYPE_CODES)
-
-
-def _module(device: torch.device):
-    if device.type == "cpu":
-        return _backend.cpu_module(), ()
-    if device.type == "cuda":
-        return _backend.cuda_module(), (torch.cuda.current_stream(device).cuda_stream,)
-    raise ValueError(f"unsupported device {device}; expected cpu or cuda")
 
 
 # ---- qmagface_epilogue ------------------------------------------------------------
@@ -52,7 +43,7 @@ def qmagface_epilogue(
     q_probe = q_probe.contiguous()
     q_gallery = q_gallery.contiguous()
     with device_guard(cos):
-        mod, extra = _module(cos.device)
+        mod, extra = module_and_stream(cos.device)
         mod.qmagface_epilogue((matrix_descriptor(cos), q_probe.data_ptr(), q_gallery.data_ptr(),
                                float(alpha), float(beta), matrix_descriptor(out)), *extra)
 
@@ -109,7 +100,7 @@ def template_aggregate(
     weights = weights.contiguous()
     offsets = offsets.contiguous()
     with device_guard(features):
-        mod, extra = _module(dev)
+        mod, extra = module_and_stream(dev)
         mod.template_aggregate((matrix_descriptor(features), weights.data_ptr(),
                                 wd == torch.float64, offsets.data_ptr(), T, bool(normalize),
                                 templates.data_ptr(), weight_sum.data_ptr(), norm.data_ptr()),

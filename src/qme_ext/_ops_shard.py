@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
 from ._ops import check_row_csr, device_guard, matrix_descriptor, module_and_extra
 
 
@@ -56,10 +55,8 @@ def count_before(
                                              (query_offsets, query_keys, query_cols))
     desc = matrix_descriptor(scores)
     with device_guard(scores):
-        ws_bytes = 0
-        if scores.device.type == "cuda":
-            ws_bytes = _backend.cuda_module().count_before_workspace(desc, int(col_offset), max_q)
-        mod, extra, _ws = module_and_extra(scores.device, ws_bytes)
+        mod, extra, _ws = module_and_extra(
+            scores.device, lambda m: m.count_before_workspace(desc, int(col_offset), max_q))
         mod.count_before(desc, int(col_offset), query_offsets.data_ptr(), query_keys.data_ptr(),
                          query_cols.data_ptr(), max_q, counts.data_ptr(), *extra)
     return counts

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
 from ._ops import device_guard, matrix_descriptor, module_and_extra
 
 MAX_K = 2048  # kTopkMaxK in csrc/include/qme/topk.h
@@ -39,10 +38,8 @@ def topk(
         return values, indices
     desc = matrix_descriptor(scores)
     with device_guard(scores):
-        ws_bytes = 0
-        if dev.type == "cuda":
-            ws_bytes = _backend.cuda_module().topk_workspace(desc, k, bool(largest))
-        mod, extra, _ws = module_and_extra(dev, ws_bytes)
+        mod, extra, _ws = module_and_extra(dev,
+                                           lambda m: m.topk_workspace(desc, k, bool(largest)))
         mod.topk(desc, k, bool(largest), values.data_ptr(), indices.data_ptr(), *extra)
     return values, indices
 
