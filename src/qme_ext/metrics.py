@@ -492,22 +492,31 @@ def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, poin
                         roc_far_grid(parts.impostors.num_impostor, points), "qme")
     gallery = GalleryIndex(ids.g_pids)
 
-    def finite(t: torch.Tensor) -> np.ndarray:
-        v = t.to(torch.float64)
-        return v[torch.isfinite(v)].cpu().numpy()
+    def row_slices(t: torch.Tensor, rows: int = 256):
+        # a few rows at a time: the temporaries stay far below the block the budget allows
+        for r in range(0, t.shape[0], rows):
+            yield t[r:r + rows]
+
+    def as_numpy(t: torch.Tensor) -> np.ndarray:
+        # a view for float32/float64 CPU blocks; np.histogram with explicit edges drops
+        # NaN and +-inf itself, so nothing is filtered or widened here
+        wide = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+        return wide.cpu().numpy()
 
     lo, hi = np.inf, -np.inf
     for blk in source.blocks(scores=True):
-        v = finite(blk.scores)
-        if v.size:
-            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+        for v in row_slices(blk.scores):
+            f = v[torch.isfinite(v)]
+            if f.numel():
+                lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
     edges = histogram_edges(lo, hi, bins)
     all_counts = np.zeros(bins, dtype=np.int64)
     gen_counts = np.zeros(bins, dtype=np.int64)
     for blk in source.blocks(scores=True):
         cand = gallery.candidates(ids.q_pids[blk.rows])
-        all_counts += np.histogram(finite(blk.scores), edges)[0]
-        gen_counts += np.histogram(finite(blk.scores[cand.probe, cand.index]), edges)[0]
+        for v in row_slices(blk.scores):
+            all_counts += np.histogram(as_numpy(v), edges)[0]
+        gen_counts += np.histogram(as_numpy(blk.scores[cand.probe, cand.index]), edges)[0]
     return {"roc": (tr.achieved_far, tr.tar), "det": (tr.achieved_far, 1.0 - tr.tar),
             "cmc": cmc, "hist": (edges, gen_counts, all_counts - gen_counts)}
 
