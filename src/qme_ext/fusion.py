@@ -102,12 +102,6 @@ def _float_matrix(matrix, device) -> torch.Tensor:
     return t if t.dim() == 2 else t.reshape(1, -1)
 
 
-def _on_device(matrix, device) -> torch.Tensor:
-    """A tensor view of ``matrix`` on ``device`` (no copy for CPU numpy input), so that
-    :meth:`Normaliser.transform` returns a tensor and does its one NaN-cleaning pass."""
-    return _tensor(matrix).to(device)
-
-
 def _ids_on(ids, device) -> torch.Tensor:
     """(n,) int64 ids on `device`, from numpy, a list or a tensor on any device."""
     if isinstance(ids, torch.Tensor):
@@ -429,7 +423,8 @@ def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, devi
     gen = np.empty((k, gen_idx.size))
     imp = np.empty((k, imp_idx.size))
     for i, m in enumerate(models):
-        s = normalisers[m].transform(_on_device(calib.score_mats[m], device)).reshape(-1)
+        # a tensor in, so the normalised scores stay a tensor on `device`
+        s = normalisers[m].transform(_float_matrix(calib.score_mats[m], device)).reshape(-1)
         gen[i] = s[torch.as_tensor(gen_idx, device=s.device)].cpu().numpy()
         imp[i] = s[torch.as_tensor(imp_idx, device=s.device)].cpu().numpy()
     if rule == "weighted":

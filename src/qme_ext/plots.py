@@ -41,7 +41,12 @@ def safe_name(row: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", row).strip("_") or "row"
 
 
-def _save(fig, path) -> None:
+def _finish(fig, ax, title: str, path, grid=None) -> None:
+    """Title, grid lines (``which`` = grid; None: none), legend, then write and close."""
+    ax.set_title(title)
+    if grid is not None:
+        ax.grid(True, which=grid, alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
@@ -58,10 +63,7 @@ def plot_roc(curves: dict, path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("False accept rate")
     ax.set_ylabel("True accept rate")
-    ax.set_title("ROC")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, "ROC", path, grid="both")
 
 
 def probit(rates) -> np.ndarray:
@@ -85,10 +87,7 @@ def plot_det(curves: dict, path) -> None:
     ax.set_ylim(*lim)
     ax.set_xlabel("False accept rate (%)")
     ax.set_ylabel("False reject rate (%)")
-    ax.set_title("DET")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, "DET", path, grid="major")
 
 
 def plot_cmc(curves: dict, path) -> None:
@@ -100,10 +99,7 @@ def plot_cmc(curves: dict, path) -> None:
         ax.plot(np.arange(1, cmc.size + 1), 100 * cmc, marker=".", label=row)
     ax.set_xlabel("Rank")
     ax.set_ylabel("Identification rate (%)")
-    ax.set_title("CMC")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, "CMC", path, grid="major")
 
 
 def score_histograms(genuine, impostor, bins: int = 60) -> tuple:
@@ -138,9 +134,7 @@ def plot_score_hist_counts(edges, genuine_counts, impostor_counts, title: str, p
             ax.stairs(density, edges, fill=True, alpha=0.5, label=f"{label} (n={n})")
     ax.set_xlabel("Score")
     ax.set_ylabel("Density")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, title, path)
 
 
 def curves_of_matrix(mat, ids, bins: int = 60) -> dict:
