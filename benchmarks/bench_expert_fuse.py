@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import report, requires_cuda
+from conftest import bench_synced, report, requires_cuda, sync
 from qme_ext.qme.modules import QME
 from qme_ext.reference.qme import ReferenceScoreExpert, load_expert_state, reference_expert_fuse
 
@@ -27,11 +27,6 @@ def make(device, B, G, dropout=0.1, seed=0):
     x = torch.randn((B, K, G), device=device)
     q = torch.rand(B, device=device)
     return model, refs, x, q
-
-
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def wall(fn, device, repeat=3):
@@ -90,13 +85,6 @@ def cuda_problem():
     return make("cuda", B, G)
 
 
-def cuda_bench(benchmark, fn):
-    def run():
-        fn()
-        torch.cuda.synchronize()
-    return benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-
-
 @requires_cuda
 def test_cuda_train_step(benchmark, cuda_problem):
     model, refs, x, q = cuda_problem
@@ -108,7 +96,7 @@ def test_cuda_train_step(benchmark, cuda_problem):
         baseline = float("nan")
     torch.cuda.empty_cache()
     benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
-    cuda_bench(benchmark, train_step_kernel(model, x, q))
+    bench_synced(benchmark, train_step_kernel(model, x, q), "cuda")
     # stats read + forward (read X, write F) + backward (read X and grad F, write grad X)
     touched = 4 * (B * K * G * 2 + B * G + B * K * G + B * G + B * K * G)
     report(benchmark, baseline, bytes_touched=touched, label="eager_reference")
@@ -125,6 +113,6 @@ def test_cuda_inference(benchmark, cuda_problem):
         baseline = wall(lambda: reference_expert_fuse(x, model.gate(q, B), *refs), "cuda")
         torch.cuda.empty_cache()
         benchmark.extra_info.update(B=B, G=G, K=K, Z=Z)
-        cuda_bench(benchmark, lambda: model(x, q))
+        bench_synced(benchmark, lambda: model(x, q), "cuda")
     model.train()
     report(benchmark, baseline, bytes_touched=4 * (B * K * G + B * G), label="eager_reference")

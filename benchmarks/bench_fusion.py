@@ -12,7 +12,7 @@ once and the float32 output written once. Skipped without a GPU.
 import pytest
 import torch
 
-from conftest import median_time, report, requires_cuda, sync
+from conftest import bench_synced, median_time, report, requires_cuda
 from qme_ext._ops_fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_SUM, fuse_scores,
                                  score_stats)
 from qme_ext.reference.fusion import fuse_scores_ref, score_stats_ref
@@ -37,13 +37,8 @@ def test_fuse_scores(benchmark, device, rule):
     w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64, device=device)
     args = (mats, norm, shift, div, rule, w, 2.0)
 
-    def ours():
-        fuse_scores(*args, torch.float32)
-        sync(device)
-
-    ours()  # warm-up: op registration, CUDA module load
     benchmark.group = f"fuse-scores-{device}"
-    benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
+    bench_synced(benchmark, lambda: fuse_scores(*args, torch.float32), device)
     eager = median_time(lambda: fuse_scores_ref(*args, torch.float32), device, repeat=3)
     benchmark.extra_info.update(shape=[3, P, G], rule=["weighted", "", "", "asym_ao"][rule])
     report(benchmark, eager, bytes_touched=3 * P * G * 4 + P * G * 4, label="eager")
@@ -60,13 +55,8 @@ def test_score_stats(benchmark, device):
     q = torch.randint(0, 1000, (P,), generator=gen, device=device)
     g = torch.randint(0, 1000, (G,), generator=gen, device=device)
 
-    def ours():
-        score_stats(S, q, g)
-        sync(device)
-
-    ours()
     benchmark.group = f"score-stats-{device}"
-    benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
+    bench_synced(benchmark, lambda: score_stats(S, q, g), device)
     eager = median_time(lambda: score_stats_ref(S, q, g), device, repeat=3)
     benchmark.extra_info.update(shape=[P, G])
     report(benchmark, eager, bytes_touched=P * G * 4 + (P + G) * 8, label="eager")

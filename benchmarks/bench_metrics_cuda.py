@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import report, requires_cuda, synthetic_scores
+from conftest import bench_synced, report, requires_cuda, synthetic_scores
 from qme_ext import metrics
 
 pytestmark = requires_cuda
@@ -28,13 +28,6 @@ def cuda_time(fn, repeat=5):
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / repeat / 1e3
-
-
-def cuda_bench(benchmark, fn):
-    def run():
-        fn()
-        torch.cuda.synchronize()
-    return benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +60,7 @@ def torch_tar(S, q, g, fars=(1e-4, 1e-3, 1e-2)):
 def test_rank_metrics_cuda(benchmark, data):
     S, M, qp, gp, ids, uniq = data
     baseline = cuda_time(lambda: torch_rank1_map(S, qp, gp), repeat=2)
-    cuda_bench(benchmark, lambda: metrics.rank_metrics(S, qp, gp))
+    bench_synced(benchmark, lambda: metrics.rank_metrics(S, qp, gp), "cuda")
     benchmark.extra_info.update(shape=[P, G])
     report(benchmark, baseline, S.numel() * S.element_size(), label="torch_argsort")
 
@@ -76,7 +69,7 @@ def test_rank_metrics_cuda(benchmark, data):
 def test_tar_at_far_cuda(benchmark, data):
     S, M, qp, gp, ids, uniq = data
     baseline = cuda_time(lambda: torch_tar(S, qp, gp), repeat=3)
-    cuda_bench(benchmark, lambda: metrics.tar_at_far(S, qp, gp))
+    bench_synced(benchmark, lambda: metrics.tar_at_far(S, qp, gp), "cuda")
     benchmark.extra_info.update(shape=[P, G])
     # two digit passes over the matrix must read it twice
     report(benchmark, baseline, 2 * S.numel() * S.element_size(), label="torch_mask_topk")
@@ -88,7 +81,7 @@ def test_evaluate_cuda_10k_by_1m(benchmark):
     S, M, qp, gp, ids, uniq = synthetic_scores(Pb, G, NS, device="cuda")
     args = (S, M, qp, ids["q_camids"], ids["q_clothes_ids"], gp, ids["g_camids"],
             ids["g_clothes_ids"], uniq)
-    cuda_bench(benchmark, lambda: metrics.evaluate(*args))
+    bench_synced(benchmark, lambda: metrics.evaluate(*args), "cuda")
     benchmark.extra_info.update(shape=[Pb, G])
     med = benchmark.stats.stats.median
     print(f"\n  evaluate {Pb}x{G} float32 on {torch.cuda.get_device_name()}: {med * 1e3:.0f} ms")

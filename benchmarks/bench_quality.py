@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import qme_ext
-from conftest import device_info, median_time, report, requires_cuda, sync
+from conftest import bench_synced, device_info, median_time, report, requires_cuda
 from qme_ext.quality import QMagFace, aggregate_templates
 from qme_ext.reference.quality import qmagface_score_matrix_ref, template_aggregate_ref
 
@@ -66,14 +66,6 @@ def aggregate_cell(N, D, T, dtype, device):
             lambda: template_aggregate_ref(f, w, off, True), touched)
 
 
-def _bench(benchmark, fn, device):
-    def timed():
-        fn()
-        sync(device)
-    timed()  # warm-up: op registration, CUDA module load
-    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)
-
-
 def _skip_if_too_big(nbytes):
     free, _ = torch.cuda.mem_get_info()
     if nbytes > free / 4:
@@ -82,7 +74,7 @@ def _skip_if_too_big(nbytes):
 
 def run_score_matrix(benchmark, device, P, G, D, dtype):
     ours, matmul, eager = score_matrix_cell(P, G, D, dtype, device)
-    _bench(benchmark, ours, device)
+    bench_synced(benchmark, ours, device, rounds=3)
     benchmark.extra_info.update(shape=[P, G, D], dtype=str(dtype),
                                 TFLOP_per_s=2.0 * P * G * D / benchmark.stats.stats.median / 1e12)
     report(benchmark, median_time(eager, device, repeat=3), label="eager")
@@ -91,7 +83,7 @@ def run_score_matrix(benchmark, device, P, G, D, dtype):
 
 def run_aggregate(benchmark, device, N, D, T, dtype):
     ours, eager, touched = aggregate_cell(N, D, T, dtype, device)
-    _bench(benchmark, ours, device)
+    bench_synced(benchmark, ours, device, rounds=3)
     benchmark.extra_info.update(N=N, D=D, T=T, dtype=str(dtype))
     report(benchmark, median_time(eager, device, repeat=3), touched, label="eager")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import qme_ext
-from conftest import median_time, report, requires_cuda, sync
+from conftest import bench_synced, median_time, report, requires_cuda
 
 CPU_CELLS = [(1, 10_000_000, 10), (1, 10_000_000, 1000), (100, 100_000, 10),
              (100, 100_000, 1000), (10_000, 1000, 10), (10_000, 1000, 100)]
@@ -21,12 +21,7 @@ CUDA_GRID = [(P, G, k) for P in (1, 100, 10_000) for G in (100_000, 1_000_000, 1
 def run_cell(benchmark, P, G, k, device):
     S = torch.randn(P, G, device=device, generator=torch.Generator(device).manual_seed(0))
 
-    def ours():
-        qme_ext.topk(S, k)
-        sync(device)
-
-    ours()  # warm-up: op registration, thread start, CUDA module load
-    benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
+    bench_synced(benchmark, lambda: qme_ext.topk(S, k), device)
     baseline = median_time(lambda: torch.topk(S, k), device)
     benchmark.extra_info.update(shape=[P, G], k=k)
     report(benchmark, baseline, bytes_touched=S.numel() * S.element_size(), label="torch_topk")

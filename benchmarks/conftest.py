@@ -95,6 +95,16 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def bench_synced(benchmark, fn, device, rounds: int = 5) -> None:
+    """pytest-benchmark of fn() synchronised on CUDA, after one untimed call (op
+    registration, thread start, CUDA module load) and one warm-up round."""
+    def run():
+        fn()
+        sync(device)
+    run()
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
 def median_time(fn, device, repeat=5) -> float:
     """Median wall seconds of fn() after one warm-up call, synchronised on CUDA: the
     baselines timed in the same run as the benchmark."""
