@@ -1,25 +1,43 @@
-"""Accuracy of QME vs the baseline fusions on the synthetic whole-body benchmark (issue 4).
+"""Robustness of QME against the best calibrated baseline: regimes x sizes x data seeds.
 
-Runs the ``qme-ext demo`` pipeline itself (:func:`qme_ext.commands_qme.demo_pipeline`, default
-size ``DEMO_SIZES["default"]``) for every regime x data seed and prints, per regime, mean ± std
-(ddof 1, over seeds) in percent of overall = Rank-1 + mAP + TAR@1%FAR - FNIR@1%FPIR and of its
-parts, for every row (each model alone, each baseline, QME and its Z = 1 / no-QE ablations).
-Everything is measured on the test split; nothing is selected or calibrated on it.
+For every cell (regime, size) and data seed it runs the ``qme-ext demo`` pipeline
+(:func:`qme_ext.commands_qme.demo_pipeline`: data -> 8 baselines calibrated on the training
+split -> QE + QME with the default recipe, or ``--recipe paper``) and measures, on the test
+split, overall = Rank-1 + mAP + TAR@1%FAR - FNIR@1%FPIR (in points, i.e. percent). Nothing is
+selected or calibrated on the test split.
 
-Then the issue's target, per regime: ``QME - best baseline`` (the baseline with the best mean
-overall) as mean ± std of the per-seed paired differences, judged by :func:`verdict`. Not part
-of CI (about 2-7 min per run on 2 shared CPU cores).
+Per cell the comparator is the **best baseline**: among the single models and the 8 baseline
+fusions, the one with the best mean overall over the cell's seeds (chosen after the fact, so
+it favours the baselines). The table gives QME - best as the paired mean over seeds with a 95%
+percentile bootstrap interval over seeds (10,000 resamples of the seeds, seeded), and the number
+of seeds where QME is ahead.
 
-    python benchmarks/qme_accuracy.py --json qme_accuracy.json     # 3 regimes x seeds 0,1,2
-    python benchmarks/qme_accuracy.py --reduced                     # smaller, for quick looks
+Regimes: ``face_good`` (CCVID-like), ``mixed`` (LTCC-like), ``face_poor`` (MEVID-like) of the
+synthetic generator, and ``shifted``, a generator variation the recipe was not developed on:
+the mixed regime with more look-alike subjects (correlated errors across modalities,
+``lookalike`` 0.75 instead of 0.55), other score domains (face ``exp(3 s)``, body a negative
+squared distance ``-(5 - s)^2``, gait a logit) and the gait matcher missing for 25% of the
+probes (their gait row set to the matrix minimum, as a failed matcher).
 
-With ``--json`` every finished run is written at once; an existing file is reused (finished
-runs are not recomputed), so an interrupted benchmark continues where it stopped. Use a fresh
-file after changing the code.
+Sizes: ``real`` draws the split sizes of the real datasets per seed (training 75-104 subjects
+with 4 probes each, ~300-420 probes against ~300-400 centres; validation 25-34 subjects;
+test 54-151 subjects, 25 unknown), ``demo`` is the demo's size (train 100 x 6 probes,
+validation 60, test 100 + 25 unknown), ``4x`` four times the demo.
+
+Seeds: the recipe was developed on data seeds 100, 101, 102 (``--seeds dev``); the reported
+table uses seeds 0-4 (``--seeds heldout``, the default), which were not looked at before the
+recipe was fixed.
+
+    python benchmarks/qme_accuracy.py --json qme_accuracy.json --figure qme_accuracy.png
+    python benchmarks/qme_accuracy.py --sizes real --regimes mixed --seeds 0,1
+
+With ``--json`` every finished run is written at once and an existing file is reused (finished
+runs are not recomputed). Not part of CI: ~10-60 s per run on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,108 +48,172 @@ import numpy as np
 from qme_ext.commands_qme import BASELINES, DEMO_SIZES, demo_pipeline
 from qme_ext.qme.train import overall_score
 
-PARTS = (("Rank-1", "GR_top1"), ("mAP", "GR_mAP"), ("TAR@1%FAR", "TAR@1.00%FAR"),
-         ("FNIR@1%FPIR", "FNIR@1.00%FPIR"))
-REDUCED = dict(data=dict(num_subjects=60, num_train_subjects=80, num_val_subjects=40,
-                         num_unknown=15),
-               steps=1500, qe_steps=600, eval_every=150)
-QME_ROWS = ("qme", "qme_z1", "qme_noqe")
+SEEDS = {"dev": [100, 101, 102], "heldout": [0, 1, 2, 3, 4]}
+REGIMES = ("face_good", "mixed", "face_poor", "shifted")
+SINGLE = ("face", "body", "gait")
 
 
-def _pct(values) -> tuple:
-    v = 100 * np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+def _real_size(seed: int) -> dict:
+    rng = np.random.default_rng(10_000 + seed)
+    return dict(data=dict(num_train_subjects=int(rng.integers(75, 105)),
+                          num_val_subjects=int(rng.integers(25, 35)),
+                          num_subjects=int(rng.integers(54, 152)), num_unknown=25,
+                          train_probes_per_subject=4),
+                qe_steps=1500)
 
 
-def _ms(values) -> str:
-    m, s = _pct(values)
-    return f"{m:6.2f}±{s:4.2f}"
+def size_config(size: str, seed: int) -> dict:
+    if size == "real":
+        return _real_size(seed)
+    base = DEMO_SIZES["default"]
+    if size == "demo":
+        return dict(base)
+    if size == "4x":
+        data = {k: 4 * v for k, v in base["data"].items()}
+        return {**base, "data": data}
+    raise ValueError(f"unknown size {size!r}")
 
 
-def _load(path):
-    if path and os.path.exists(path):
-        with open(path) as fh:
-            return json.load(fh)
-    return {}
+def _shift_scoreset(ss, missing_rng):
+    """The ``shifted`` variation's score domains and missing gait (module docstring)."""
+    def domain(m, x):
+        x = np.asarray(x, dtype=np.float64)
+        if m == "face":
+            return np.exp(3.0 * x)
+        if m == "body":
+            return -np.square(5.0 - x)
+        return np.log(np.clip(x, 1e-3, None) / np.clip(1.0 - x, 1e-3, None))
+    miss = missing_rng.random(ss.num_probes) < 0.25
+    out = {}
+    for key in ("score_mats", "merge_score_mats"):
+        mats = {}
+        for m, x in getattr(ss, key).items():
+            y = domain(m, x)
+            if m == "gait":
+                y[miss] = y.min()
+            mats[m] = y.astype(np.float32)
+        out[key] = mats
+    return dataclasses.replace(ss, **out)
 
 
-def _save(path, runs) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(runs, fh, indent=1)
-    os.replace(tmp, path)
+def data_hook(regime: str, seed: int):
+    """(generator regime, extra generator kwargs, post-transform) of a benchmark regime."""
+    if regime != "shifted":
+        return regime, {}, None
+    rng = np.random.default_rng(20_000 + seed)
+
+    def post(data):
+        for split in ("train", "val", "test"):
+            data[split] = _shift_scoreset(data[split], rng)
+        return data
+    return "mixed", {"lookalike": 0.75}, post
 
 
-def verdict(per_seed: dict, regime: str) -> str:
-    """One line: QME minus the best baseline (paired over seeds) and the target's verdict.
+def run_one(regime: str, size: str, seed: int, recipe: str, device: str) -> dict:
+    gen_regime, extra, post = data_hook(regime, seed)
+    cfg = size_config(size, seed)
+    cfg = {**cfg, "data": {**cfg["data"], **extra}}
+    res = demo_pipeline(gen_regime, seed=seed, device=device, sizes=cfg, recipe=recipe,
+                        ablations=False, data_transform=post)
+    return {"overall": res["overall"], "seconds": float(sum(res["timings"].values())),
+            "best_step": res["models"]["qme"].best_step,
+            "sizes": {s: [res["data"][s].num_probes, res["data"][s].num_gallery]
+                      for s in ("train", "val", "test")}}
 
-    The best baseline is the one with the best mean overall. With d the per-seed paired
-    differences (QME - best), mean m and std s (ddof 1): "beats" needs m > s (ahead by more
-    than the seed-to-seed spread of the difference); 0 < m <= s is "ahead on the mean only",
-    which does not count as beating it; "within noise" is m > -(the larger seed std of the
-    two rows' overall).
-    """
-    ov = {r: [overall_score(m) for m in v] for r, v in per_seed.items()}
-    best = max((b for b in BASELINES if b in ov), key=lambda b: np.mean(ov[b]))
-    diff = np.subtract(ov["qme"], ov[best])
-    dm, ds = _pct(diff)
-    noise = max(_pct(ov["qme"])[1], _pct(ov[best])[1])
-    wins = int((diff > 0).sum())
-    if dm > ds:
-        word = "beats"
-    elif dm > 0:
-        word = "is ahead on the mean only (not beyond the paired spread) of"
-    elif dm > -noise:
-        word = "is within noise (below) of"
-    else:
-        word = "is BELOW"
-    want = "within noise" if regime == "face_good" else "beat"
-    met = dm > ds or (regime == "face_good" and dm > -noise)
-    return (f"QME {word} the best baseline ({best}): difference {dm:+.2f}±{ds:.2f} "
-            f"(paired over seeds, QME ahead on {wins}/{diff.size} seeds; row noise "
-            f"{noise:.2f}); target ({want}) {'MET' if met else 'NOT met'}")
+
+def bootstrap_ci(diff, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple:
+    """Percentile bootstrap interval of the mean of ``diff`` (resampling its entries)."""
+    d = np.asarray(diff, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
+def cell_summary(runs: list) -> dict:
+    """Best baseline (by mean), QME - best per seed, paired mean and bootstrap CI (points)."""
+    cands = [r for r in SINGLE + BASELINES if all(r in run["overall"] for run in runs)]
+    mean = {r: np.mean([run["overall"][r] for run in runs]) for r in cands + ["qme"]}
+    best = max(cands, key=mean.get)
+    diff = 100.0 * np.array([run["overall"]["qme"] - run["overall"][best] for run in runs])
+    lo, hi = bootstrap_ci(diff)
+    return {"best": best, "qme": 100 * mean["qme"], "best_overall": 100 * mean[best],
+            "diff": float(diff.mean()), "ci": (lo, hi), "wins": int((diff > 0).sum()),
+            "n": int(diff.size)}
+
+
+def table(cells: dict) -> str:
+    lines = ["| regime | size | best baseline (overall) | QME overall | QME - best [95% CI] "
+             "| QME ahead |", "|---|---|---|---|---|---|"]
+    for (regime, size), c in cells.items():
+        lines.append(f"| {regime} | {size} | {c['best']} ({c['best_overall']:.1f}) | "
+                     f"{c['qme']:.1f} | {c['diff']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
+                     f" | {c['wins']}/{c['n']} |")
+    return "\n".join(lines)
+
+
+def figure(cells: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(cells)
+    y = np.arange(len(keys))[::-1]
+    d = np.array([cells[k]["diff"] for k in keys])
+    lo = np.array([cells[k]["ci"][0] for k in keys])
+    hi = np.array([cells[k]["ci"][1] for k in keys])
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(keys) + 1.2))
+    ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", capsize=3)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.axvline(-0.5, color="tab:red", lw=0.8, ls="--", label="floor -0.5")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r} / {s}" for r, s in keys])
+    ax.set_xlabel("QME - best baseline, overall points (mean over seeds, 95% bootstrap CI)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", default="0,1,2", help="data seeds (default 0,1,2)")
-    ap.add_argument("--regimes", default="face_good,face_poor,mixed")
-    ap.add_argument("--reduced", action="store_true", help="smaller data, 1500 steps")
+    ap.add_argument("--seeds", default="heldout", help="'heldout' (0-4, default), 'dev' "
+                    "(100-102) or a comma list")
+    ap.add_argument("--regimes", default=",".join(REGIMES))
+    ap.add_argument("--sizes", default="real,demo,4x")
+    ap.add_argument("--recipe", default="robust", choices=("robust", "paper"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", help="per-run metrics, written after every run (and resumed)")
+    ap.add_argument("--json", help="per-run results, written after every run (and resumed)")
+    ap.add_argument("--figure", help="PNG of the table")
     args = ap.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    regimes = args.regimes.split(",")
-    sizes = REDUCED if args.reduced else DEMO_SIZES["default"]
-    runs = _load(args.json)
-    for regime in regimes:
-        for seed in seeds:
-            key = f"{regime}/{seed}"
-            if key in runs:
-                continue
-            t0 = time.time()
-            res = demo_pipeline(regime, seed=seed, device=args.device, sizes=sizes)
-            runs[key] = {"rows": res["rows"], "seconds": time.time() - t0,
-                         "best_step": {r: res["models"][r].best_step for r in QME_ROWS}}
-            ov = res["overall"]
-            best = max(BASELINES, key=lambda b: ov[b])
-            print(f"[{regime} seed {seed}] {time.time() - t0:.0f}s  qme {100 * ov['qme']:.2f}"
-                  f"  best baseline {best} {100 * ov[best]:.2f}", file=sys.stderr, flush=True)
-            if args.json:
-                _save(args.json, runs)
-    for regime in regimes:
-        per_seed = {}
-        for seed in seeds:
-            for row, m in runs[f"{regime}/{seed}"]["rows"].items():
-                per_seed.setdefault(row, []).append(m)
-        print(f"\n## {regime}: mean ± std over data seeds {seeds} (percent)")
-        head = f"{'Row':15s} {'overall':>14s} " + " ".join(f"{p:>13s}" for p, _ in PARTS)
-        print(head)
-        print("-" * len(head))
-        for row, per in per_seed.items():
-            print(f"{row:15s} {_ms([overall_score(m) for m in per]):>14s} "
-                  + " ".join(f"{_ms([m[k] for m in per]):>13s}" for _, k in PARTS))
-        print(verdict(per_seed, regime))
+    seeds = SEEDS.get(args.seeds) or [int(s) for s in args.seeds.split(",")]
+    runs = {}
+    if args.json and os.path.exists(args.json):
+        with open(args.json) as fh:
+            runs = json.load(fh)
+    cells = {}
+    for size in args.sizes.split(","):
+        for regime in args.regimes.split(","):
+            per = []
+            for seed in seeds:
+                key = f"{args.recipe}/{regime}/{size}/{seed}"
+                if key not in runs:
+                    t0 = time.time()
+                    runs[key] = run_one(regime, size, seed, args.recipe, args.device)
+                    ov = runs[key]["overall"]
+                    print(f"[{key}] {time.time() - t0:.0f}s qme {100 * ov['qme']:.1f} best "
+                          f"baseline {100 * max(ov[b] for b in BASELINES):.1f}",
+                          file=sys.stderr, flush=True)
+                    if args.json:
+                        with open(args.json + ".tmp", "w") as fh:
+                            json.dump(runs, fh, indent=1)
+                        os.replace(args.json + ".tmp", args.json)
+                per.append(runs[key])
+            cells[(regime, size)] = cell_summary(per)
+    print(f"QME ({args.recipe} recipe) - best baseline, overall in points, data seeds {seeds}")
+    print(table(cells))
+    if args.figure:
+        figure(cells, args.figure)
     return 0
 
 

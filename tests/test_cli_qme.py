@@ -59,6 +59,69 @@ def test_train_fuse_evaluate(files, trained):
     assert 0.0 <= res["qme"]["GR_top1"] <= 1.0
 
 
+def _train(files, train_path, out, seed="3"):
+    r = _run("train", train_path, "--val", files["val"], "--quality", "face", "--out", out,
+             "--steps", "60", "--qe-steps", "40", "--eval-every", "30", "--seed", seed,
+             "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_train_file_without_merge_matrices_or_unique_g_pids(files, tmp_path):
+    """SPEC §1: a training file needs neither; subjects come from g_pids."""
+    bare = str(tmp_path / "train_bare.h5")
+    save_scores(bare, load_scores(files["train"]))
+    with h5py.File(bare, "a") as f:
+        del f["unique_g_pids"]
+        assert not any("merge_score_mat" in f[m] for m in ("face", "body", "gait"))
+    _train(files, bare, str(tmp_path / "m.pt"))
+
+
+def test_training_is_deterministic(files, trained, tmp_path):
+    """Same data, seed and recipe: the same checkpoint weights and the same fused file."""
+    import torch
+    again = _train(files, files["train"], str(tmp_path / "again.pt"))
+    a, b = (torch.load(p, weights_only=True) for p in (trained, again))
+    for key in ("qme_state", "qe_state"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    fused = []
+    for i, ckpt in enumerate((trained, again)):
+        out = str(tmp_path / f"fused{i}.h5")
+        r = _run("fuse", ckpt, files["test"], "--out", out, "--quiet")
+        assert r.returncode == 0, r.stderr
+        fused.append(load_scores(out))
+    for key in ("score_mats", "merge_score_mats"):
+        np.testing.assert_array_equal(getattr(fused[0], key)["qme"],
+                                      getattr(fused[1], key)["qme"])
+
+
+def test_evaluate_fused_file_against_calibrated_baselines(files, trained, tmp_path):
+    """One command compares QME with baselines calibrated on the training file, which does
+    not hold the fused 'qme' model: the baselines fuse the models it holds, 'qme' is a row of
+    its own, and the baseline rows equal those of the unfused test file (CLI and Python)."""
+    from qme_ext.fusion import fuse
+    fused = str(tmp_path / "fused.h5")
+    r = _run("fuse", trained, files["test"], "--out", fused, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for name, path in (("fused", fused), ("test", files["test"])):
+        js = str(tmp_path / f"{name}.json")
+        r = _run("evaluate", path, "--fusion", "zscore,weighted", "--calibration",
+                 files["train"], "--json", js, "--quiet")
+        assert r.returncode == 0, r.stderr
+        rows[name] = json.load(open(js))
+    assert set(rows["fused"]) == {"face", "body", "gait", "qme", "zscore", "weighted"}
+    for row in ("zscore", "weighted", "face"):
+        assert rows["fused"][row] == rows["test"][row], row
+    train = load_scores(files["train"])
+    with_qme = fuse(load_scores(fused), "zscore", calibration=train, name="z")
+    plain = fuse(load_scores(files["test"]), "zscore", calibration=train, name="z")
+    np.testing.assert_array_equal(with_qme.score_mats["z"], plain.score_mats["z"])
+    np.testing.assert_array_equal(with_qme.merge_score_mats["z"], plain.merge_score_mats["z"])
+
+
 def test_fuse_rejects_other_model_order(files, trained):
     other = str(files["dir"] / "reordered.h5")
     save_scores(other, load_scores(files["test"], models="body,face,gait"))

@@ -194,3 +194,24 @@ def test_atomic_write(tmp_path, scores, monkeypatch):
     monkeypatch.setattr(h5py.Group, "create_dataset", real)
     assert load_scores(target).models == ["face"]
     assert os.listdir(tmp_path) == ["out.h5"]
+
+
+def test_training_file_needs_no_unique_g_pids(path, scores):
+    """SPEC §1: a training file has no merge matrices and need not store unique_g_pids."""
+    def strip(f):
+        del f["unique_g_pids"]
+        for m in scores.models:
+            del f[f"{m}/merge_score_mat"]
+    _mutate(path, strip)
+    ss = load_scores(path)
+    np.testing.assert_array_equal(ss.unique_g_pids, np.unique(scores.g_pids))
+    assert ss.merge_score_mats == {}
+    from qme_ext.io import load_ids
+    _, ids, _ = load_ids(path)
+    np.testing.assert_array_equal(ids["unique_g_pids"], np.unique(scores.g_pids))
+
+
+def test_merge_matrix_without_unique_g_pids_names_the_column_order(path, scores):
+    _mutate(path, lambda f: f.__delitem__("unique_g_pids"))
+    with pytest.raises(ScoreFileError, match="missing key 'unique_g_pids' .*merge_score_mat"):
+        load_scores(path)

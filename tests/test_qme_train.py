@@ -10,7 +10,8 @@ from qme_ext.fusion import fuse
 from qme_ext.metrics import evaluate
 from qme_ext.qme.checkpoint import load_checkpoint, save_checkpoint
 from qme_ext.qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
-                               fuse_scoreset, overall_score, predict)
+                               fuse_scoreset, make_qme, overall_score, predict)
+from qme_ext.qme.warm_start import fit_gated_logistic, set_linear_experts
 
 TINY = dict(num_subjects=30, num_train_subjects=40, num_val_subjects=20, num_unknown=6)
 
@@ -58,8 +59,9 @@ def test_synthetic_layout(tiny):
 
 
 def test_short_training_lowers_both_losses(tiny):
-    # lr 1e-3: the experts start near F = 0 (loss ~1) and move slowly at the SPEC's 1e-4
-    cfg = _cfg(max_steps=300, qe_steps=300, lr=1e-3)
+    # the paper recipe: lr 1e-3: the experts start near F = 0 (loss ~1) and move slowly at
+    # the SPEC's 1e-4
+    cfg = _cfg(max_steps=300, qe_steps=300, lr=1e-3, recipe="paper")
     qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
     h = qe.history["train_loss"]
     assert h[-1] < h[0]
@@ -82,7 +84,8 @@ def test_qme_beats_zscore_on_face_poor():
     """
     data = synthetic_wholebody("face_poor", seed=1, num_subjects=50, num_train_subjects=60,
                                num_val_subjects=30, num_unknown=12)
-    cfg = TrainConfig(max_steps=600, qe_steps=300, eval_every=100, lr=1e-3, quiet=True)
+    cfg = TrainConfig(max_steps=600, qe_steps=300, eval_every=100, lr=1e-3, quiet=True,
+                      recipe="paper")
     qe = fit_quality_estimator(data["train"], data["val"], cfg)
     model = fit_qme(data["train"], data["val"], qe, cfg)
     test = data["test"]
@@ -90,6 +93,66 @@ def test_qme_beats_zscore_on_face_poor():
     z = fuse(test, "zscore", calibration=data["train"], name="z")
     zscore = _overall(test, z.score_mats["z"], z.merge_score_mats["z"])
     assert qme > zscore + 0.05, (qme, zscore)
+
+
+def test_default_recipe_beats_the_best_calibrated_baseline_on_face_poor():
+    """The robust (default) recipe on a face_poor set: ahead of every baseline fusion
+    calibrated on the same training split, and of its own warm start (training helps)."""
+    from qme_ext.commands_qme import BASELINES
+    data = synthetic_wholebody("face_poor", seed=1, num_subjects=50, num_train_subjects=60,
+                               num_val_subjects=30, num_unknown=12)
+    cfg = TrainConfig(qe_steps=300, quiet=True)
+    assert cfg.recipe == "robust" and cfg.warm_start and cfg.max_steps == 2100
+    qe = fit_quality_estimator(data["train"], data["val"], cfg)
+    model = fit_qme(data["train"], data["val"], qe, cfg)
+    test = data["test"]
+    qme = _overall(test, *predict(model, qe, test))
+    best = -np.inf
+    for b in BASELINES:
+        f = fuse(test, b, calibration=data["train"], name=b)
+        best = max(best, _overall(test, f.score_mats[b], f.merge_score_mats[b]))
+    assert qme > best + 0.02, (qme, best)
+    start = make_qme(data["train"].models, cfg)
+    x = np.stack([data["train"].score_mats[m] for m in data["train"].models], axis=1)
+    set_linear_experts(start, model.warm_start_fit, x)
+    assert qme > _overall(test, *predict(start, qe, test))
+
+
+def test_warm_start_is_the_gated_linear_fusion(tiny):
+    """set_linear_experts writes q (w1 . y + c1) + (1 - q) (w2 . y + c2) into the experts."""
+    train, test = tiny["train"], tiny["test"]
+    x = np.stack([train.score_mats[m] for m in train.models], axis=1)
+    q = np.random.default_rng(0).uniform(0, 1, train.num_probes)
+    fit = fit_gated_logistic(x, q, train.q_pids[:, None] == train.g_pids[None, :])
+    again = fit_gated_logistic(x, q, train.q_pids[:, None] == train.g_pids[None, :])
+    assert np.array_equal(fit.weights, again.weights)            # deterministic
+    assert not np.allclose(fit.weights[0], fit.weights[1])       # the gate matters
+    model = make_qme(train.models, TrainConfig()).eval()
+    set_linear_experts(model, fit, x)
+    xt = np.stack([test.score_mats[m] for m in test.models], axis=1).astype(np.float64)
+    qt = np.random.default_rng(1).uniform(0, 1, test.num_probes)
+    y = (np.moveaxis(xt, 1, 2) - fit.mean) / np.sqrt(fit.var + 1e-5)          # (P, G, K)
+    want = (qt[:, None] * (y @ fit.weights[0] + fit.offsets[0])
+            + (1 - qt[:, None]) * (y @ fit.weights[1] + fit.offsets[1]))
+    with torch.no_grad():
+        got = model(torch.as_tensor(xt), torch.as_tensor(qt)).numpy()
+    # the parameters are float32: agreement to float32 rounding of w, c and the offsets
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_robust_selection_keeps_the_trained_weights_unless_validation_objects(tiny):
+    cfg = _cfg(max_steps=100, qe_steps=60, eval_every=50)
+    qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
+    model = fit_qme(tiny["train"], tiny["val"], qe, cfg)
+    h = model.history
+    assert h["step"] == [0, 50, 100]                 # the warm start is validated too
+    ahead = max(h["val_overall"]) - h["val_overall"][-1]
+    assert model.best_step == (100 if ahead <= cfg.val_margin else
+                               h["step"][int(np.argmax(h["val_overall"]))])
+    last = fit_qme(tiny["train"], tiny["val"], qe, dataclasses.replace(cfg, val_margin=np.inf))
+    assert last.best_step == 100                     # an infinite margin: always the last
+    best = fit_qme(tiny["train"], tiny["val"], qe, dataclasses.replace(cfg, val_margin=-1.0))
+    assert best.best_step == h["step"][int(np.argmax(h["val_overall"]))]  # always the best
 
 
 def test_modality_dropout_leaves_running_stats_alone(tiny):
@@ -160,7 +223,9 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, device):
             checkpoint=ckpt)
     resumed = fit_qme(tiny["train"], tiny["val"], qe, cfg, resume=ckpt)
     assert resumed.history["step"] == full.history["step"]
-    assert resumed.history["train_loss"] == pytest.approx(full.history["train_loss"], abs=0)
+    # step 0 (the validated warm start) has no training loss: NaN in both
+    assert resumed.history["train_loss"] == pytest.approx(full.history["train_loss"], abs=0,
+                                                          nan_ok=True)
     assert _same_weights(full, resumed)
 
 

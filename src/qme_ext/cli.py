@@ -107,14 +107,14 @@ def _load_inputs(args, items):
 
     Validating everything first keeps a user error to the single ``qme-ext: error:`` line.
     """
-    from .io import load_scores
+    from .io import load_calibration, load_scores
     check_device(args.device)
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
     calibration = "self"
     if items and args.calibration != "self":
-        calibration = load_scores(args.calibration, models=scores.models)
+        calibration = load_calibration(args.calibration, scores.models)
     return scores, calibration
 
 
@@ -130,7 +130,7 @@ def _check_rows(args, models, merge_models, items) -> None:
 
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
-    from .io import load_ids, load_scores
+    from .io import load_calibration, load_ids
     from .streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
     try:
         budget = parse_memory(args.max_memory)
@@ -151,7 +151,7 @@ def _streaming_results(args, items) -> dict:
         if args.calibration == "self":
             raise UserError("--fusion with --max-memory needs --calibration TRAIN.h5: fitting "
                             "on the evaluated file itself (self) needs its whole matrices")
-        calibration = load_scores(args.calibration, models=models)
+        calibration = load_calibration(args.calibration, models)
     rows = [(m, dict(model=m)) for m in models]
     rows += [(item, dict(fusion=item, models=models, calibration=calibration)) for item in items]
     plotting = bool(args.plots) and _plots_available()

@@ -73,7 +73,7 @@ from .reference.fusion import asym_ao_ref
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
     "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
-    "fit_fusion", "apply_fusion",
+    "fit_fusion", "apply_fusion", "calibrated_models",
 ]
 
 EPS = 1e-10
@@ -500,7 +500,8 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
         Normaliser name, rule name or ``"norm:rule"`` (see the module docstring).
     calibration : "self" or ScoreSet
         Where normalisers and weights are fitted: the test set itself (QME paper baselines),
-        or a calibration/training ScoreSet holding the same models.
+        or a calibration/training ScoreSet; the fusion combines the models it holds
+        (:func:`calibrated_models`), so a model only in ``scoreset`` is left out.
     name : str, optional
         Name of the new model (default: ``method`` as given).
     device : torch device for the computation.
@@ -525,9 +526,23 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
         if calibration != "self":
             raise ValueError(f"calibration must be 'self' or a ScoreSet, got {calibration!r}")
         calibration = scoreset
+    models = calibrated_models(models, calibration)
     result = fit_fusion(method, calibration, models, device=device, weights=weights, seed=seed)
     out = apply_fusion(result, scoreset, name or method, device=device, m=m, face=face)
     return (out, result) if return_result else out
+
+
+def calibrated_models(models: Sequence[str], calibration: ScoreSet) -> list:
+    """The ``models`` that ``calibration`` holds, in order: what a fusion combines.
+
+    A model the calibration lacks (a fused ``qme`` added to the test file only) is left out of
+    the fusion rather than refused; it remains a row of its own in an evaluation.
+    """
+    held = [m for m in models if m in calibration.score_mats]
+    if not held:
+        raise ValueError(f"calibration set holds none of the models {list(models)}; it has "
+                         f"{calibration.models}")
+    return held
 
 
 def fit_fusion(method: str, calibration: ScoreSet, models: Optional[Sequence[str]] = None, *,

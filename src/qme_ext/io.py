@@ -40,6 +40,8 @@ __all__ = [
     "ScoreFileError",
     "ScoreSet",
     "load_scores",
+    "load_calibration",
+    "list_models",
     "save_scores",
     "iter_row_blocks",
     "load_ids",
@@ -70,14 +72,19 @@ def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = N
     :class:`ScoreFileError` naming ``source`` (the file, if any), the key and the shapes.
     """
     w = _where(source)
+    merges = [m for m in models if f"{m}/merge_score_mat" in shapes]
     for key in ID_KEYS:
+        if key == "unique_g_pids" and key not in shapes and not merges:
+            continue  # a training file: subjects are derived from g_pids (SPEC §1)
         if key not in shapes:
-            raise ScoreFileError(f"{w}missing key '{key}'")
+            why = (f" (the column order of {merges[0]}/merge_score_mat)"
+                   if key == "unique_g_pids" else "")
+            raise ScoreFileError(f"{w}missing key '{key}'{why}")
         if len(shapes[key]) != 1:
             raise ScoreFileError(f"{w}key '{key}' must be 1-D, got shape {shapes[key]}")
     n_probe = shapes["q_pids"][0]
     n_gallery = shapes["g_pids"][0]
-    n_subj = shapes["unique_g_pids"][0]
+    n_subj = shapes.get("unique_g_pids", (None,))[0]
     for key in PROBE_ID_KEYS[1:]:
         if shapes[key][0] != n_probe:
             raise ScoreFileError(f"{w}length mismatch: '{key}' has shape {shapes[key]} but "
@@ -253,6 +260,25 @@ def _file_models(f) -> list:
                   if isinstance(v, h5py.Group) and "score_mat" in v and k != QUALITY_GROUP)
 
 
+def list_models(path) -> list:
+    """Model order of a score file (its ``models`` attribute, else sorted groups)."""
+    with _open(os.fspath(path)) as f:
+        return _file_models(f)
+
+
+def load_calibration(path, models: Sequence[str]) -> "ScoreSet":
+    """The calibration ScoreSet of ``models``: those of them that ``path`` holds, in that order.
+
+    A model only in the evaluated file (e.g. a fused ``qme``) cannot be calibrated; fusions
+    then combine the others, and it is evaluated as a row of its own.
+    """
+    source = os.fspath(path)
+    held = [m for m in _split_names(models) if m in list_models(source)]
+    if not held:
+        raise ScoreFileError(f"{source}: holds none of the models {list(models)}")
+    return load_scores(source, models=held)
+
+
 def _open(path):
     """Open ``path`` read-only, turning every failure into a ScoreFileError naming the file."""
     import h5py
@@ -327,6 +353,20 @@ def _row_reader(rows: Rows, n_probe: int, source: str):
     return (lambda ds: ds[uniq, ...][inverse]), int(idx.size)
 
 
+def _read_ids(f, read_rows, source: str) -> dict:
+    """The seven id arrays (int64); ``read_rows`` reads the probe-indexed ones. Without
+    ``unique_g_pids`` (a training file, checked by :func:`_check_shapes`) the sorted distinct
+    ``g_pids`` stand in."""
+    ids = {}
+    for key in ID_KEYS:
+        if key == "unique_g_pids" and key not in f:
+            ids[key] = np.unique(ids["g_pids"])
+            continue
+        data = read_rows(f[key]) if key in PROBE_ID_KEYS else f[key][...]
+        ids[key] = _as_ids(data, key, source)
+    return ids
+
+
 def load_scores(path, models: Union[str, Sequence[str], None] = None,
                 rows: Rows = None) -> ScoreSet:
     """Read a SPEC §1 score file into a :class:`ScoreSet`.
@@ -349,10 +389,7 @@ def load_scores(path, models: Union[str, Sequence[str], None] = None,
         names = _resolve_models(f, models, source)
         _check_shapes(_dataset_shapes(f, names), names, source)
         read, _ = _row_reader(rows, f["q_pids"].shape[0], source)
-        ids = {}
-        for key in ID_KEYS:
-            data = read(f[key]) if key in PROBE_ID_KEYS else f[key][...]
-            ids[key] = _as_ids(data, key, source)
+        ids = _read_ids(f, read, source)
         score_mats = {m: np.asarray(read(f[f"{m}/score_mat"]), dtype=np.float32) for m in names}
         merge = {m: np.asarray(read(f[f"{m}/merge_score_mat"]), dtype=np.float32)
                  for m in names if f"{m}/merge_score_mat" in f}
@@ -377,7 +414,7 @@ def load_ids(path, models: Union[str, Sequence[str], None] = None) -> tuple:
         names = _resolve_models(f, models, source)
         shapes = _dataset_shapes(f, names)
         _check_shapes(shapes, names, source)
-        ids = {key: _as_ids(f[key][...], key, source) for key in ID_KEYS}
+        ids = _read_ids(f, lambda ds: ds[...], source)
     return list(names), ids, shapes
 
 

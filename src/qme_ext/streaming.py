@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ._accumulate import Block, BlockSource, check_block_rows
-from .io import ScoreSet, iter_row_blocks, load_ids, load_scores
+from .io import ScoreSet, iter_row_blocks, load_calibration, load_ids
 
 __all__ = ["parse_memory", "bytes_per_row", "rows_per_block", "plan_block_rows", "FileSource",
            "FusedFileSource", "evaluate_file", "curves_file", "CANDIDATE_BYTES",
@@ -221,7 +221,7 @@ def plan_block_rows(names: Sequence[str], ids: dict, shapes: dict, fused: bool, 
 def _file_source(path, model, fusion, models, calibration, max_memory, block_rows, device,
                  weights, m, fusion_seed, face):
     """(block source of ``model`` or of ``fusion`` of ``models`` in ``path``, its ids)."""
-    from .fusion import fit_fusion
+    from .fusion import calibrated_models, fit_fusion
     if (model is None) == (fusion is None):
         raise ValueError("model, fusion: give exactly one (a model name, or a fusion method)")
     if block_rows is not None and max_memory is not None:
@@ -238,7 +238,8 @@ def _file_source(path, model, fusion, models, calibration, max_memory, block_row
                          "ScoreSet or score file); fitting on the evaluated file itself "
                          "needs its whole matrices")
     if not isinstance(calibration, ScoreSet):
-        calibration = load_scores(calibration, models=names)
+        calibration = load_calibration(calibration, names)
+    names = calibrated_models(names, calibration)
     result = fit_fusion(fusion, calibration, names, device=device, weights=weights,
                         seed=fusion_seed)
     return FusedFileSource(path, names, ids, shapes, result, block_rows, device, m, face), ids
