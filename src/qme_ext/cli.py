@@ -53,6 +53,10 @@ TABLE_COLUMNS = (
 )
 
 
+# --calibration values that fit on the evaluated file itself (qme_ext.fusion.SELF_CALIBRATIONS)
+_SELF = ("self", "self-score")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage text stays available through --help)."""
 
@@ -69,8 +73,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "(default: all, file order)")
     p.add_argument("--fusion", help="comma-separated fusion methods, e.g. "
                    "zscore,minmax,rhe,mean,asym_ao,zscore:max")
-    p.add_argument("--calibration", default="self", metavar="TRAIN.h5|self",
-                   help="where fusion statistics/weights are fitted (default: self)")
+    p.add_argument("--calibration", default="self", metavar="TRAIN.h5|self|self-score",
+                   help="where fusion statistics/weights are fitted: a training file, "
+                   "'self' (default; the QME paper's protocol: zscore/minmax normalise "
+                   "score_mat and merge_score_mat each with its own statistics, RHE/tanh "
+                   "use score_mat's) or 'self-score' (score_mat's statistics for both, the "
+                   "rule a training file follows)")
     p.add_argument("--protocol", default="qme", help="metric protocol (default: qme)")
     p.add_argument("--seed", type=int, default=45, help="open-set split seed (default: 45)")
     p.add_argument("--device", default="cpu", help="torch device for fusion: cpu or cuda")
@@ -112,8 +120,8 @@ def _load_inputs(args, items):
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
-    calibration = "self"
-    if items and args.calibration != "self":
+    calibration = args.calibration if args.calibration in _SELF else "self"
+    if items and args.calibration not in _SELF:
         calibration = load_scores(args.calibration, models=scores.models)
     return scores, calibration
 
@@ -148,9 +156,10 @@ def _streaming_results(args, items) -> dict:
                         + str(exc).removeprefix("max_memory: ")) from None
     calibration = None
     if items:
-        if args.calibration == "self":
+        if args.calibration in _SELF:
             raise UserError("--fusion with --max-memory needs --calibration TRAIN.h5: fitting "
-                            "on the evaluated file itself (self) needs its whole matrices")
+                            f"on the evaluated file itself ({args.calibration}) needs its "
+                            "whole matrices")
         calibration = load_scores(args.calibration, models=models)
     rows = [(m, dict(model=m)) for m in models]
     rows += [(item, dict(fusion=item, models=models, calibration=calibration)) for item in items]
@@ -216,7 +225,7 @@ def run_evaluate(args) -> int:
     scores, calibration = _load_inputs(args, items)
     progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
-    if calibration != "self":
+    if not isinstance(calibration, str):
         progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
                         f"{calibration.num_gallery} gallery")
     from .metrics import evaluate
