@@ -123,3 +123,111 @@ def test_verification_warns_on_nonfinite():
         warnings.simplefilter("error")
         verification(g, i, warn=False)
         verification(*_vectors(6))
+
+
+# ------------------------------------------------------------------------------------------
+# pair files and qme-ext verify
+# ------------------------------------------------------------------------------------------
+import pathlib  # noqa: E402
+
+from qme_ext import cli  # noqa: E402
+from qme_ext.io import ScoreFileError, load_pairs  # noqa: E402
+
+PYEER = pathlib.Path(__file__).parent / "fixtures" / "pyeer"
+
+
+def _write_bob(path, g, i, columns=4):
+    with open(path, "w") as fh:
+        fh.write("# a comment line\n")
+        for k, s in enumerate(np.r_[g, i]):
+            claimed, real = f"s{k % 7}", f"s{k % 7}" if k < g.size else f"s{(k + 1) % 7}"
+            mid = f"{claimed}_model " if columns == 5 else ""
+            fh.write(f"{claimed} {mid}{real} probe{k} {float(s)!r}\n")
+
+
+def test_load_pairs_formats(tmp_path):
+    g, i = _vectors(7, n_gen=50, n_imp=300)
+    for columns in (4, 5):
+        path = tmp_path / f"bob{columns}.txt"
+        _write_bob(path, g, i, columns)
+        p = load_pairs(path)
+        assert p.format == f"bob{columns}" and p.name == path.name
+        np.testing.assert_array_equal(p.genuine, g)
+        np.testing.assert_array_equal(p.impostor, i)
+    s, y = _labelled(g, i)
+    (tmp_path / "a.csv").write_text("score,label\n" + "".join(
+        f"{float(v)!r},{int(t)}\n" for v, t in zip(s, y)))
+    (tmp_path / "b.csv").write_text("claimed_id;real_id;score\n" + "".join(
+        f"{k};{k if t else k + 1};{float(v)!r}\n" for k, (v, t) in enumerate(zip(s, y))))
+    np.savez(tmp_path / "a.npz", genuine=g, impostor=i)
+    np.savez(tmp_path / "b.npz", scores=s, labels=y)
+    np.save(tmp_path / "a.npy", np.c_[s, y])
+    for name in ("a.csv", "b.csv", "a.npz", "b.npz", "a.npy"):
+        p = load_pairs(tmp_path / name)
+        np.testing.assert_array_equal(p.genuine, g, err_msg=name)
+        np.testing.assert_array_equal(p.impostor, i, err_msg=name)
+    np.savetxt(tmp_path / "g.txt", g)
+    np.savetxt(tmp_path / "i.txt", i)
+    p = load_pairs(tmp_path / "g.txt", impostor=tmp_path / "i.txt")
+    np.testing.assert_allclose(p.genuine, g, rtol=1e-15)
+    with pytest.raises(ScoreFileError, match="one side"):
+        load_pairs(tmp_path / "g.txt")
+    (tmp_path / "bad.txt").write_text("a b 1.0\n")
+    with pytest.raises(ScoreFileError, match="3 fields"):
+        load_pairs(tmp_path / "bad.txt")
+    (tmp_path / "c.csv").write_text("value,label\n1,1\n")
+    with pytest.raises(ScoreFileError, match="no 'score' column"):
+        load_pairs(tmp_path / "c.csv")
+
+
+def test_pyeer_histogram_impostor_format():
+    """pyeer's histogram example is its exp3 score set: 1,501 distinct integer scores, on
+    which the three EER conventions disagree."""
+    p = load_pairs(PYEER / "hist_true.txt", impostor=PYEER / "hist_false.txt",
+                   impostor_format="histogram")
+    assert (p.genuine.size, p.impostor.size) == (2786, 66633)
+    r = verification(p.genuine, p.impostor)
+    got = {k: round(v[0], 5) for k, v in r.eers.items()}
+    assert got == {"bob": 0.1171, "pyeer": 0.11417, "sklearn": 0.11702}
+    pe = pytest.importorskip("pyeer.eer_stats")
+    counts = np.loadtxt(PYEER / "hist_false.txt")
+    _, fmr, fnmr = pe.calculate_roc_hist(p.genuine, counts)
+    # pyeer's histogram thresholds are the integers 0..max: every distinct score is one
+    assert r.eers["pyeer"][0] == pytest.approx(pe.get_eer_values(fmr, fnmr)[3], abs=1e-15)
+
+
+def test_cli_verify(tmp_path, capsys):
+    g, i = _vectors(8, n_gen=60, n_imp=400)
+    _write_bob(tmp_path / "sys.txt", g, i)
+    out, plots = tmp_path / "v.json", tmp_path / "plots"
+    argv = ["verify", str(PYEER / "exp2_true.txt"), str(PYEER / "exp2_false.txt"),
+            str(tmp_path / "sys.txt"), "--names", "pyeer_exp2,bob", "--json", str(out),
+            "--convention", "pyeer", "--quiet"]
+    pytest.importorskip("matplotlib")
+    assert cli.main(argv + ["--plots", str(plots)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["Row", "EER(pyeer)"]
+    assert "pyeer_exp2" in table and "bob" in table
+    rep = json.loads(out.read_text())
+    p = load_pairs(PYEER / "exp2_true.txt", impostor=PYEER / "exp2_false.txt")
+    want = verification(p.genuine, p.impostor, convention="pyeer").as_dict()
+    assert rep["pyeer_exp2"]["EER"] == pytest.approx(want["EER"], abs=1e-15)
+    assert rep["bob"]["num_genuine"] == g.size
+    assert rep["bob"]["num_nonfinite"] == {"nan": 0, "posinf": 0, "neginf": 0}
+    assert sorted(f.name for f in plots.iterdir()) == [
+        "det.png", "roc.png", "score_hist_bob.png", "score_hist_pyeer_exp2.png"]
+    # user errors: one line, status 2
+    assert cli.main(["verify", str(PYEER / "exp2_true.txt")]) == 2
+    assert "GENUINE IMPOSTOR" in capsys.readouterr().err
+    assert cli.main(["verify", str(tmp_path / "missing.txt")]) == 2
+    assert cli.main(["verify", str(tmp_path / "sys.txt"), "--fmrs", "2"]) == 2
+
+
+def test_cli_verify_warns_on_nonfinite(tmp_path, capsys):
+    g, i = _vectors(9, n_gen=60, n_imp=400)
+    g[3], i[5] = np.nan, np.inf
+    _write_bob(tmp_path / "sys.txt", g, i)
+    assert cli.main(["verify", str(tmp_path / "sys.txt"), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["qme-ext: warning: sys.txt: 1 NaN (-> the minimum finite score), "
+                   "1 +inf (kept: above every finite score)"]

@@ -12,6 +12,10 @@ Subcommands
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
+``verify FILE...``
+    Verification metrics of genuine/impostor score files: bob 4/5-column, pyeer lists, CSV,
+    numpy (:mod:`qme_ext.commands_verify`).
+
 ``train``, ``fuse``, ``demo``
     QME training, fusion with a checkpoint, and the end-to-end synthetic demo
     (:mod:`qme_ext.commands_qme`).
@@ -34,6 +38,7 @@ from typing import Optional
 
 from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
 from .commands_qme import COMMANDS as _QME_COMMANDS
+from .commands_verify import COMMANDS as _VERIFY_COMMANDS
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -283,6 +288,7 @@ COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),
     "example": ("write a small synthetic score file", _add_example, run_example),
     **_QME_COMMANDS,
+    **_VERIFY_COMMANDS,
 }
 
 
