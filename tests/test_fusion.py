@@ -130,11 +130,12 @@ def test_asym_ao_formula_and_identities():
 # ------------------------------------------------------------------------------------------
 # rules through fuse()
 # ------------------------------------------------------------------------------------------
-def _stack(scores, norm, key="score_mats", cal=None):
+def _stack(scores, norm, key="score_mats", cal=None, stats_key="score_mats"):
     cal = cal or scores
     return np.stack([
         _np_norm(norm, getattr(scores, key)[m],
-                 stats_from=(cal.score_mats[m], cal.q_pids, cal.g_pids)) if norm != "raw"
+                 stats_from=(getattr(cal, stats_key)[m], cal.q_pids, cal.g_pids))
+        if norm != "raw"
         else getattr(scores, key)[m].astype(np.float64)
         for m in scores.models])
 
@@ -150,9 +151,16 @@ def test_elementwise_rules(scores, method, norm, reduce):
     assert out.score_mats[method].dtype == np.float32
     np.testing.assert_allclose(out.score_mats[method], reduce(_stack(scores, norm), axis=0),
                                rtol=1e-6, atol=1e-6)
-    # merge matrices use the statistics of their model's score matrix
-    np.testing.assert_allclose(out.merge_score_mats[method],
+    # "self-score": merge matrices use the statistics of their model's score matrix
+    score_rule = fuse(scores, method, calibration="self-score")
+    np.testing.assert_array_equal(score_rule.score_mats[method], out.score_mats[method])
+    np.testing.assert_allclose(score_rule.merge_score_mats[method],
                                reduce(_stack(scores, norm, "merge_score_mats"), axis=0),
+                               rtol=1e-6, atol=1e-6)
+    # "self" (the paper's protocol): zscore/minmax fit each merge matrix on itself
+    own = "merge_score_mats" if norm in ("zscore", "minmax") else "score_mats"
+    merge = _stack(scores, norm, "merge_score_mats", stats_key=own)
+    np.testing.assert_allclose(out.merge_score_mats[method], reduce(merge, axis=0),
                                rtol=1e-6, atol=1e-6)
 
 
@@ -226,16 +234,22 @@ def test_unknown_method_and_name(scores):
     assert out.models[-1] == "Z"
 
 
-def test_self_calibrated_baselines_match_qme_reference_protocol(scores):
-    """fuse(..., "self") + evaluate == numpy QME-style normalise_score + mean fusion + evaluate."""
+@pytest.mark.parametrize("calibration", ["self", "self-score"])
+def test_self_calibrated_baselines_match_qme_reference_protocol(scores, calibration):
+    """fuse(..., "self") + evaluate == numpy QME-style normalise_score + mean fusion + evaluate
+    (the paper's notebook: zscore/minmax merge matrices with their own statistics);
+    "self-score" == the same with the score matrices' statistics for the merge matrices."""
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids,
            scores.g_camids, scores.g_clothes_ids, scores.unique_g_pids)
     for method, norm in [("zscore", "zscore"), ("minmax", "minmax"), ("rhe", "rhe"),
                          ("mean", "raw")]:
-        fused = fuse(scores, method)
+        fused = fuse(scores, method, calibration=calibration)
         ours = _evaluate(fused.score_mats[method], fused.merge_score_mats[method], *ids)
+        own = calibration == "self" and norm in ("zscore", "minmax")
         ref_s = _stack(scores, norm).mean(0).astype(np.float32)
-        ref_m = _stack(scores, norm, "merge_score_mats").mean(0).astype(np.float32)
+        ref_m = _stack(scores, norm, "merge_score_mats",
+                       stats_key="merge_score_mats" if own else "score_mats").mean(0)
+        ref_m = ref_m.astype(np.float32)
         ref = _evaluate(ref_s, ref_m, *ids)
         assert ours.keys() == ref.keys()
         for k in ref:

@@ -12,6 +12,10 @@ Subcommands
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
+``verify FILE...``
+    Verification metrics of genuine/impostor score files: bob 4/5-column, pyeer lists, CSV,
+    numpy (:mod:`qme_ext.commands_verify`).
+
 ``train``, ``fuse``, ``demo``
     QME training, fusion with a checkpoint, and the end-to-end synthetic demo
     (:mod:`qme_ext.commands_qme`).
@@ -34,6 +38,7 @@ from typing import Optional
 
 from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
 from .commands_qme import COMMANDS as _QME_COMMANDS
+from .commands_verify import COMMANDS as _VERIFY_COMMANDS
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -53,6 +58,10 @@ TABLE_COLUMNS = (
 )
 
 
+# --calibration values that fit on the evaluated file itself (qme_ext.fusion.SELF_CALIBRATIONS)
+_SELF = ("self", "self-score")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage text stays available through --help)."""
 
@@ -69,8 +78,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "(default: all, file order)")
     p.add_argument("--fusion", help="comma-separated fusion methods, e.g. "
                    "zscore,minmax,rhe,mean,asym_ao,zscore:max")
-    p.add_argument("--calibration", default="self", metavar="TRAIN.h5|self",
-                   help="where fusion statistics/weights are fitted (default: self)")
+    p.add_argument("--calibration", default="self", metavar="TRAIN.h5|self|self-score",
+                   help="where fusion statistics/weights are fitted: a training file, "
+                   "'self' (default; the QME paper's protocol: zscore/minmax normalise "
+                   "score_mat and merge_score_mat each with its own statistics, RHE/tanh "
+                   "use score_mat's) or 'self-score' (score_mat's statistics for both, the "
+                   "rule a training file follows)")
     p.add_argument("--protocol", default="qme", help="metric protocol (default: qme)")
     p.add_argument("--seed", type=int, default=45, help="open-set split seed (default: 45)")
     p.add_argument("--device", default="cpu", help="torch device for fusion: cpu or cuda")
@@ -112,8 +125,8 @@ def _load_inputs(args, items):
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
-    calibration = "self"
-    if items and args.calibration != "self":
+    calibration = args.calibration if args.calibration in _SELF else "self"
+    if items and args.calibration not in _SELF:
         calibration = load_calibration(args.calibration, scores.models)
     return scores, calibration
 
@@ -148,9 +161,10 @@ def _streaming_results(args, items) -> dict:
                         + str(exc).removeprefix("max_memory: ")) from None
     calibration = None
     if items:
-        if args.calibration == "self":
+        if args.calibration in _SELF:
             raise UserError("--fusion with --max-memory needs --calibration TRAIN.h5: fitting "
-                            "on the evaluated file itself (self) needs its whole matrices")
+                            f"on the evaluated file itself ({args.calibration}) needs its "
+                            "whole matrices")
         calibration = load_calibration(args.calibration, models)
     rows = [(m, dict(model=m)) for m in models]
     rows += [(item, dict(fusion=item, models=models, calibration=calibration)) for item in items]
@@ -216,7 +230,7 @@ def run_evaluate(args) -> int:
     scores, calibration = _load_inputs(args, items)
     progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
-    if calibration != "self":
+    if not isinstance(calibration, str):
         progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
                         f"{calibration.num_gallery} gallery")
     from .metrics import evaluate
@@ -274,6 +288,7 @@ COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),
     "example": ("write a small synthetic score file", _add_example, run_example),
     **_QME_COMMANDS,
+    **_VERIFY_COMMANDS,
 }
 
 

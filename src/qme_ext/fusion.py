@@ -12,6 +12,16 @@ A calibration is a ``(score_mat (P, G), q_pids (P,), g_pids (G,))`` triple (labe
 zscore/minmax), or the string ``"self"``: fit on the very matrix being transformed (then
 ``transform`` needs the labels for tanh/rhe), which is what the QME paper's baseline rows did.
 
+:func:`fuse` calibrations (SPEC §3):
+
+- ``"self"``: the QME paper's notebook protocol. zscore and minmax normalise each matrix with its
+  **own** statistics: ``score_mat`` with the score matrix's, ``merge_score_mat`` with the merge
+  matrix's mean/std or min/max. RHE and tanh use the score matrix's min and genuine statistics
+  for both matrices (a merge matrix has no probe-vs-entry genuine pairs of its own).
+- ``"self-score"``: the statistics of the test set's score matrices for both matrices (the rule
+  a separate calibration file follows; qme_ext's ``self`` before the paper rule was adopted).
+- a ScoreSet: its score matrices' statistics for both matrices.
+
 Rules combine the K normalised matrices (models in ScoreSet order):
 
 - ``mean``, ``min``, ``max``: element-wise.
@@ -42,8 +52,9 @@ Choices
 - NaN scores are replaced like the QME reference's ``np.nan_to_num`` (NaN -> 0, +-inf -> the
   largest finite float32 of that sign) before any statistic and before transforming.
 - Merge matrices (probe vs subject templates) are transformed with the statistics fitted on the
-  score matrices of the same model: templates are scored in the same domain, and a calibration
-  split need not have merge matrices.
+  score matrices of the same model (``"self-score"`` or a calibration ScoreSet): templates are
+  scored in the same domain, and a calibration split need not have merge matrices. Only
+  ``"self"`` (the paper's rule) fits zscore/minmax on each merge matrix itself.
 - The EER used to fit ``weighted`` and ``bssf`` is computed by a small internal helper on
   pre-split genuine/impostor vectors, with impostors subsampled (seeded) to at most
   ``MAX_CALIBRATION_IMPOSTORS`` so the search stays fast; reported EERs come from
@@ -73,10 +84,12 @@ from .reference.fusion import asym_ao_ref
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
     "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
-    "fit_fusion", "apply_fusion", "calibrated_models",
+    "fit_fusion", "apply_fusion", "SELF_CALIBRATIONS", "calibrated_models",
 ]
 
 EPS = 1e-10
+# fuse(calibration=...) strings: the paper's notebook protocol, and score-matrix statistics
+SELF_CALIBRATIONS = ("self", "self-score")
 MAX_CALIBRATION_IMPOSTORS = 200_000
 
 
@@ -404,6 +417,9 @@ class FusionResult:
     rule: str
     normalisers: dict
     weights: Optional[np.ndarray] = None  # (K,) base weights of weighted-sum rules
+    # normalisers of the merge matrices where they differ from ``normalisers`` (calibration
+    # "self": zscore/minmax fitted on each merge matrix itself); None: the same ones
+    merge_normalisers: Optional[dict] = None
 
 
 def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, device):
@@ -471,13 +487,14 @@ def _per_probe_weights(base: np.ndarray, face_index: int, q: np.ndarray) -> np.n
 _RULE_CODE = {"min": RULE_MIN, "max": RULE_MAX, "asym_ao": RULE_ASYM_AO}  # others: sum
 
 
-def _fuse_matrices(result: "FusionResult", mats: dict, scoreset: ScoreSet, weights, m: float,
-                   device) -> torch.Tensor:
-    """(P, N) float32: the models' matrices of ``mats`` normalised and folded by one
-    qme_ext::fuse_scores call (each input read once; weights (K,) or per probe (P, K))."""
+def _fuse_matrices(result: "FusionResult", normalisers: dict, mats: dict, scoreset: ScoreSet,
+                   weights, m: float, device) -> torch.Tensor:
+    """(P, N) float32: the models' matrices of ``mats`` normalised by ``normalisers`` and
+    folded by one qme_ext::fuse_scores call (each input read once; weights (K,) or per
+    probe (P, K))."""
     models = list(result.normalisers)
     tensors = [_float_matrix(mats[mm], device) for mm in models]
-    params = [result.normalisers[mm].fuse_params(t, scoreset.q_pids, scoreset.g_pids)
+    params = [normalisers[mm].fuse_params(t, scoreset.q_pids, scoreset.g_pids)
               for mm, t in zip(models, tensors)]
     rule = _RULE_CODE.get(result.rule, RULE_SUM)
     w = torch.as_tensor(np.asarray(weights if rule == RULE_SUM else np.ones(len(models)),
@@ -498,9 +515,11 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
         Test scores; every model is fused (use ``subset_models`` first to choose).
     method : str
         Normaliser name, rule name or ``"norm:rule"`` (see the module docstring).
-    calibration : "self" or ScoreSet
-        Where normalisers and weights are fitted: the test set itself (QME paper baselines),
-        or a calibration/training ScoreSet; the fusion combines the models it holds
+    calibration : "self", "self-score" or ScoreSet
+        Where normalisers and weights are fitted: the test set itself following the QME
+        paper's notebook protocol (``"self"``: zscore/minmax merge matrices with their own
+        statistics), the test set's score matrices for both matrices (``"self-score"``), or a
+        calibration/training ScoreSet; the fusion combines the models it holds
         (:func:`calibrated_models`), so a model only in ``scoreset`` is left out.
     name : str, optional
         Name of the new model (default: ``method`` as given).
@@ -515,19 +534,26 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
     Returns
     -------
     ScoreSet with model ``name or method`` appended: float32 ``(P, G)`` score_mat and, when
-    every model has one, float32 ``(P, S)`` merge_score_mat (merge matrices are normalised with
-    the statistics of their model's score matrix).
+    every model has one, float32 ``(P, S)`` merge_score_mat (normalised as ``calibration``
+    says).
     """
-    parse_method(method)  # an unknown name is reported before anything else
+    norm_name, _ = parse_method(method)  # an unknown name is reported before anything else
     models = list(scoreset.models)
     if not models:
         raise ValueError("scoreset has no model to fuse")
+    paper_self = False
     if isinstance(calibration, str):
-        if calibration != "self":
-            raise ValueError(f"calibration must be 'self' or a ScoreSet, got {calibration!r}")
+        if calibration not in SELF_CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {list(SELF_CALIBRATIONS)} or a "
+                             f"ScoreSet, got {calibration!r}")
+        paper_self = calibration == "self"
         calibration = scoreset
     models = calibrated_models(models, calibration)
     result = fit_fusion(method, calibration, models, device=device, weights=weights, seed=seed)
+    if paper_self and not NORMALISERS[norm_name].needs_labels and norm_name != "raw":
+        # the paper's rule: each merge matrix normalised with its own statistics
+        result.merge_normalisers = {mm: get_normaliser(norm_name, device).fit("self")
+                                    for mm in models}
     out = apply_fusion(result, scoreset, name or method, device=device, m=m, face=face)
     return (out, result) if return_result else out
 
@@ -586,9 +612,11 @@ def apply_fusion(result: FusionResult, scoreset: ScoreSet, name: str, *,
         face_index, q = _face_quality(scoreset, models, face)
         w_probe = _per_probe_weights(result.weights, face_index, q)
 
-    fused = _fuse_matrices(result, scoreset.score_mats, scoreset, w_probe, m, device)
+    fused = _fuse_matrices(result, result.normalisers, scoreset.score_mats, scoreset, w_probe,
+                           m, device)
     fused_merge = None
     if all(mm in scoreset.merge_score_mats for mm in models):
-        fused_merge = _fuse_matrices(result, scoreset.merge_score_mats, scoreset, w_probe, m,
+        fused_merge = _fuse_matrices(result, result.merge_normalisers or result.normalisers,
+                                     scoreset.merge_score_mats, scoreset, w_probe, m,
                                      device).cpu().numpy()
     return scoreset.with_model(name, fused.cpu().numpy(), fused_merge)

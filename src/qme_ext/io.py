@@ -481,3 +481,9 @@ def save_scores(path, scoreset: ScoreSet) -> None:
             f.create_dataset(key, data=np.asarray(value))
         for name, arr in scoreset.quality.items():
             f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
+
+
+# genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.pair_files
+from .pair_files import Pairs, load_pairs  # noqa: E402,F401
+
+__all__ += ["Pairs", "load_pairs"]

@@ -623,3 +623,7 @@ def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, floa
     """
     from .streaming import evaluate_file as _evaluate_file
     return _evaluate_file(path, model, **kwargs)
+
+
+# verification of genuine/impostor vectors (the one-row case of the engine)
+from .verification import VerificationResult, verification  # noqa: E402,F401
