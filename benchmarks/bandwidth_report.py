@@ -11,8 +11,15 @@ H100/H200/A100; see conftest.peak_bandwidth).
     python benchmarks/bandwidth_report.py --scale 0.1     # smaller GPUs / a quick look
     python benchmarks/bandwidth_report.py --json bw.json
     python benchmarks/bandwidth_report.py --device cpu --scale 0.001   # dry run of the code
+    python benchmarks/bandwidth_report.py --scale 0.25 --budget 60      # first contact (~1 s a case)
+    python benchmarks/bandwidth_report.py --scale 1e-4 --once           # one small call per kernel
+                                                                        # (under compute-sanitizer)
 
-Without a GPU (or without the CUDA module) it says so and exits 0.
+The first row is a device-to-device copy of 2 GiB (scaled): the measured copy bandwidth,
+the practical ceiling of a kernel that reads its input once and writes its output once;
+every row also gives its percentage of that measured copy. ``--budget`` bounds the whole
+report: the cases left when it runs out are listed as skipped, and the JSON is still
+written. Without a GPU (or without the CUDA module) it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -139,10 +146,19 @@ def cases(dev: torch.device, scale: float):
     def topk(k):
         P, G = 1000, n(1_000_000)
         S = torch.randn((P, G), generator=gen, device=dev)
+        k = min(k, G)  # small scales (--once under the sanitizer)
         run = lambda: _ops_topk.topk(S, k, True)  # noqa: E731
         return f"{P}x{G} float32, k={k}", nbytes(S) + P * k * 12, run
 
+    def copy():
+        N = max(1024, n(2**29))  # float32 elements: 2 GiB at scale 1
+        src = torch.empty(N, dtype=torch.float32, device=dev).uniform_(generator=gen)
+        dst = torch.empty_like(src)
+        run = lambda: dst.copy_(src)  # noqa: E731
+        return f"{N} float32 copy", 2 * nbytes(src), run
+
     return [
+        ("copy (baseline)", copy),
         ("fuse_scores", lambda: fuse(3)),
         ("score_stats", stats),
         ("topk", lambda: topk(10)),
@@ -166,6 +182,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole report; the cases left are skipped")
+    ap.add_argument("--once", action="store_true",
+                    help="call each kernel once, untimed (for compute-sanitizer)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not qme_ext.cuda_available():
@@ -176,23 +196,49 @@ def main(argv=None) -> int:
     info = device_info(dev)
     peak = peak_bandwidth(dev)[0] if dev.type == "cuda" else None
     print("environment:", info)
-    print(f"{'kernel':24s} {'problem':36s} {'ms':>9s} {'GB':>7s} {'GB/s':>8s} {'% peak':>7s}")
-    rows = []
+    print(f"{'kernel':24s} {'problem':36s} {'ms':>9s} {'GB':>7s} {'GB/s':>8s} {'% peak':>7s} "
+          f"{'% copy':>7s}")
+    rows, skipped = [], []
+    t_start = time.perf_counter()
+    copy_gbs = None
+
+    def write_json():
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"environment": info, "copy_GB_per_s": copy_gbs, "rows": rows,
+                           "skipped": skipped}, fh, indent=1)
+
     for name, make in cases(dev, args.scale):
+        if args.budget is not None and time.perf_counter() - t_start > args.budget:
+            skipped.append(name)
+            print(f"{name:24s} skipped (budget of {args.budget:.0f} s spent)", flush=True)
+            continue
         shape, touched, run = make()
-        sec = timed(run, dev, args.repeat)
-        gbs = touched / sec / 1e9
-        pct = 100 * touched / sec / peak if peak else None
-        rows.append(dict(kernel=name, problem=shape, seconds=sec, bytes=touched, GB_per_s=gbs,
-                         percent_of_peak=pct))
-        print(f"{name:24s} {shape:36s} {sec * 1e3:9.2f} {touched / 1e9:7.2f} {gbs:8.0f} "
-              f"{'n/a' if pct is None else f'{pct:6.1f}%':>7s}", flush=True)
+        if args.once:
+            run()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            rows.append(dict(kernel=name, problem=shape))
+            print(f"{name:24s} {shape:36s} ran once", flush=True)
+        else:
+            sec = timed(run, dev, args.repeat)
+            gbs = touched / sec / 1e9
+            if copy_gbs is None and name.startswith("copy"):
+                copy_gbs = gbs
+            pct = 100 * touched / sec / peak if peak else None
+            pcopy = 100 * gbs / copy_gbs if copy_gbs else None
+            rows.append(dict(kernel=name, problem=shape, seconds=sec, bytes=touched, GB_per_s=gbs,
+                             percent_of_peak=pct, percent_of_copy=pcopy))
+            print(f"{name:24s} {shape:36s} {sec * 1e3:9.2f} {touched / 1e9:7.2f} {gbs:8.0f} "
+                  f"{'n/a' if pct is None else f'{pct:6.1f}%':>7s} "
+                  f"{'n/a' if pcopy is None else f'{pcopy:6.1f}%':>7s}", flush=True)
         del run
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": info, "rows": rows}, fh, indent=1)
+        write_json()  # after every case: a timeout still leaves the rows so far
+    write_json()
+    if skipped:
+        print(f"skipped for the budget: {', '.join(skipped)}")
     return 0
 
 

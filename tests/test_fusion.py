@@ -277,3 +277,41 @@ def test_ids_as_tensors_on_the_scores_device(device, name):
          torch.from_numpy(gp).to(device)))
     got = norm.transform(torch.from_numpy(S).to(device))
     np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_score_stats_signed_zero_min_max_is_positive_zero(device, dtype):
+    """-0.0 ties +0.0 (the ranking order): a zero min or max is +0.0 whatever the order of
+    the data (issue 10, item 5); the other statistics are unchanged by the zero's sign."""
+    from qme_ext import _ops_fusion as of
+    for first in (-0.0, 0.0):
+        S = torch.tensor([[first, -first, 0.0], [-0.0, 0.0, 0.0]], dtype=dtype)
+        ids = torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
+        out = of.score_stats(S.to(device), ids[0].to(device), ids[1].to(device)).cpu()
+        assert out.shape == (2, 5)
+        for row in out:
+            assert row[0] == 6 and row[1] == 0 and row[2] == 0
+            assert not torch.signbit(row[3]) and not torch.signbit(row[4])
+            assert not torch.signbit(row[1])
+    S = torch.tensor([[1.0, -0.0], [-0.0, 2.0]], dtype=dtype, device=device)
+    out = of.score_stats(S, torch.zeros(0, dtype=torch.int64, device=device),
+                         torch.zeros(0, dtype=torch.int64, device=device)).cpu()
+    assert out[0, 3] == 0 and not torch.signbit(out[0, 3]) and out[0, 4] == 2
+
+
+def test_score_stats_independent_of_threads_and_strides():
+    import qme_ext
+    from qme_ext import _ops_fusion as of
+    g = torch.Generator().manual_seed(9)
+    S = torch.randn(16 * 40 + 3, 33000, generator=g, dtype=torch.float64).to(torch.float32)
+    q = torch.randint(0, 5, (S.shape[0],), generator=g)
+    gp = torch.randint(0, 5, (S.shape[1],), generator=g)
+    base = of.score_stats(S, q, gp)
+    old = qme_ext.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            qme_ext.set_num_threads(n)
+            assert torch.equal(of.score_stats(S, q, gp), base)
+    finally:
+        qme_ext.set_num_threads(old)
+    assert torch.equal(of.score_stats(S.T.contiguous().T, q, gp), base)

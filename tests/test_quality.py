@@ -101,6 +101,29 @@ def test_epilogue_strided_output_and_dtypes(device, out_dtype):
     assert big[:3].abs().sum() == 0 and big[:, :5].abs().sum() == 0
 
 
+@pytest.mark.parametrize("din", [torch.float32, torch.float64, torch.float16])
+def test_epilogue_one_rule_in_every_layout_nan_quality(device, din):
+    """One rule (issue 10, item 1): float32 -> float32 is float math in every layout (a
+    strided tile gives the contiguous tile's bits), and a NaN quality gives NaN, like
+    torch.minimum in the reference, on every path."""
+    g = torch.Generator().manual_seed(4)
+    cos = (torch.rand(13, 300, generator=g, dtype=torch.float64) * 2 - 1).to(din).to(device)
+    qp = (torch.rand(13, generator=g, dtype=torch.float64) * 30).to(device)
+    qg = (torch.rand(300, generator=g, dtype=torch.float64) * 30).to(device)
+    qp[2], qg[9] = float("nan"), float("nan")
+    dout = torch.float32 if din != torch.float64 else torch.float64
+    flat = torch.empty(13, 300, dtype=dout, device=device)
+    oq.qmagface_epilogue(cos, qp, qg, 0.07, 0.12, flat)
+    strided = torch.empty(300, 13, dtype=dout, device=device).T
+    oq.qmagface_epilogue(cos.T.contiguous().T, qp, qg, 0.07, 0.12, strided)
+    assert torch.equal(torch.nan_to_num(flat, nan=7.0), torch.nan_to_num(strided, nan=7.0))
+    nan = torch.isnan(flat)
+    expect = torch.zeros_like(nan)
+    expect[2] = True
+    expect[:, 9] = True
+    assert torch.equal(nan, expect)
+
+
 def test_opcheck_qmagface_epilogue(device):
     cos = torch.rand(6, 7, device=device) * 2 - 1
     args = (cos, torch.rand(6, dtype=torch.float64, device=device) * 30,

@@ -19,26 +19,26 @@ void epilogue_rows(const QMagFaceEpilogueArgs& a, int64_t r0, int64_t r1) {
   SO* out = static_cast<SO*>(a.out.data);
   const int64_t G = a.cos.cols;
   if constexpr (DI == DType::kFloat32 && DO == DType::kFloat32) {
-    // Contiguous float32 rows (the matmul tile): float arithmetic, unit stride,
-    // so the loop vectorises. Float rounding (~1e-7 relative) is at the storage
-    // precision of the float32 output.
-    if (a.cos.stride_col == 1 && a.out.stride_col == 1) {
-      const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);
-      std::vector<float> qg(static_cast<size_t>(G));
-      for (int64_t j = 0; j < G; ++j) qg[j] = static_cast<float>(a.q_gallery[j]);
-      for (int64_t i = r0; i < r1; ++i) {
-        const float qp = static_cast<float>(a.q_probe[i]);
-        const float* irow = in + i * a.cos.stride_row;
-        float* orow = out + i * a.out.stride_row;
-        for (int64_t j = 0; j < G; ++j) {
-          const float s = irow[j];
-          const float q = qp < qg[j] ? qp : qg[j];
-          const float w = beta * s - alpha;
-          orow[j] = (w < 0.0f ? w : 0.0f) * q + s;
-        }
+    // float32 in and out: float arithmetic in every layout (the contiguous matmul
+    // tile vectorises), on both twins (qmagface_epilogue_cuda.cu computes the same
+    // epilogue_f32 with _rn intrinsics). Float rounding (~1e-7 relative) is at the
+    // storage precision of the float32 output.
+    const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);
+    std::vector<float> qg(static_cast<size_t>(G));
+    for (int64_t j = 0; j < G; ++j) qg[j] = static_cast<float>(a.q_gallery[j]);
+    for (int64_t i = r0; i < r1; ++i) {
+      const float qp = static_cast<float>(a.q_probe[i]);
+      const float* irow = in + i * a.cos.stride_row;
+      float* orow = out + i * a.out.stride_row;
+      if (a.cos.stride_col == 1 && a.out.stride_col == 1) {
+        for (int64_t j = 0; j < G; ++j) orow[j] = epilogue_f32(irow[j], qp, qg[j], alpha, beta);
+      } else {
+        for (int64_t j = 0; j < G; ++j)
+          orow[j * a.out.stride_col] =
+              epilogue_f32(irow[j * a.cos.stride_col], qp, qg[j], alpha, beta);
       }
-      return;
     }
+    return;
   }
   for (int64_t i = r0; i < r1; ++i) {
     const double qp = a.q_probe[i];
@@ -46,10 +46,8 @@ void epilogue_rows(const QMagFaceEpilogueArgs& a, int64_t r0, int64_t r1) {
     SO* orow = out + i * a.out.stride_row;
     for (int64_t j = 0; j < G; ++j) {
       const double s = ScoreTraits<DI>::value(irow[j * a.cos.stride_col]);
-      const double q = std::min(qp, a.q_gallery[j]);
-      // omega(s) = min(0, beta s - alpha): only pairs below s = alpha/beta move.
-      const double omega = std::min(0.0, a.beta * s - a.alpha);
-      orow[j * a.out.stride_col] = StoreTraits<DO>::encode(omega * q + s);
+      orow[j * a.out.stride_col] =
+          StoreTraits<DO>::encode(epilogue_f64(s, qp, a.q_gallery[j], a.alpha, a.beta));
     }
   }
 }

@@ -11,6 +11,17 @@
 // Pass 2: one block per parameter value sums the items in a fixed strided order
 // and a fixed tree; one thread per (b, z) sums its row's tiles in order for the
 // gate. No float atomics anywhere: the results are bitwise reproducible.
+//
+// Precision: as on the CPU (which sums each chunk of entries in the compute type
+// and everything above in double), a thread's few entries are summed in the
+// compute type T and every sum above that (warp sums, warp slots, block partials,
+// both reductions) in double, for every input dtype; the results are rounded to T
+// once at the end. Large experts: when the staged parameters plus the 8 per-warp
+// slot copies of all Z experts exceed the block's shared memory, pass 1 runs in
+// launches over consecutive expert ranges [z0, z0 + zn) (each stages and sums only
+// its experts; grad_x is carried from one launch to the next in T, so its bits are
+// those of a single launch); only a single expert too large for shared memory is
+// refused.
 #include <cuda_runtime.h>
 
 #include "expert_fuse_common.cuh"
@@ -25,14 +36,22 @@ inline int64_t partial_values(int64_t Z, int64_t K, int64_t H) {
   return Z * expert::param_grads_per_expert(K, H) + Z;
 }
 
+// Dynamic shared memory of pass 1 for zn experts: their staged parameters (T), then
+// (kWarps, partial_values(zn)) double slots, 8-byte aligned.
+inline size_t bwd_smem(int64_t zn, int64_t K, int64_t H, size_t t_size) {
+  const size_t params = (static_cast<size_t>(param_elems(zn, K, H)) * t_size + 7) / 8 * 8;
+  return params + static_cast<size_t>(kWarps * partial_values(zn, K, H)) * sizeof(double);
+}
+
 template <DType D, typename T, int KC>
 __global__ void __launch_bounds__(kThreads)
     bwd_kernel(ScoreCubeView xv,     // (B, K, G) strided scores
                ExpertParams p,       // parameters, compute type T
                const T* grad_fused,  // (B, G)
                uint32_t threshold, T keep_scale, int64_t tiles, int64_t items,
-               T* grad_x,            // (B, K, G) contiguous
-               T* partials) {        // (partial_values, items) workspace
+               int z0, int zn,       // this launch's experts [z0, z0 + zn)
+               T* grad_x,            // (B, K, G) contiguous; read back when z0 > 0
+               double* partials) {   // (partial_values(Z), items) workspace
   using S = typename ScoreTraits<D>::Storage;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t item = blockIdx.x;
@@ -40,13 +59,14 @@ __global__ void __launch_bounds__(kThreads)
   const int Z = p.num_experts, H = p.hidden;
   const int64_t G = xv.cols;
   const int per = static_cast<int>(expert::param_grads_per_expert(KC, H));
-  const int nvals = Z * per + Z;
+  const int nvals = zn * per + zn;  // this launch's values: zn experts, then zn gates
   T* sm = reinterpret_cast<T*>(smem_raw);
-  T* slots = sm + param_elems(Z, KC, H);  // (kWarps, nvals) per-warp partials
-  for (int i = threadIdx.x; i < kWarps * nvals; i += kThreads) slots[i] = T(0);
-  const Staged<T> P = stage_params<T>(p, KC, H, b, sm);  // synchronises
+  double* slots = reinterpret_cast<double*>(
+      smem_raw + (static_cast<size_t>(param_elems(zn, KC, H)) * sizeof(T) + 7) / 8 * 8);
+  for (int i = threadIdx.x; i < kWarps * nvals; i += kThreads) slots[i] = 0.0;
+  const Staged<T> P = stage_params<T>(p, KC, H, b, sm, z0, zn);  // synchronises
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  T* my_slot = slots + warp * nvals;
+  double* my_slot = slots + warp * nvals;
   const S* xb = static_cast<const S*>(xv.data) + b * xv.stride_batch;
 
   constexpr int kPerThread = per_thread<KC>();
@@ -64,26 +84,27 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < KC; ++k) {
         x[e][k] = ok ? expert::load<D, T>(xb[k * xv.stride_channel + g * xv.stride_col]) : T(0);
-        gx[e][k] = T(0);
+        gx[e][k] = (ok && z0 > 0) ? grad_x[(b * KC + k) * G + g] : T(0);
       }
     }
-    for (int z = 0; z < Z; ++z) {
-      T* zs = my_slot + z * per;  // this expert's slot: a, c, w1, b1, w2, b2
+    for (int zl = 0; zl < zn; ++zl) {
+      const int z = z0 + zl;  // global expert (dropout); zl indexes the staged views
+      double* zs = my_slot + zl * per;  // this expert's slot: a, c, w1, b1, w2, b2
       T y[kPerThread][KC], dy[kPerThread][KC], ez[kPerThread], dE[kPerThread];
-      const T gz = P.gate[z];
+      const T gz = P.gate[zl];
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
 #pragma unroll
         for (int k = 0; k < KC; ++k) {
-          y[e][k] = P.a[z * KC + k] * x[e][k] + P.c[z * KC + k];
+          y[e][k] = P.a[zl * KC + k] * x[e][k] + P.c[zl * KC + k];
           dy[e][k] = T(0);
         }
-        ez[e] = P.b2[z];
+        ez[e] = P.b2[zl];
         dE[e] = go[e] * gz;
       }
       for (int h = 0; h < H; ++h) {
-        const T* w = P.w1 + (z * H + h) * KC;
-        const T bias = P.b1[z * H + h], w2 = P.w2[z * H + h];
+        const T* w = P.w1 + (zl * H + h) * KC;
+        const T bias = P.b1[zl * H + h], w2 = P.w2[zl * H + h];
         T s_w2 = T(0), s_b1 = T(0), s_w1[KC];
 #pragma unroll
         for (int k = 0; k < KC; ++k) s_w1[k] = T(0);
@@ -108,15 +129,17 @@ __global__ void __launch_bounds__(kThreads)
             dy[e][k] += dpre * w[k];
           }
         }
-        s_w2 = warp_sum(s_w2);
-        s_b1 = warp_sum(s_b1);
+        // the thread's entries were summed in T; from the warp sum on, double
+        const double d_w2 = warp_sum(static_cast<double>(s_w2));
+        const double d_b1 = warp_sum(static_cast<double>(s_b1));
+        double d_w1[KC];
 #pragma unroll
-        for (int k = 0; k < KC; ++k) s_w1[k] = warp_sum(s_w1[k]);
+        for (int k = 0; k < KC; ++k) d_w1[k] = warp_sum(static_cast<double>(s_w1[k]));
         if (lane == 0) {
 #pragma unroll
-          for (int k = 0; k < KC; ++k) zs[2 * KC + h * KC + k] += s_w1[k];
-          zs[2 * KC + H * KC + h] += s_b1;
-          zs[2 * KC + H * KC + H + h] += s_w2;
+          for (int k = 0; k < KC; ++k) zs[2 * KC + h * KC + k] += d_w1[k];
+          zs[2 * KC + H * KC + h] += d_b1;
+          zs[2 * KC + H * KC + H + h] += d_w2;
         }
       }
       T s_gate = T(0), s_b2 = T(0), s_a[KC], s_c[KC];
@@ -130,24 +153,25 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < KC; ++k) {
           s_a[k] += dy[e][k] * x[e][k];
           s_c[k] += dy[e][k];
-          gx[e][k] += dy[e][k] * P.a[z * KC + k];
+          gx[e][k] += dy[e][k] * P.a[zl * KC + k];
         }
       }
-      s_gate = warp_sum(s_gate);
-      s_b2 = warp_sum(s_b2);
+      const double d_gate = warp_sum(static_cast<double>(s_gate));
+      const double d_b2 = warp_sum(static_cast<double>(s_b2));
+      double d_a[KC], d_c[KC];
 #pragma unroll
       for (int k = 0; k < KC; ++k) {
-        s_a[k] = warp_sum(s_a[k]);
-        s_c[k] = warp_sum(s_c[k]);
+        d_a[k] = warp_sum(static_cast<double>(s_a[k]));
+        d_c[k] = warp_sum(static_cast<double>(s_c[k]));
       }
       if (lane == 0) {
 #pragma unroll
         for (int k = 0; k < KC; ++k) {
-          zs[k] += s_a[k];
-          zs[KC + k] += s_c[k];
+          zs[k] += d_a[k];
+          zs[KC + k] += d_c[k];
         }
-        zs[2 * KC + H * KC + 2 * H] += s_b2;
-        my_slot[Z * per + z] += s_gate;
+        zs[2 * KC + H * KC + 2 * H] += d_b2;
+        my_slot[zn * per + zl] += d_gate;
       }
     }
 #pragma unroll
@@ -160,33 +184,36 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
+  // warp slots in warp order; local value v -> global value (experts, then gates)
   for (int v = threadIdx.x; v < nvals; v += kThreads) {
-    T s = T(0);
+    double s = 0.0;
     for (int w = 0; w < kWarps; ++w) s += slots[w * nvals + v];
-    partials[static_cast<int64_t>(v) * items + item] = s;
+    const int64_t gv = v < zn * per ? int64_t{z0} * per + v : int64_t{Z} * per + z0 + (v - zn * per);
+    partials[gv * items + item] = s;
   }
 }
 
 // One block per parameter value: sum over all items, fixed order.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    reduce_params_kernel(const T* partials,  // (partial_values, items)
+    reduce_params_kernel(const double* partials,  // (partial_values, items)
                          int64_t items, int K, int H,
                          T* ga, T* gc,       // (Z, K) each
                          T* gw1,             // (Z, H, K)
                          T* gb1, T* gw2,     // (Z, H) each
                          T* gb2) {           // (Z,)
-  __shared__ T warp_part[kWarps];
+  __shared__ double warp_part[kWarps];
   const int v = blockIdx.x;
-  const T* row = partials + static_cast<int64_t>(v) * items;
-  T s = T(0);
+  const double* row = partials + static_cast<int64_t>(v) * items;
+  double s = 0.0;
   for (int64_t i = threadIdx.x; i < items; i += kThreads) s += row[i];
   s = warp_sum(s);
   if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = s;
   __syncthreads();
   if (threadIdx.x != 0) return;
-  T t = T(0);
-  for (int w = 0; w < kWarps; ++w) t += warp_part[w];
+  double dt = 0.0;
+  for (int w = 0; w < kWarps; ++w) dt += warp_part[w];
+  const T t = static_cast<T>(dt);
   const int per = static_cast<int>(expert::param_grads_per_expert(K, H));
   const int z = v / per, o = v - z * per;
   if (o < K) ga[z * K + o] = t;
@@ -199,16 +226,16 @@ __global__ void __launch_bounds__(kThreads)
 
 // One thread per (b, z): the row's column tiles in order.
 template <typename T>
-__global__ void reduce_gate_kernel(const T* gate_partials,  // (Z, items), items = B * tiles
+__global__ void reduce_gate_kernel(const double* gate_partials,  // (Z, items), items = B * tiles
                                    int64_t B, int Z, int64_t tiles, int64_t items,
                                    T* grad_gate) {           // (B, Z)
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * Z) return;
   const int64_t b = i / Z, z = i - b * Z;
-  const T* src = gate_partials + z * items + b * tiles;
-  T s = T(0);
+  const double* src = gate_partials + z * items + b * tiles;
+  double s = 0.0;
   for (int64_t t = 0; t < tiles; ++t) s += src[t];
-  grad_gate[i] = s;
+  grad_gate[i] = static_cast<T>(s);
 }
 
 size_t elem_size(DType d) { return d == DType::kFloat64 ? 8 : 4; }
@@ -218,7 +245,7 @@ size_t elem_size(DType d) { return d == DType::kFloat64 ? 8 : 4; }
 size_t expert_fuse_bwd_cuda_workspace(const ExpertFuseBwdArgs& a) {
   const Grid grid = make_grid(a.x.batch, a.x.cols);
   const int64_t vals = partial_values(a.params.num_experts, a.x.channels, a.params.hidden);
-  return static_cast<size_t>(vals * grid.items) * elem_size(a.x.dtype);
+  return static_cast<size_t>(vals * grid.items) * sizeof(double);  // double partials
 }
 
 void expert_fuse_bwd_cuda(const ExpertFuseBwdArgs& a, void* workspace, size_t workspace_bytes,
@@ -253,21 +280,30 @@ void expert_fuse_bwd_cuda(const ExpertFuseBwdArgs& a, void* workspace, size_t wo
   const uint32_t threshold = expert::dropout_threshold(a.params.dropout);
   const int64_t nvals = partial_values(Z, K, H);
   const int64_t nparams = nvals - Z;
+  // Experts per launch of pass 1: all of them if they fit in shared memory.
+  const size_t smem_max = cuda_detail::max_block_smem_optin();
+  const size_t es_t = a.x.dtype == DType::kFloat64 ? 8 : 4;
+  int zc = Z;
+  while (zc > 1 && bwd_smem(zc, K, H, es_t) > smem_max) zc = (zc + 1) / 2;
+  if (bwd_smem(zc, K, H, es_t) > smem_max)
+    throw InvalidArgument("expert_fuse: one expert too large for shared memory (" +
+                          std::to_string(bwd_smem(1, K, H, es_t)) + " bytes); reduce ratio");
   dispatch_dtype(a.x.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
     using T = ComputeT<D>;
-    T* partials = static_cast<T*>(workspace);
+    double* partials = static_cast<double*>(workspace);
     dispatch_channels(K, [&](auto kc) {
       constexpr int KC = decltype(kc)::value;
-      const size_t smem =
-          static_cast<size_t>(param_elems(Z, KC, H) + int64_t{kWarps} * nvals) * sizeof(T);
       auto kernel = bwd_kernel<D, T, KC>;
-      prepare_smem(kernel, smem);
-      kernel<<<static_cast<unsigned>(grid.items), kThreads, smem, stream>>>(
-          a.x, a.params, static_cast<const T*>(a.grad_fused), threshold,
-          static_cast<T>(1.0 / (1.0 - a.params.dropout)), grid.tiles, grid.items,
-          static_cast<T*>(a.grad_x), partials);
-      QME_CUDA_CHECK_LAUNCH();
+      prepare_smem(kernel, bwd_smem(zc, KC, H, sizeof(T)));
+      for (int z0 = 0; z0 < Z; z0 += zc) {  // in expert order: grad_x carries over
+        const int zn = std::min(zc, Z - z0);
+        kernel<<<static_cast<unsigned>(grid.items), kThreads, bwd_smem(zn, KC, H, sizeof(T)),
+                 stream>>>(a.x, a.params, static_cast<const T*>(a.grad_fused), threshold,
+                           static_cast<T>(1.0 / (1.0 - a.params.dropout)), grid.tiles,
+                           grid.items, z0, zn, static_cast<T*>(a.grad_x), partials);
+        QME_CUDA_CHECK_LAUNCH();
+      }
     });
     reduce_params_kernel<T><<<static_cast<unsigned>(nparams), kThreads, 0, stream>>>(
         partials, grid.items, static_cast<int>(K), H, static_cast<T*>(a.grad_a),

@@ -66,10 +66,13 @@ struct Staged {
   const T* gate;  // (Z,) gate of row b
 };
 
+// Stages experts [z0, z0 + zn) (all of them by default); the views are indexed by
+// the local expert z - z0. sm: (param_elems(zn, K, H),) shared memory.
 template <typename T>
-__device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b,
-                                  T* sm) {  // sm: (param_elems(Z, K, H),) shared memory
-  const int Z = p.num_experts;
+__device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b, T* sm,
+                                  int z0 = 0, int zn = -1) {
+  const int Zall = p.num_experts;
+  const int Z = zn < 0 ? Zall : zn;
   const int nk = Z * K, nhk = Z * H * K, nh = Z * H;
   T* sa = sm;
   T* sc = sa + nk;
@@ -78,13 +81,13 @@ __device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b
   T* sw2 = sb1 + nh;
   T* sb2 = sw2 + nh;
   T* sg = sb2 + Z;
-  const T* ga = static_cast<const T*>(p.a);
-  const T* gc = static_cast<const T*>(p.c);
-  const T* gw1 = static_cast<const T*>(p.w1);
-  const T* gb1 = static_cast<const T*>(p.b1);
-  const T* gw2 = static_cast<const T*>(p.w2);
-  const T* gb2 = static_cast<const T*>(p.b2);
-  const T* gg = static_cast<const T*>(p.gate) + b * Z;
+  const T* ga = static_cast<const T*>(p.a) + z0 * K;
+  const T* gc = static_cast<const T*>(p.c) + z0 * K;
+  const T* gw1 = static_cast<const T*>(p.w1) + static_cast<int64_t>(z0) * H * K;
+  const T* gb1 = static_cast<const T*>(p.b1) + z0 * H;
+  const T* gw2 = static_cast<const T*>(p.w2) + z0 * H;
+  const T* gb2 = static_cast<const T*>(p.b2) + z0;
+  const T* gg = static_cast<const T*>(p.gate) + b * Zall + z0;
   for (int i = threadIdx.x; i < nk; i += blockDim.x) {
     sa[i] = ga[i];
     sc[i] = gc[i];

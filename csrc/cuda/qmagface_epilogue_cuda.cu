@@ -20,28 +20,27 @@ template <DType DI, DType DO>
 __global__ void __launch_bounds__(kThreads) epilogue_kernel(QMagFaceEpilogueArgs a) {
   using SI = typename ScoreTraits<DI>::Storage;
   using SO = typename StoreTraits<DO>::Storage;
-  // Computed in double for every output dtype and rounded once on the store, like
-  // the CPU twin's general path. The _rn intrinsics keep nvcc from fusing the
-  // multiply-adds into FMAs, whose single rounding would differ from the CPU's two
-  // (a float64 output must be CPU-identical). The kernel is memory bound: the
-  // double arithmetic is free.
+  // The CPU twin's rule (epilogue_f32 for float32 -> float32, epilogue_f64 rounded
+  // once on the store otherwise; qme/quality_ops.h), so the twins agree bit for bit,
+  // NaN qualities included. The kernel is memory bound: the arithmetic is free.
   const SI* in = static_cast<const SI*>(a.cos.data);
   SO* out = static_cast<SO*>(a.out.data);
   const int64_t P = a.cos.rows, G = a.cos.cols;
-  const double alpha = a.alpha, beta = a.beta;
   for (int64_t i = blockIdx.y; i < P; i += gridDim.y) {
-    const double qp = a.q_probe[i];
     const SI* irow = in + i * a.cos.stride_row;
     SO* orow = out + i * a.out.stride_row;
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < G;
          j += static_cast<int64_t>(gridDim.x) * kThreads) {
-      const double s = static_cast<double>(ScoreTraits<DI>::value(irow[j * a.cos.stride_col]));
-      const double qg = a.q_gallery[j];
-      // the CPU's std::min(qp, qg) and std::min(0.0, w), choice for choice (NaN, -0.0)
-      const double q = qg < qp ? qg : qp;
-      const double w = __dsub_rn(__dmul_rn(beta, s), alpha);
-      const double omega = w < 0.0 ? w : 0.0;
-      orow[j * a.out.stride_col] = StoreTraits<DO>::encode(__dadd_rn(__dmul_rn(omega, q), s));
+      if constexpr (DI == DType::kFloat32 && DO == DType::kFloat32) {
+        orow[j * a.out.stride_col] =
+            epilogue_f32(irow[j * a.cos.stride_col], static_cast<float>(a.q_probe[i]),
+                         static_cast<float>(a.q_gallery[j]), static_cast<float>(a.alpha),
+                         static_cast<float>(a.beta));
+      } else {
+        const double s = static_cast<double>(ScoreTraits<DI>::value(irow[j * a.cos.stride_col]));
+        orow[j * a.out.stride_col] = StoreTraits<DO>::encode(
+            epilogue_f64(s, a.q_probe[i], a.q_gallery[j], a.alpha, a.beta));
+      }
     }
   }
 }

@@ -22,7 +22,12 @@ constexpr unsigned kFullMask = 0xFFFFFFFFu;
 
 constexpr size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+// Smallest power of two >= n, for n <= 2^62; a larger n (a size hint beyond any
+// real row: callers clamp hints to G) gives 2^62 instead of overflowing into an
+// endless loop.
 inline int64_t pow2_ceil(int64_t n) {
+  constexpr int64_t kTop = int64_t{1} << 62;
+  if (n >= kTop) return kTop;
   int64_t p = 1;
   while (p < n) p <<= 1;
   return p;

@@ -1,8 +1,8 @@
-// CUDA twin of score_stats (score_stats_cpu.cpp): one block per (row chunk, column
-// slice); each thread accumulates its columns of the slice, the block merges the
-// threads' moments in a fixed tree and writes the partial to the workspace; one more
-// block merges the partials (contiguous ranges per thread, then the same tree).
-// Every order is fixed by the problem's shape: deterministic run to run.
+// CUDA twin of score_stats (score_stats_cpu.cpp): one block per part (16-row x
+// 32768-column tile, qme/score_stats.h); thread l is lane l (its columns of the
+// tile), the block merges the lanes in the fixed tree and writes the partial to the
+// workspace; one more block merges the partials (contiguous ranges per thread, then
+// the same tree). The decomposition is the CPU twin's: bitwise the CPU result.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -16,21 +16,16 @@
 namespace qme {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kSliceCols = 32768;  // columns per block: wide, short matrices still fill the GPU
-constexpr int64_t kMaxSlices = 256;
+constexpr int kThreads = kStatsLanes;
 using stats_detail::Moments;
 
 struct Layout {
-  int64_t chunks, slices, slice_cols;
+  int64_t chunks, slices;
   int64_t parts() const { return chunks * slices; }
 };
 
 Layout layout_of(const ScoreStatsArgs& a) {
-  const int64_t chunks = (a.scores.rows + kStatsChunkRows - 1) / kStatsChunkRows;
-  const int64_t G = a.scores.cols;
-  const int64_t slices = std::max<int64_t>(1, std::min(kMaxSlices, (G + kSliceCols - 1) / kSliceCols));
-  return Layout{chunks, slices, std::max<int64_t>(1, (G + slices - 1) / slices)};
+  return Layout{stats_chunks(a.scores.rows), stats_slices(a.scores.cols)};
 }
 
 // The block's moments, merged over its threads in a fixed tree; valid in thread 0.
@@ -52,12 +47,8 @@ __global__ void __launch_bounds__(kThreads) part_kernel(ScoreStatsArgs a, Layout
                                                         double* partials) {
   __shared__ Moments s_all[kThreads], s_gen[kThreads];
   const int64_t part = blockIdx.x;  // chunk-major: part = chunk * slices + slice
-  const int64_t c = part / l.slices, sl = part % l.slices;
-  const int64_t r0 = c * kStatsChunkRows;
-  const int64_t r1 = std::min<int64_t>(r0 + kStatsChunkRows, a.scores.rows);
-  const int64_t j0 = sl * l.slice_cols, j1 = std::min<int64_t>(j0 + l.slice_cols, a.scores.cols);
   Moments all = stats_detail::empty_moments(), gen = stats_detail::empty_moments();
-  stats_detail::chunk_moments<D>(a, r0, r1, j0 + threadIdx.x, j1, kThreads, all, gen);
+  stats_detail::lane_moments<D>(a, part, l.slices, static_cast<int>(threadIdx.x), all, gen);
   block_merge(s_all, s_gen, all, gen);
   if (threadIdx.x == 0) {
     stats_detail::write_moments(partials + part * 10, s_all[0]);

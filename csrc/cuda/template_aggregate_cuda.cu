@@ -1,8 +1,14 @@
 // CUDA twin of template_aggregate (template_aggregate_cpu.cpp): one block per
 // template, threads over the feature dimension so each row of a segment is read
-// with coalesced loads. Every thread walks the whole segment, so each also has
-// W_t without a reduction; only |u_t|^2 needs a block reduction (fixed order,
-// so results are deterministic). Offsets are trusted (validated in Python).
+// with coalesced loads. Bitwise equal to the CPU: float64 accumulation for every
+// weight dtype, every multiply/add/divide rounded on its own (__dmul_rn/__dadd_rn,
+// no FMA contraction), each column summed over the segment in row order like the
+// CPU, and |u_t|^2 summed by one thread in column order (the CPU's loop; Dm is a
+// feature dimension, small next to the segment read). The column means are staged
+// in dynamic shared memory (double) for the norm and the scaling; a Dm beyond the
+// shared-memory budget recomputes them (the same sums, so the same bits). Every
+// thread walks the whole segment, so each also has W_t without a reduction.
+// Offsets are trusted (validated in Python).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,13 +21,38 @@ namespace qme {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxStagedCols = 16384;  // 128 KB of doubles, inside the 227 KB opt-in
+
+// Column d's weighted sum over rows [b, e) and the weight total, in the CPU's order.
+template <DType D, typename W>
+__device__ double column_sum(const TemplateAggregateArgs& a, int64_t b, int64_t e, int64_t d,
+                             double& W_t) {
+  using S = typename ScoreTraits<D>::Storage;
+  const S* f = static_cast<const S*>(a.features.data);
+  const W* w = static_cast<const W*>(a.weights);
+  double acc = 0.0;
+  W_t = 0.0;
+  for (int64_t i = b; i < e; ++i) {
+    const double wi = static_cast<double>(w[i]);
+    if (wi == 0.0) continue;  // the CPU skips the row
+    W_t = __dadd_rn(W_t, wi);
+    acc = __dadd_rn(acc, __dmul_rn(wi, static_cast<double>(ScoreTraits<D>::value(
+                                           f[i * a.features.stride_row + d * a.features.stride_col]))));
+  }
+  return acc;
+}
 
 template <DType D, typename W>
+__device__ double column_mean(const TemplateAggregateArgs& a, int64_t b, int64_t e, int64_t d,
+                              double W_t) {
+  double unused;
+  return column_sum<D, W>(a, b, e, d, unused) / W_t;
+}
+
+template <DType D, typename W, bool kStaged>
 __global__ void __launch_bounds__(kThreads) aggregate_kernel(TemplateAggregateArgs a) {
-  using S = typename ScoreTraits<D>::Storage;
-  using Acc = W;  // float32 weights -> float accumulation, float64 -> double
-  __shared__ Acc s_red[kThreads];
-  const S* f = static_cast<const S*>(a.features.data);
+  extern __shared__ double s_u[];  // (Dm,) column means when kStaged
+  __shared__ double s_wt, s_n;
   const W* w = static_cast<const W*>(a.weights);
   W* out = static_cast<W*>(a.templates);
   const int64_t Dm = a.features.cols;
@@ -29,42 +60,66 @@ __global__ void __launch_bounds__(kThreads) aggregate_kernel(TemplateAggregateAr
   for (int64_t t = blockIdx.x; t < a.num_templates; t += gridDim.x) {
     const int64_t b = a.offsets[t], e = a.offsets[t + 1];
     W* o = out + t * Dm;
-    Acc W_t = 0, sq = 0;
-    for (int64_t d = tid; d < Dm; d += kThreads) {
-      Acc acc = 0;
-      W_t = 0;
+    if (tid == 0) {
+      double W_t = 0.0;
       for (int64_t i = b; i < e; ++i) {
-        const Acc wi = static_cast<Acc>(w[i]);
-        if (wi == Acc(0)) continue;
-        W_t += wi;
-        acc += wi * static_cast<Acc>(ScoreTraits<D>::value(f[i * a.features.stride_row +
-                                                             d * a.features.stride_col]));
+        const double wi = static_cast<double>(w[i]);
+        if (wi != 0.0) W_t = __dadd_rn(W_t, wi);
       }
-      const Acc u = W_t != Acc(0) ? acc / W_t : Acc(0);
-      o[d] = static_cast<W>(u);
-      sq += u * u;
+      s_wt = W_t;
     }
-    if (tid >= Dm) {  // threads without a column still need W_t for thread 0
-      W_t = 0;
-      for (int64_t i = b; i < e; ++i) W_t += static_cast<Acc>(w[i]);
-    }
-    s_red[tid] = sq;
     __syncthreads();
-    for (int s = kThreads / 2; s > 0; s >>= 1) {
-      if (tid < s) s_red[tid] += s_red[tid + s];
+    const double W_t = s_wt;
+    if (W_t == 0.0) {  // the CPU's empty template: zeros, weight 0, norm 0
+      for (int64_t d = tid; d < Dm; d += kThreads) o[d] = W(0);
+      if (tid == 0) {
+        static_cast<W*>(a.weight_sum)[t] = W(0);
+        static_cast<W*>(a.norm)[t] = W(0);
+      }
+      __syncthreads();  // s_wt is reused by the next template
+      continue;
+    }
+    if constexpr (kStaged) {
+      for (int64_t d = tid; d < Dm; d += kThreads) {
+        double unused;
+        s_u[d] = column_sum<D, W>(a, b, e, d, unused) / W_t;
+      }
       __syncthreads();
     }
-    const Acc n = sqrt(s_red[0]);
-    __syncthreads();  // s_red is reused by the next template
-    if (a.normalize && n > Acc(0)) {
-      const Acc inv = Acc(1) / n;
-      for (int64_t d = tid; d < Dm; d += kThreads) o[d] = static_cast<W>(o[d] * inv);
+    if (tid == 0) {
+      double sq = 0.0;
+      for (int64_t d = 0; d < Dm; ++d) {
+        const double u = kStaged ? s_u[d] : column_mean<D, W>(a, b, e, d, W_t);
+        sq = __dadd_rn(sq, __dmul_rn(u, u));
+      }
+      s_n = sqrt(sq);
+    }
+    __syncthreads();
+    const double n = s_n;
+    const double scale = (a.normalize && n > 0.0) ? 1.0 / n : 1.0;
+    for (int64_t d = tid; d < Dm; d += kThreads) {
+      const double u = kStaged ? s_u[d] : column_mean<D, W>(a, b, e, d, W_t);
+      o[d] = static_cast<W>(__dmul_rn(u, scale));
     }
     if (tid == 0) {
       static_cast<W*>(a.weight_sum)[t] = static_cast<W>(W_t);
-      static_cast<W*>(a.norm)[t] = static_cast<W>(W_t != Acc(0) ? n : Acc(0));
+      static_cast<W*>(a.norm)[t] = static_cast<W>(n);
     }
+    __syncthreads();  // s_u, s_wt and s_n are reused by the next template
   }
+}
+
+template <DType D, typename W>
+void launch(const TemplateAggregateArgs& a, unsigned grid, cudaStream_t stream) {
+  const int64_t Dm = a.features.cols;
+  const size_t smem = static_cast<size_t>(std::max<int64_t>(Dm, 1)) * sizeof(double);
+  if (Dm <= kMaxStagedCols && smem <= cuda_detail::max_block_smem_optin()) {
+    cuda_detail::allow_dynamic_smem(aggregate_kernel<D, W, true>, smem);
+    aggregate_kernel<D, W, true><<<grid, kThreads, smem, stream>>>(a);
+  } else {
+    aggregate_kernel<D, W, false><<<grid, kThreads, 0, stream>>>(a);
+  }
+  QME_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -75,9 +130,8 @@ void template_aggregate_cuda(const TemplateAggregateArgs& a, cudaStream_t stream
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(a.num_templates, 65535));
   dispatch_dtype(a.features.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
-    if (a.weights_f64) aggregate_kernel<D, double><<<grid, kThreads, 0, stream>>>(a);
-    else aggregate_kernel<D, float><<<grid, kThreads, 0, stream>>>(a);
-    QME_CUDA_CHECK_LAUNCH();
+    if (a.weights_f64) launch<D, double>(a, grid, stream);
+    else launch<D, float>(a, grid, stream);
   });
 }
 

@@ -20,6 +20,10 @@
 // Several blocks share a row when P is small (P = 1, G = 10^7); one block owns a
 // row when P is large. Rows are processed in chunks so the workspace stays
 // bounded. Counts are integers, so results do not depend on scheduling.
+// G >= 2^32: the row histograms are 64-bit; a block's shared histogram stays
+// 32-bit because no block reads more than kMaxPerBlock < 2^32 entries of a row
+// (more segments per row when G is larger); output and candidate slots are at
+// most k and cap (< 2^32) by construction.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -45,6 +49,7 @@ constexpr int kMaxDigits = 12;                   // 64-bit key (6) + column < 2^
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 constexpr int kPartKey = 0, kPartColumn = 1;
 constexpr int64_t kMinPerBlock = 16384;          // entries a block reads per pass, at least
+constexpr int64_t kMaxPerBlock = int64_t{1} << 31;  // and at most (its 32-bit shared counts)
 constexpr size_t kBudget = size_t{256} << 20;    // workspace bytes aimed at (state + histograms + buffers)
 constexpr size_t kAlign = 256;
 static_assert(kBins % kThreads == 0, "each thread scans whole bins");
@@ -190,7 +195,7 @@ __global__ void init_kernel(RowState* st, int64_t rows, int64_t k, int key_bits)
 
 // Last block of a row: fix the digit from the row's histogram, update the state,
 // clear the histogram for the next pass.
-__device__ void select_digit(RowState* s, unsigned* hist, const Digit& d, int64_t cap,
+__device__ void select_digit(RowState* s, unsigned long long* hist, const Digit& d, int64_t cap,
                              unsigned long long* warp_sums) {
   const int tid = static_cast<int>(threadIdx.x);
   // Read before the scan's barriers: the thread that finds the bin rewrites it.
@@ -222,14 +227,14 @@ __device__ void select_digit(RowState* s, unsigned* hist, const Digit& d, int64_
     if (!s->done && !s->compacted && cnt[j] <= static_cast<unsigned long long>(cap)) s->compact_now = 1;
   }
   __syncthreads();
-  for (int i = tid; i < kBins; i += kThreads) hist[i] = 0u;
+  for (int i = tid; i < kBins; i += kThreads) hist[i] = 0ull;
   if (tid == 0) s->blocks_done = 0u;
 }
 
 // One digit pass over rows [0, rows) of the chunk starting at absolute row row0.
 template <DType D>
 __global__ void __launch_bounds__(kThreads)
-pass_kernel(TopkArgs a, int64_t row0, int64_t segs, Digit d, RowState* st, unsigned* hist,
+pass_kernel(TopkArgs a, int64_t row0, int64_t segs, Digit d, RowState* st, unsigned long long* hist,
             Cand<typename ScoreTraits<D>::Key>* cand, int64_t cap) {
   using K = typename ScoreTraits<D>::Key;
   __shared__ unsigned s_hist[kBins];
@@ -264,9 +269,9 @@ pass_kernel(TopkArgs a, int64_t row0, int64_t segs, Digit d, RowState* st, unsig
     if (c == 0) atomicAdd(&s_hist[digit_of<K>(key, rev, d)], 1u);
   });
   __syncthreads();
-  unsigned* row_hist = hist + row * kBins;
+  unsigned long long* row_hist = hist + row * kBins;
   for (int i = tid; i < kBins; i += kThreads)
-    if (s_hist[i]) atomicAdd(row_hist + i, s_hist[i]);
+    if (s_hist[i]) atomicAdd(row_hist + i, static_cast<unsigned long long>(s_hist[i]));
   __threadfence();  // this block's counts are visible before its ticket
   __syncthreads();
   if (tid == 0) s_last = atomicAdd(&s->blocks_done, 1u) == static_cast<unsigned>(segs - 1);
@@ -382,7 +387,7 @@ Schedule make_schedule(int key_bits, int64_t G) {
 Plan make_plan(const TopkArgs& a) {
   const int64_t P = a.scores.rows, G = a.scores.cols, k = a.k;
   const size_t cb = cand_bytes(a.scores.dtype);
-  const size_t row_fixed = sizeof(RowState) + kBins * sizeof(unsigned) +
+  const size_t row_fixed = sizeof(RowState) + kBins * sizeof(unsigned long long) +
                            static_cast<size_t>(std::min<int64_t>(G, 2 * k)) * cb;
   Plan p{};
   p.rows = std::max<int64_t>(1, std::min<int64_t>(P, static_cast<int64_t>(kBudget / 2 / row_fixed)));
@@ -390,7 +395,7 @@ Plan make_plan(const TopkArgs& a) {
   p.cap = std::min<int64_t>(G, std::max<int64_t>(std::min<int64_t>(G, 2 * k), spare));
   p.state_off = 0;
   p.hist_off = align_up(static_cast<size_t>(p.rows) * sizeof(RowState));
-  p.cand_off = p.hist_off + align_up(static_cast<size_t>(p.rows) * kBins * sizeof(unsigned));
+  p.cand_off = p.hist_off + align_up(static_cast<size_t>(p.rows) * kBins * sizeof(unsigned long long));
   p.total = p.cand_off + align_up(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cap) * cb);
   p.schedule = make_schedule(key_bits(a.scores.dtype), G);
   return p;
@@ -398,10 +403,9 @@ Plan make_plan(const TopkArgs& a) {
 
 void check_cuda_args(const TopkArgs& a) {
   check_topk_args(a);
-  // Histogram bins and buffer slots are 32-bit counters.
-  if (a.scores.cols > static_cast<int64_t>(UINT_MAX))
-    throw InvalidArgument("scores: the CUDA topk takes at most 2^32 - 1 gallery columns, got " +
-                          std::to_string(a.scores.cols));
+  // Output slots are 32-bit counters: k (a row of the bitonic sort) is far below 2^32.
+  if (a.k > static_cast<int64_t>(INT_MAX))
+    throw InvalidArgument("k: the CUDA topk takes k < 2^31, got " + std::to_string(a.k));
 }
 
 template <DType D>
@@ -409,17 +413,21 @@ void run_chunk(const TopkArgs& a, const Plan& p, char* ws, int64_t row0, int64_t
                cudaStream_t stream) {
   using K = typename ScoreTraits<D>::Key;
   auto* st = reinterpret_cast<RowState*>(ws + p.state_off);
-  auto* hist = reinterpret_cast<unsigned*>(ws + p.hist_off);
+  auto* hist = reinterpret_cast<unsigned long long*>(ws + p.hist_off);
   auto* cand = reinterpret_cast<Cand<K>*>(ws + p.cand_off);
   const int64_t G = a.scores.cols;
   // Enough blocks to fill the GPU, but none reading fewer than kMinPerBlock entries.
   const int64_t target = static_cast<int64_t>(cuda_detail::sm_count()) * 8;
+  // And none more than kMaxPerBlock (32-bit shared counts; only for G > 2^31).
   const int64_t segs = std::max<int64_t>(
-      1, std::min<int64_t>((target + rows - 1) / rows, (G + kMinPerBlock - 1) / kMinPerBlock));
+      (G + kMaxPerBlock - 1) / kMaxPerBlock,
+      std::max<int64_t>(1, std::min<int64_t>((target + rows - 1) / rows,
+                                             (G + kMinPerBlock - 1) / kMinPerBlock)));
   const int64_t blocks = rows * segs;
   if (blocks > INT_MAX) throw InvalidArgument("scores: too many rows for one launch");
 
-  QME_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(rows) * kBins * sizeof(unsigned), stream));
+  QME_CUDA_CHECK(cudaMemsetAsync(hist, 0, static_cast<size_t>(rows) * kBins * sizeof(unsigned long long),
+                                 stream));
   // -1 marks a slot no pass filled; the sort kernel never reads through it.
   QME_CUDA_CHECK(cudaMemsetAsync(a.indices + row0 * a.k, 0xFF,
                                  static_cast<size_t>(rows * a.k) * sizeof(int64_t), stream));

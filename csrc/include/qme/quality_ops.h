@@ -124,4 +124,42 @@ template <> struct StoreTraits<DType::kBFloat16> {
   template <typename V> static QME_HD Storage encode(V v) { return float_to_bf16_bits(static_cast<float>(v)); }
 };
 
+// The QMagFace epilogue of one pair (SPEC 5), the one rule of both twins:
+//   q = min(qp, qg), NaN-propagating like torch.minimum (a NaN quality gives NaN);
+//   omega = min(0, beta s - alpha) (w < 0 ? w : 0);  out = omega q + s.
+// float32 input and output: float arithmetic (epilogue_f32), every other dtype pair:
+// double, rounded once on the store (epilogue_f64). Every multiply and add is rounded
+// on its own (the _rn intrinsics on CUDA, -ffp-contract=off on the CPU), so the twins
+// agree bit for bit.
+namespace quality_detail {
+template <typename T> QME_HD T nan_min(T qp, T qg) { return (qp < qg || qp != qp) ? qp : qg; }
+#if defined(__CUDA_ARCH__)
+QME_HD float mul(float a, float b) { return __fmul_rn(a, b); }
+QME_HD float add(float a, float b) { return __fadd_rn(a, b); }
+QME_HD float sub(float a, float b) { return __fsub_rn(a, b); }
+QME_HD double mul(double a, double b) { return __dmul_rn(a, b); }
+QME_HD double add(double a, double b) { return __dadd_rn(a, b); }
+QME_HD double sub(double a, double b) { return __dsub_rn(a, b); }
+#else
+template <typename T> QME_HD T mul(T a, T b) { return a * b; }
+template <typename T> QME_HD T add(T a, T b) { return a + b; }
+template <typename T> QME_HD T sub(T a, T b) { return a - b; }
+#endif
+}  // namespace quality_detail
+
+// T = float: epilogue_f32; T = double: epilogue_f64 (see above).
+template <typename T>
+QME_HD T qmagface_pair(T s, T qp, T qg, T alpha, T beta) {
+  using namespace quality_detail;
+  const T q = nan_min(qp, qg);
+  const T w = sub(mul(beta, s), alpha);
+  return add(mul(w < T(0) ? w : T(0), q), s);
+}
+QME_HD float epilogue_f32(float s, float qp, float qg, float alpha, float beta) {
+  return qmagface_pair<float>(s, qp, qg, alpha, beta);
+}
+QME_HD double epilogue_f64(double s, double qp, double qg, double alpha, double beta) {
+  return qmagface_pair<double>(s, qp, qg, alpha, beta);
+}
+
 }  // namespace qme
