@@ -71,3 +71,53 @@ def test_evaluate_cpu_peak_memory():
     print(f"\n  evaluate peak extra memory: {extra / 2**20:.0f} MiB for a "
           f"{matrix / 2**20:.0f} MiB matrix ({extra / matrix:.2f}x); process peak "
           f"{(before + extra) / matrix:.2f}x the matrix")
+
+
+SHAPES = ((10000, "5 per subject (face-like)"), (1000, "50 per subject"),
+          (200, "250 per subject (ReID-like)"))
+
+
+def _best(fn, n):
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def ratios(n_subjects: int, rounds: int = 3, reference: bool = False) -> dict:
+    """Best-of-`rounds` seconds of each metric family and of evaluate, and their ratio to
+    one numpy pass over the same matrix (S.sum()), all measured in this call."""
+    S, M, qp, gp, ids, uniq = synthetic_scores(P, G, n_subjects)
+    d = dict(score_mat=S.numpy(), merge_score_mat=M.numpy(), q_pids=qp.numpy(),
+             q_camids=ids["q_camids"].numpy(), q_clothes_ids=ids["q_clothes_ids"].numpy(),
+             g_pids=gp.numpy(), g_camids=ids["g_camids"].numpy(),
+             g_clothes_ids=ids["g_clothes_ids"].numpy(), unique_g_pids=uniq.numpy())
+    Sn = d["score_mat"]
+    fns = {"numpy_pass": lambda: Sn.sum(),
+           "rank_metrics": lambda: metrics.rank_metrics(S, qp, gp),
+           "tar_at_far": lambda: metrics.tar_at_far(S, qp, gp),
+           "fnir_at_fpir": lambda: metrics.fnir_at_fpir(M, qp, uniq),
+           "evaluate": lambda: metrics.evaluate(**d)}
+    for f in fns.values():
+        f()  # warm-up
+    t = {k: _best(f, rounds) for k, f in fns.items()}
+    t["numpy_pass"] = min(t["numpy_pass"], _best(fns["numpy_pass"], rounds))
+    if reference:
+        t["reference"] = _best(lambda: evaluate_ref(**d), 1)
+    base = t["numpy_pass"]
+    return {k: (v * 1e3, v / base) for k, v in t.items()}
+
+
+if __name__ == "__main__":
+    # python benchmarks/bench_evaluate_cpu.py [--ref]: the ratio table of the docstring.
+    import qme_ext
+    ref = "--ref" in sys.argv
+    print(f"P={P} G={G} float32, threads={qme_ext.get_num_threads()}")
+    for ns, label in SHAPES:
+        r = ratios(ns, reference=ref)
+        ev = r["evaluate"][0]
+        cells = "  ".join(f"{k}={ms:.0f}ms ({x:.1f}x)" for k, (ms, x) in r.items())
+        extra = f"  evaluate/reference={ev / r['reference'][0]:.4f}" if ref else ""
+        print(f"{G // ns} per subject: {cells}{extra}", flush=True)

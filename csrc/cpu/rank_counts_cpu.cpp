@@ -20,6 +20,7 @@ namespace {
 
 using detail::CodeOf;
 using detail::goods_above;
+using detail::GoodsIndex;
 using detail::rank_code;
 
 template <DType D>
@@ -39,6 +40,7 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   std::vector<C> codes;          // union of goods, descending
   std::vector<int64_t> counts;   // entries whose first preceded good is union[i]
   std::vector<int64_t> junk_fix[3];
+  GoodsIndex<K, C> index;
 
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
@@ -56,17 +58,17 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     for (int64_t i = 0; i < n; ++i) codes[i] = goods[i].code;
     counts.assign(n + 1, 0);
     if (n > 0) {
-      const C floor = codes[n - 1];
-      const C* desc = codes.data();
+      index.build(codes.data(), n);
+      const C floor = index.floor();
       if (sc == 1) {
         for (int64_t j = 0; j < G; ++j) {
           const C c = rank_code(T::key(row[j]), j);
-          if (c > floor) counts[goods_above(c, desc, n)]++;
+          if (c > floor) counts[index.above(c)]++;
         }
       } else {
         for (int64_t j = 0; j < G; ++j) {
           const C c = rank_code(T::key(row[j * sc]), j);
-          if (c > floor) counts[goods_above(c, desc, n)]++;
+          if (c > floor) counts[index.above(c)]++;
         }
       }
       // Junk of mode m was counted like any entry: remove it from mode m only.
