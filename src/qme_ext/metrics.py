@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import _keys
+from . import bootstrap as _bootstrap
 from ._accumulate import LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids, \
     OpenSetSetup, Plan, Reducer, TensorSource, accumulate
 from ._inputs import as_ids, as_probabilities, as_score_matrix
@@ -538,7 +539,9 @@ def _check_protocol(protocol: str) -> None:
 def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
              g_clothes_ids, unique_g_pids, protocol: str = "qme", seed: int = 45,
              device=None, fars: Sequence[float] = DEFAULT_FARS,
-             block_rows: Optional[int] = None) -> dict[str, float]:
+             block_rows: Optional[int] = None, ci: Optional[float] = None,
+             n_boot: int = 1000, boot_seed: int = 0,
+             boot_unit: str = "subject") -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
     One ranking pass gives GR/SC/CC Rank-1/5/10/20 and mAP, the radix select gives
@@ -550,22 +553,30 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     exists for testing and to bound the kernels' per-call work. For matrices
     larger than memory see :func:`evaluate_file`; for several processes,
     :func:`qme_ext.distributed.evaluate`.
+
+    ``ci=0.95`` adds ``<key>_ci`` = (lo, hi) after each metric: a percentile interval
+    from ``n_boot`` weighted bootstrap replicates over probe subjects (``boot_unit=
+    "probe"``: probe rows), seeded by ``boot_seed``; the point values are unchanged and
+    the result is a :class:`qme_ext.bootstrap.BootReport` (see :func:`compare`).
     """
     _check_protocol(protocol)
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(score_mat, "score_mat", device)
     M = as_score_matrix(merge_score_mat, "merge_score_mat", S.device)
     if M.shape[0] != S.shape[0]:
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
-                            g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars)
+                            g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
+                            boot=boot)
 
 
 def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
                      g_clothes_ids, unique_g_pids, *, seed: int = 45,
                      fars: Sequence[float] = DEFAULT_FARS, red: Reducer = LOCAL,
                      shard: str = "rows", col_offset: int = 0,
-                     merge_col_offset: int = 0) -> dict[str, float]:
+                     merge_col_offset: int = 0,
+                     boot: Optional[_bootstrap.Bootstrap] = None) -> dict[str, float]:
     """The report of :func:`evaluate` for a block source (ids are the local ones:
     this process's probes and gallery columns; `red` combines processes)."""
     far_list = as_probabilities(fars, "fars")
@@ -609,7 +620,21 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
         out[_pct_key("TPIR", f, "FPIR") + "_std"] = float(v)
     for f, v in zip(far_list, osr.fnir_std):
         out[_pct_key("FNIR", f, "FPIR") + "_std"] = float(v)
+    if boot is not None:  # issue 12: intervals from the same partial states
+        if red is not LOCAL or shard != "rows":
+            raise NotImplementedError("ci: bootstrap intervals are not yet available for "
+                                      "sharded evaluation")
+        reps = _bootstrap.report_replicates(parts, source, ids, setup, far_list, boot, _pct_key)
+        out = _bootstrap.add_intervals(out, reps, boot,
+                                       _bootstrap.probe_fingerprint(ids.q_pids.cpu().numpy()))
     return out
+
+
+def compare(report_a, report_b, keys: Optional[Sequence[str]] = None,
+            ci: Optional[float] = None) -> dict:
+    """Paired bootstrap difference ``a - b`` of two ``evaluate(..., ci=...)`` reports of
+    the same probes: ``{key: {"diff", "ci", "p_value"}}`` (:func:`qme_ext.bootstrap.compare`)."""
+    return _bootstrap.compare(report_a, report_b, keys, ci)
 
 
 def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, float]:
