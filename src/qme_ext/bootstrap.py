@@ -167,7 +167,8 @@ class Weights:
 # ---------------------------------------------------------------------------
 # weighted counting helpers
 # ---------------------------------------------------------------------------
-def _count_ge(values: np.ndarray, units: np.ndarray, thr: np.ndarray, Wu: np.ndarray) -> np.ndarray:
+def _count_ge(values: np.ndarray, units: np.ndarray, thr: np.ndarray,
+              Wu: np.ndarray) -> np.ndarray:
     """(n_boot,) sum over entries with value >= thr[b] of Wu[b, unit] (exact integers).
 
     Sorting the entries once, the entries counted by replicate b are a prefix of the
@@ -225,16 +226,30 @@ def rank_replicates(W: Weights, first_pos: np.ndarray, ap: np.ndarray, num_good:
 # verification: TAR@FAR, "qme" convention
 # ---------------------------------------------------------------------------
 def _smallest_k(far: float, n: np.ndarray) -> np.ndarray:
-    from .metrics import _smallest_k_at_least
-    return np.array([_smallest_k_at_least(far, int(v)) if v > 0 else 0 for v in n],
-                    dtype=np.int64)
+    """metrics._smallest_k_at_least for every total in `n` (float64 comparisons; 0
+    where n == 0)."""
+    n = np.asarray(n, dtype=np.float64)
+    k = np.maximum(1.0, np.ceil(far * n))
+    while True:
+        down = (k > 1) & ((k - 1) / np.maximum(n, 1) >= far)
+        up = (k < n) & (k / np.maximum(n, 1) < far)
+        if not (down.any() or up.any()):
+            break
+        k = k - down + up
+    return np.where(n > 0, k, 0).astype(np.int64)
+
+
+def _row_searchsorted(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Per row r, np.searchsorted(rows[r], v[r], side="left") (rows ascending)."""
+    return (rows < v[:, None]).sum(axis=1)
 
 
 def _gather_impostors(source, ids, imp: ImpostorKeys, rank: int, unit_of_probe: np.ndarray,
                       row_offset: int = 0):
     """(keys, units) of the impostor pairs whose key is >= that of the rank-th largest
     impostor (ties included): one pass over the source's blocks."""
-    key_m = select_desc(imp, [rank])[0][0]
+    # every impostor (no select pass) when the rank reaches them all
+    key_m = 0 if rank >= imp.num_impostor else select_desc(imp, [rank])[0][0]
     bits = imp.bits
     wide = torch.float64 if bits == 64 else torch.float32
     thr = _keys.value_of_key(key_m, bits)
@@ -284,24 +299,28 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
     bucket = np.searchsorted(edges, np.arange(n), side="right") - 1
     C = np.bincount(units * B + bucket, minlength=n_units * B).reshape(n_units, B)
     cumB = np.cumsum(W.Wu @ C.astype(np.float64), axis=1)  # (n_boot, B), exact integers
-    tars = np.full((len(far_list), n_boot), np.nan)
-    thr_key = np.zeros((len(far_list), n_boot), dtype=np.uint64)
-    ok = np.zeros((len(far_list), n_boot), dtype=bool)
-    for f in range(len(far_list)):
-        for b in range(n_boot):
-            k = ks[f, b]
-            if k < 1 or N_gen[b] == 0 or cumB[b, -1] < k:
-                continue
-            j = int(np.searchsorted(cumB[b], k, side="left"))
-            before = cumB[b, j - 1] if j else 0.0
-            lo, hi = edges[j], edges[j + 1]
-            cum = before + np.cumsum(W.Wu[b, units[lo:hi]])
-            thr_key[f, b] = keys[lo + int(np.searchsorted(cum, k, side="left"))]
-            ok[f, b] = True
+    F = len(far_list)
+    ok = (ks >= 1) & (N_gen > 0)[None, :] & (cumB[None, :, -1] >= ks)  # (F, n_boot)
+    thr_key = np.zeros((F, n_boot), dtype=np.uint64)
+    f_idx, b_idx = np.nonzero(ok)
+    if f_idx.size:
+        k = ks[f_idx, b_idx].astype(np.float64)
+        j = _row_searchsorted(cumB[b_idx], k)  # bucket holding rank k
+        before = np.where(j > 0, cumB[b_idx, np.maximum(j - 1, 0)], 0.0)
+        lo = edges[j]
+        L = int(np.max(edges[1:] - edges[:-1]))
+        pos = lo[:, None] + np.arange(L)[None, :]  # (n, L) positions inside the bucket
+        inside = pos < edges[j + 1][:, None]
+        posc = np.minimum(pos, n - 1)
+        w = np.where(inside, W.Wu[b_idx[:, None], units[posc]], 0.0)
+        cum = before[:, None] + np.cumsum(w, axis=1)
+        at = (cum < k[:, None]).sum(axis=1)  # first position reaching k
+        thr_key[f_idx, b_idx] = keys[lo + at]
+    tars = np.full((F, n_boot), np.nan)
     gen_units = np.repeat(W.unit_of_probe, n_gen_probe)
     gkeys = imp.genuine_keys
     thresholds = np.full((len(far_list), n_boot), np.nan)
-    for f in range(len(far_list)):
+    for f in range(F):
         cnt = _count_ge(gkeys, gen_units, thr_key[f], W.Wu)
         with np.errstate(invalid="ignore", divide="ignore"):
             tars[f] = np.where(ok[f], cnt / N_gen, np.nan)
@@ -411,6 +430,47 @@ def _genuine_per_probe(ids) -> np.ndarray:
     from ._accumulate import GalleryIndex
     cand = GalleryIndex(ids.g_pids).candidates(ids.q_pids)
     return torch.diff(cand.offsets).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------
+# intervals of the single-metric functions (rank_metrics, tar_at_far, fnir_at_fpir)
+# ---------------------------------------------------------------------------
+def _pairs(boot: Bootstrap, reps: np.ndarray) -> np.ndarray:
+    """(..., 2) [lo, hi] of replicates (..., n_boot)."""
+    lo, hi = boot.interval(reps)
+    return np.stack([np.asarray(lo), np.asarray(hi)], axis=-1)
+
+
+def rank_intervals(res, counts: tuple, q_pids: np.ndarray, max_rank: int, boot: Bootstrap):
+    """Set ``cmc_ci`` (max_rank, 2) and ``mAP_ci`` (lo, hi) on RankResult `res`."""
+    W = Weights.of(boot, q_pids)
+    fp, ap, ng = (c[0] for c in counts)
+    hits, mAP = rank_replicates(W, fp, ap, ng, range(1, max_rank + 1))
+    res.cmc_ci, res.mAP_ci = _pairs(boot, hits), tuple(_pairs(boot, mAP).tolist())
+    res.replicates = {"cmc": hits, "mAP": mAP}
+    return res
+
+
+def tar_intervals(res, source, ids, imp: ImpostorKeys, far_list, boot: Bootstrap):
+    """Set ``tar_ci`` and ``threshold_ci`` (F, 2) on TarResult `res` ("qme" convention)."""
+    if res.convention != "qme":
+        raise NotImplementedError("ci: bootstrap intervals of TAR@FAR need convention='qme'")
+    W = Weights.of(boot, ids.q_pids.cpu().numpy())
+    tars, thr = tar_replicates(W, source, ids, imp, _genuine_per_probe(ids), far_list,
+                               source.num_cols)
+    res.tar_ci, res.threshold_ci = _pairs(boot, tars), _pairs(boot, thr)
+    res.replicates = {"tar": tars, "threshold": thr}
+    return res
+
+
+def openset_intervals(res, stats: tuple, setup, q_pids: np.ndarray, fpir_list, rank: int,
+                      boot: Bootstrap):
+    """Set ``fnir_mean_ci`` and ``tpir_mean_ci`` (F, 2) on OpenSetResult `res`."""
+    W = Weights.of(boot, q_pids)
+    fnir, tpir, _ = openset_replicates(W, stats, setup.enrolled, fpir_list, rank)
+    res.fnir_mean_ci, res.tpir_mean_ci = _pairs(boot, fnir), _pairs(boot, tpir)
+    res.replicates = {"fnir_mean": fnir, "tpir_mean": tpir}
+    return res
 
 
 # ---------------------------------------------------------------------------

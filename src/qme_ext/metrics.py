@@ -72,6 +72,9 @@ class RankResult:
     num_skipped: int  # probes with none (excluded from the means)
     ap: Optional[np.ndarray] = None  # (P,) per-probe AP, NaN where skipped
     first_pos: Optional[np.ndarray] = None  # (P,) 0-based position of the first hit, -1 where skipped
+    cmc_ci: Optional[np.ndarray] = None  # (max_rank, 2) bootstrap interval (ci=...)
+    mAP_ci: Optional[tuple] = None
+    replicates: Optional[dict] = None  # bootstrap replicates (ci=...)
 
     def __getitem__(self, key):  # dict-style access for convenience
         return getattr(self, key)
@@ -133,20 +136,27 @@ def _rank_results(counts: tuple, max_rank: int, per_probe: bool) -> list[RankRes
 
 def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
                  g_clothes=None, mode: str = "general", max_rank: int = 20,
-                 per_probe: bool = False) -> RankResult:
+                 per_probe: bool = False, ci: Optional[float] = None,
+                 n_boot: int = 1000, boot_seed: int = 0,
+                 boot_unit: str = "subject") -> RankResult:
     """CMC and mAP of a (P, G) similarity matrix (higher = more alike), SPEC 2.1.
 
     mode: "general" (good = same pid, other camera; junk = same pid, same camera),
     "cc" (clothes-changing) or "sc" (same clothes). Without camera ids every
     same-pid entry is good and nothing is junk. Probes with no good entry are
-    skipped and counted in ``num_skipped``.
+    skipped and counted in ``num_skipped``. ``ci=0.95`` also sets ``cmc_ci`` and
+    ``mAP_ci``: bootstrap percentile intervals (see :func:`evaluate`).
     """
     max_rank = _check_max_rank(max_rank)
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(scores, "scores")
     ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, q_clothes,
                         g_clothes, [mode])
     parts = accumulate(TensorSource(S), ids, Plan(modes=[mode]))
-    return _rank_results(parts.rank, max_rank, per_probe)[0]
+    res = _rank_results(parts.rank, max_rank, per_probe)[0]
+    if boot is not None:
+        _bootstrap.rank_intervals(res, parts.rank, ids.q_pids.cpu().numpy(), max_rank, boot)
+    return res
 
 
 def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
@@ -170,6 +180,9 @@ class TarResult:
     num_genuine: int
     num_impostor: int
     convention: str = "qme"
+    tar_ci: Optional[np.ndarray] = None  # (F, 2) bootstrap intervals (ci=...)
+    threshold_ci: Optional[np.ndarray] = None
+    replicates: Optional[dict] = None
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -253,21 +266,29 @@ def _tar_from_keys(imp: ImpostorKeys, n_gen: int, far_list: list[float],
 
 
 def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
-               convention: str = "qme", device=None) -> TarResult:
+               convention: str = "qme", device=None, ci: Optional[float] = None,
+               n_boot: int = 1000, boot_seed: int = 0,
+               boot_unit: str = "subject") -> TarResult:
     """TAR at each FAR over all P x G pairs (genuine = same pid), SPEC 2.2.
 
     convention "qme": t = k-th largest impostor score with k the smallest integer
     >= 1 such that k / N_imp >= far (scikit-learn ``roc_curve`` + first point with
     fpr >= far); "conservative": bob.measure ``far_threshold`` (the lowest impostor
     value whose FAR <= far, runs of ties whole). NaN scores take the minimum
-    non-NaN score. Returns tar, threshold, achieved_far per FAR.
+    non-NaN score. Returns tar, threshold, achieved_far per FAR; ``ci=0.95`` adds
+    ``tar_ci``/``threshold_ci`` (bootstrap, "qme" convention; see :func:`evaluate`).
     """
     far_list = as_probabilities(fars, "fars")
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
     parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True))
-    return _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
+    res = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
+    if boot is not None:
+        _bootstrap.tar_intervals(res, TensorSource(S), Ids(qp, gp), parts.impostors, far_list,
+                                 boot)
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -287,6 +308,9 @@ class OpenSetResult:
     threshold: np.ndarray  # (n_splits, F)
     splits: list = field(default_factory=list)  # enrolled subject ids per split
     rank: int = 1
+    fnir_mean_ci: Optional[np.ndarray] = None  # (F, 2) bootstrap intervals (ci=...)
+    tpir_mean_ci: Optional[np.ndarray] = None
+    replicates: Optional[dict] = None
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -328,7 +352,9 @@ def _sorted_desc_nan_low(values: np.ndarray) -> np.ndarray:
 
 def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEFAULT_FARS,
                  splits=None, n_splits: int = 10, keep_fraction: float = 0.8, seed: int = 45,
-                 split_rng: str = "qme", rank: int = 1, device=None) -> OpenSetResult:
+                 split_rng: str = "qme", rank: int = 1, device=None, ci: Optional[float] = None,
+                 n_boot: int = 1000, boot_seed: int = 0,
+                 boot_unit: str = "subject") -> OpenSetResult:
     """Open-set identification on a (P, S) merge matrix (one column per subject), SPEC 2.3.
 
     Each split enrols a subset of the subjects (columns). Non-mated probes (pid
@@ -337,8 +363,10 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
     genuine score (rank 1: strictly first) and its genuine score is >= t.
     ``splits`` (list of arrays of enrolled ids) overrides the random draw; the
     default draw ("qme") reproduces numpy.random.seed(seed) + np.random.choice.
+    ``ci=0.95`` adds ``fnir_mean_ci``/``tpir_mean_ci`` (bootstrap; see :func:`evaluate`).
     """
     fpir_list = as_probabilities(fpirs, "fpirs")
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank: expected an integer >= 1, got {rank!r}")
     M = as_score_matrix(merge_scores, "merge_scores", device)
@@ -346,7 +374,11 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
     qp = as_ids(q_pids, "q_pids", P, M.device)
     setup = _openset_setup(subject_ids, C, splits, n_splits, keep_fraction, seed, split_rng)
     parts = accumulate(TensorSource(None, M), Ids(qp), Plan(openset=setup))
-    return _openset_result(parts.openset, setup, fpir_list, int(rank))
+    res = _openset_result(parts.openset, setup, fpir_list, int(rank))
+    if boot is not None:
+        _bootstrap.openset_intervals(res, parts.openset, setup, qp.cpu().numpy(), fpir_list,
+                                     int(rank), boot)
+    return res
 
 
 def _openset_setup(subject_ids, num_cols: int, splits=None, n_splits: int = 10,
