@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import report, synthetic_scores
+from conftest import evaluate_kwargs, report
 from qme_ext import metrics
 from qme_ext.reference import evaluate_ref
 
@@ -22,11 +22,7 @@ P, G, NS = int(2000 * SCALE), int(50000 * SCALE), 200
 
 @pytest.fixture(scope="module")
 def data():
-    S, M, qp, gp, ids, uniq = synthetic_scores(P, G, NS)
-    return dict(score_mat=S.numpy(), merge_score_mat=M.numpy(), q_pids=qp.numpy(),
-                q_camids=ids["q_camids"].numpy(), q_clothes_ids=ids["q_clothes_ids"].numpy(),
-                g_pids=gp.numpy(), g_camids=ids["g_camids"].numpy(),
-                g_clothes_ids=ids["g_clothes_ids"].numpy(), unique_g_pids=uniq.numpy())
+    return evaluate_kwargs(P, G, NS)
 
 
 @pytest.mark.benchmark(group="evaluate-cpu")

@@ -138,3 +138,12 @@ def report(benchmark, baseline_s, bytes_touched=None, label="baseline"):
 
 
 requires_cuda = pytest.mark.skipif(not qme_ext.cuda_available(), reason="needs a CUDA GPU")
+
+
+def evaluate_kwargs(P: int, G: int, NS: int) -> dict:
+    """metrics.evaluate's keyword arguments (numpy) of :func:`synthetic_scores`."""
+    S, M, qp, gp, ids, uniq = synthetic_scores(P, G, NS)
+    return dict(score_mat=S.numpy(), merge_score_mat=M.numpy(), q_pids=qp.numpy(),
+                q_camids=ids["q_camids"].numpy(), q_clothes_ids=ids["q_clothes_ids"].numpy(),
+                g_pids=gp.numpy(), g_camids=ids["g_camids"].numpy(),
+                g_clothes_ids=ids["g_clothes_ids"].numpy(), unique_g_pids=uniq.numpy())

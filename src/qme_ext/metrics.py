@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import _keys
+from . import bootstrap as _bootstrap
 from ._accumulate import LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids, \
     OpenSetSetup, Plan, Reducer, TensorSource, accumulate
 from ._inputs import as_ids, as_probabilities, as_score_matrix
@@ -71,6 +72,9 @@ class RankResult:
     num_skipped: int  # probes with none (excluded from the means)
     ap: Optional[np.ndarray] = None  # (P,) per-probe AP, NaN where skipped
     first_pos: Optional[np.ndarray] = None  # (P,) 0-based position of the first hit, -1 where skipped
+    cmc_ci: Optional[np.ndarray] = None  # (max_rank, 2) bootstrap interval (ci=...)
+    mAP_ci: Optional[tuple] = None
+    replicates: Optional[dict] = None  # bootstrap replicates (ci=...)
 
     def __getitem__(self, key):  # dict-style access for convenience
         return getattr(self, key)
@@ -132,20 +136,27 @@ def _rank_results(counts: tuple, max_rank: int, per_probe: bool) -> list[RankRes
 
 def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
                  g_clothes=None, mode: str = "general", max_rank: int = 20,
-                 per_probe: bool = False) -> RankResult:
+                 per_probe: bool = False, ci: Optional[float] = None,
+                 n_boot: int = 1000, boot_seed: int = 0,
+                 boot_unit: str = "subject") -> RankResult:
     """CMC and mAP of a (P, G) similarity matrix (higher = more alike), SPEC 2.1.
 
     mode: "general" (good = same pid, other camera; junk = same pid, same camera),
     "cc" (clothes-changing) or "sc" (same clothes). Without camera ids every
     same-pid entry is good and nothing is junk. Probes with no good entry are
-    skipped and counted in ``num_skipped``.
+    skipped and counted in ``num_skipped``. ``ci=0.95`` also sets ``cmc_ci`` and
+    ``mAP_ci``: bootstrap percentile intervals (see :func:`evaluate`).
     """
     max_rank = _check_max_rank(max_rank)
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(scores, "scores")
     ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, q_clothes,
                         g_clothes, [mode])
     parts = accumulate(TensorSource(S), ids, Plan(modes=[mode]))
-    return _rank_results(parts.rank, max_rank, per_probe)[0]
+    res = _rank_results(parts.rank, max_rank, per_probe)[0]
+    if boot is not None:
+        _bootstrap.rank_intervals(res, parts.rank, ids.q_pids.cpu().numpy(), max_rank, boot)
+    return res
 
 
 def cmc_curve(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes=None,
@@ -169,6 +180,9 @@ class TarResult:
     num_genuine: int
     num_impostor: int
     convention: str = "qme"
+    tar_ci: Optional[np.ndarray] = None  # (F, 2) bootstrap intervals (ci=...)
+    threshold_ci: Optional[np.ndarray] = None
+    replicates: Optional[dict] = None
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -252,21 +266,29 @@ def _tar_from_keys(imp: ImpostorKeys, n_gen: int, far_list: list[float],
 
 
 def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
-               convention: str = "qme", device=None) -> TarResult:
+               convention: str = "qme", device=None, ci: Optional[float] = None,
+               n_boot: int = 1000, boot_seed: int = 0,
+               boot_unit: str = "subject") -> TarResult:
     """TAR at each FAR over all P x G pairs (genuine = same pid), SPEC 2.2.
 
     convention "qme": t = k-th largest impostor score with k the smallest integer
     >= 1 such that k / N_imp >= far (scikit-learn ``roc_curve`` + first point with
     fpr >= far); "conservative": bob.measure ``far_threshold`` (the lowest impostor
     value whose FAR <= far, runs of ties whole). NaN scores take the minimum
-    non-NaN score. Returns tar, threshold, achieved_far per FAR.
+    non-NaN score. Returns tar, threshold, achieved_far per FAR; ``ci=0.95`` adds
+    ``tar_ci``/``threshold_ci`` (bootstrap, "qme" convention; see :func:`evaluate`).
     """
     far_list = as_probabilities(fars, "fars")
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
     parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True))
-    return _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
+    res = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
+    if boot is not None:
+        _bootstrap.tar_intervals(res, TensorSource(S), Ids(qp, gp), parts.impostors, far_list,
+                                 boot)
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +308,9 @@ class OpenSetResult:
     threshold: np.ndarray  # (n_splits, F)
     splits: list = field(default_factory=list)  # enrolled subject ids per split
     rank: int = 1
+    fnir_mean_ci: Optional[np.ndarray] = None  # (F, 2) bootstrap intervals (ci=...)
+    tpir_mean_ci: Optional[np.ndarray] = None
+    replicates: Optional[dict] = None
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -327,7 +352,9 @@ def _sorted_desc_nan_low(values: np.ndarray) -> np.ndarray:
 
 def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEFAULT_FARS,
                  splits=None, n_splits: int = 10, keep_fraction: float = 0.8, seed: int = 45,
-                 split_rng: str = "qme", rank: int = 1, device=None) -> OpenSetResult:
+                 split_rng: str = "qme", rank: int = 1, device=None, ci: Optional[float] = None,
+                 n_boot: int = 1000, boot_seed: int = 0,
+                 boot_unit: str = "subject") -> OpenSetResult:
     """Open-set identification on a (P, S) merge matrix (one column per subject), SPEC 2.3.
 
     Each split enrols a subset of the subjects (columns). Non-mated probes (pid
@@ -336,8 +363,10 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
     genuine score (rank 1: strictly first) and its genuine score is >= t.
     ``splits`` (list of arrays of enrolled ids) overrides the random draw; the
     default draw ("qme") reproduces numpy.random.seed(seed) + np.random.choice.
+    ``ci=0.95`` adds ``fnir_mean_ci``/``tpir_mean_ci`` (bootstrap; see :func:`evaluate`).
     """
     fpir_list = as_probabilities(fpirs, "fpirs")
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank: expected an integer >= 1, got {rank!r}")
     M = as_score_matrix(merge_scores, "merge_scores", device)
@@ -345,7 +374,11 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
     qp = as_ids(q_pids, "q_pids", P, M.device)
     setup = _openset_setup(subject_ids, C, splits, n_splits, keep_fraction, seed, split_rng)
     parts = accumulate(TensorSource(None, M), Ids(qp), Plan(openset=setup))
-    return _openset_result(parts.openset, setup, fpir_list, int(rank))
+    res = _openset_result(parts.openset, setup, fpir_list, int(rank))
+    if boot is not None:
+        _bootstrap.openset_intervals(res, parts.openset, setup, qp.cpu().numpy(), fpir_list,
+                                     int(rank), boot)
+    return res
 
 
 def _openset_setup(subject_ids, num_cols: int, splits=None, n_splits: int = 10,
@@ -538,7 +571,9 @@ def _check_protocol(protocol: str) -> None:
 def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
              g_clothes_ids, unique_g_pids, protocol: str = "qme", seed: int = 45,
              device=None, fars: Sequence[float] = DEFAULT_FARS,
-             block_rows: Optional[int] = None) -> dict[str, float]:
+             block_rows: Optional[int] = None, ci: Optional[float] = None,
+             n_boot: int = 1000, boot_seed: int = 0,
+             boot_unit: str = "subject") -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
     One ranking pass gives GR/SC/CC Rank-1/5/10/20 and mAP, the radix select gives
@@ -550,22 +585,30 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     exists for testing and to bound the kernels' per-call work. For matrices
     larger than memory see :func:`evaluate_file`; for several processes,
     :func:`qme_ext.distributed.evaluate`.
+
+    ``ci=0.95`` adds ``<key>_ci`` = (lo, hi) after each metric: a percentile interval
+    from ``n_boot`` weighted bootstrap replicates over probe subjects (``boot_unit=
+    "probe"``: probe rows), seeded by ``boot_seed``; the point values are unchanged and
+    the result is a :class:`qme_ext.bootstrap.BootReport` (see :func:`compare`).
     """
     _check_protocol(protocol)
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(score_mat, "score_mat", device)
     M = as_score_matrix(merge_score_mat, "merge_score_mat", S.device)
     if M.shape[0] != S.shape[0]:
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
-                            g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars)
+                            g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
+                            boot=boot)
 
 
 def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
                      g_clothes_ids, unique_g_pids, *, seed: int = 45,
                      fars: Sequence[float] = DEFAULT_FARS, red: Reducer = LOCAL,
                      shard: str = "rows", col_offset: int = 0,
-                     merge_col_offset: int = 0) -> dict[str, float]:
+                     merge_col_offset: int = 0,
+                     boot: Optional[_bootstrap.Bootstrap] = None) -> dict[str, float]:
     """The report of :func:`evaluate` for a block source (ids are the local ones:
     this process's probes and gallery columns; `red` combines processes)."""
     far_list = as_probabilities(fars, "fars")
@@ -609,7 +652,21 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
         out[_pct_key("TPIR", f, "FPIR") + "_std"] = float(v)
     for f, v in zip(far_list, osr.fnir_std):
         out[_pct_key("FNIR", f, "FPIR") + "_std"] = float(v)
+    if boot is not None:  # issue 12: intervals from the same partial states
+        if red is not LOCAL or shard != "rows":
+            raise NotImplementedError("ci: bootstrap intervals are not yet available for "
+                                      "sharded evaluation")
+        reps = _bootstrap.report_replicates(parts, source, ids, setup, far_list, boot, _pct_key)
+        out = _bootstrap.add_intervals(out, reps, boot,
+                                       _bootstrap.probe_fingerprint(ids.q_pids.cpu().numpy()))
     return out
+
+
+def compare(report_a, report_b, keys: Optional[Sequence[str]] = None,
+            ci: Optional[float] = None) -> dict:
+    """Paired bootstrap difference ``a - b`` of two ``evaluate(..., ci=...)`` reports of
+    the same probes: ``{key: {"diff", "ci", "p_value"}}`` (:func:`qme_ext.bootstrap.compare`)."""
+    return _bootstrap.compare(report_a, report_b, keys, ci)
 
 
 def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, float]:
