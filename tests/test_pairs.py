@@ -229,5 +229,5 @@ def test_cli_verify_warns_on_nonfinite(tmp_path, capsys):
     _write_bob(tmp_path / "sys.txt", g, i)
     assert cli.main(["verify", str(tmp_path / "sys.txt"), "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["qme-ext: warning: sys.txt: 1 NaN (-> the minimum finite score), "
+    assert err == ["qme-ext: warning: sys.txt: 1 NaN (-> the minimum non-NaN score), "
                    "1 +inf (kept: above every finite score)"]

@@ -176,13 +176,18 @@ def test_fuse_rules(device, data, rule, norm, own_calibration, m):
     genuine = cal.q_pids[:, None] == cal.g_pids[None, :]
     nz = lambda x: np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=F32_MAX,  # noqa: E731
                                  neginf=-F32_MAX)
+    # "self" (the paper's rule): zscore/minmax merge matrices with their own statistics;
+    # "self-score" and a calibration set: the score matrix's statistics for both
+    self_rule = data.draw(st.sampled_from(fusion.SELF_CALIBRATIONS)) if own_calibration else None
+    own_merge = self_rule == "self" and norm in ("zscore", "minmax")
     normed, normed_merge = [], []
     for mm in ss.models:
         c = nz(cal.score_mats[mm])
         normed.append(np_normalise(norm, nz(ss.score_mats[mm]), c, genuine))
-        normed_merge.append(np_normalise(norm, nz(ss.merge_score_mats[mm]), c, genuine))
+        merge = nz(ss.merge_score_mats[mm])
+        normed_merge.append(np_normalise(norm, merge, merge if own_merge else c, genuine))
     method = f"{norm}:{rule}"
-    call = lambda: fusion.fuse(ss, method, calibration="self" if own_calibration else cal,  # noqa
+    call = lambda: fusion.fuse(ss, method, calibration=self_rule or cal,  # noqa: E731
                                weights=given_w, m=m, return_result=True, device=device)
     refuse = any(v is None for v in normed) or (
         rule in ("weighted", "bssf") and given_w is None and (genuine.all() or not genuine.any()))

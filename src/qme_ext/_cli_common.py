@@ -42,7 +42,12 @@ def check_device(name: str) -> str:
 
 
 def json_value(v):
-    """A metric value for JSON: a finite float, or None (JSON has no NaN)."""
+    """A metric value for JSON: a finite float, or None (JSON has no NaN); a dict of such
+    values (or of integer counts) value by value."""
+    if isinstance(v, dict):
+        return {k: json_value(x) for k, x in v.items()}
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
     v = float(v)
     return v if math.isfinite(v) else None
 

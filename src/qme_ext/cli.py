@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Optional
 
 from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
@@ -145,6 +146,7 @@ def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from .io import load_calibration, load_ids
     from .streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
+    from .verification import NonFiniteScoreWarning
     try:
         budget = parse_memory(args.max_memory)
     except ValueError:
@@ -173,14 +175,18 @@ def _streaming_results(args, items) -> dict:
     for row, how in rows:
         progress(args, f"evaluating {row} out of core (--max-memory {args.max_memory})")
         try:
-            res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
-                                seed=args.seed, device=args.device, **how)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonFiniteScoreWarning)
+                res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
+                                    seed=args.seed, device=args.device, **how)
             if plotting:
                 curves[row] = curves_file(args.file, max_memory=budget, device=args.device,
                                           **how)
         except ValueError as exc:
             raise UserError(f"{row!r}: {exc}") from None
         results[row] = {k: float(v) for k, v in res.items()}
+        results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
+                                                        bool(items) and row in models)
     if plotting:
         from . import plots
         plots.write_curve_plots(args.plots, curves)
@@ -234,18 +240,39 @@ def run_evaluate(args) -> int:
         progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
                         f"{calibration.num_gallery} gallery")
     from .metrics import evaluate
+    from .verification import NonFiniteScoreWarning
     rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
     results = {}
     for row, (mat, merge) in rows.items():
         progress(args, f"evaluating {row}")
-        res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteScoreWarning)
+            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
         results[row] = {k: float(v) for k, v in res.items()}
+        results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
+                                                        bool(items) and row in scores.models)
     _print_results(args, results)
     if args.plots:
         _write_plots(args, rows, scores)
     return 0
+
+
+def _nonfinite_line(row: str, caught, category, fused: bool) -> dict:
+    """One warning line on stderr for a row whose matrices held NaN/inf (``--quiet`` or not),
+    other warnings passed on; the counts per matrix (zero when there was none)."""
+    counts = {k: dict.fromkeys(("nan", "posinf", "neginf"), 0)
+              for k in ("score_mat", "merge_score_mat")}
+    for w in caught:
+        if issubclass(w.category, category):
+            counts.update(w.message.counts)
+            tail = ("; the fusion rows replace them first (NaN -> 0, +-inf -> the largest "
+                    "finite float32 of that sign)") if fused else ""
+            print(f"{PROG}: warning: {row}: {w.message}{tail}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return counts
 
 
 def _print_results(args, results: dict) -> None:
@@ -253,8 +280,7 @@ def _print_results(args, results: dict) -> None:
     print(format_table(results, TABLE_COLUMNS))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({r: {k: json_value(v) for k, v in res.items()}
-                       for r, res in results.items()}, fh, indent=2)
+            json.dump({r: json_value(res) for r, res in results.items()}, fh, indent=2)
         progress(args, f"metrics written to {args.json}")
 
 

@@ -120,8 +120,7 @@ def run_verify(args) -> int:
     print(format_table(reports, _columns(fmrs, fnmrs, args.convention)))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({r: {k: (v if isinstance(v, dict) else json_value(v))
-                           for k, v in rep.items()} for r, rep in reports.items()}, fh, indent=2)
+            json.dump({r: json_value(rep) for r, rep in reports.items()}, fh, indent=2)
         progress(args, f"metrics written to {args.json}")
     if args.plots:
         _plots(args, systems, results)

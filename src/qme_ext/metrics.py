@@ -598,6 +598,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     if M.shape[0] != S.shape[0]:
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
+    warn_nonfinite_matrices(S, M)  # NonFiniteScoreWarning when NaN/inf entries were given
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
                             g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
                             boot=boot)
@@ -683,4 +684,4 @@ def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, floa
 
 
 # verification of genuine/impostor vectors (the one-row case of the engine)
-from .verification import VerificationResult, verification  # noqa: E402,F401
+from .verification import VerificationResult, verification, warn_nonfinite_matrices  # noqa: E402,F401,E501

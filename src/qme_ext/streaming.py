@@ -125,15 +125,29 @@ class FileSource(BlockSource):
         self.merge_cols = shapes[f"{model}/merge_score_mat"][1]
         self.block_rows = check_block_rows(block_rows)
         self.dtype, self.device = torch.float32, torch.device(device)
+        # NaN/+inf/-inf entries of each matrix, from the last complete pass over it
+        self.nonfinite: dict = {}
 
     def blocks(self, scores=True, merge=False):
         keys = (["score_mat"] if scores else []) + (["merge_score_mat"] if merge else [])
         readers = [iter_row_blocks(self.path, self.model, self.block_rows, k) for k in keys]
+        seen = {k: dict.fromkeys(("nan", "posinf", "neginf"), 0) for k in keys}
         for parts in _in_step(readers):
             got = {k: torch.from_numpy(arr).to(self.device) for k, (_, arr) in zip(keys, parts)}
+            _add_nonfinite(seen, got)
             blk = Block(parts[0][0], got.get("score_mat"), got.get("merge_score_mat"))
             del parts, got
             yield from _handed_over(blk)
+        self.nonfinite.update(seen)
+
+
+def _add_nonfinite(seen: dict, got: dict) -> None:
+    """Add the NaN/inf counts of a block's matrices (one isfinite reduction of each, already
+    in memory) to ``seen``; a function, so that no loop variable keeps a block alive."""
+    from .verification import count_nonfinite
+    for key, t in got.items():
+        for name, n in count_nonfinite(t).items():
+            seen[key][name] += n
 
 
 def _in_step(readers):
@@ -263,10 +277,14 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     metrics._check_protocol(protocol)
     source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
                                device, weights, m, fusion_seed, face)
-    return metrics._evaluate_source(
+    out = metrics._evaluate_source(
         source, ids["q_pids"], ids["q_camids"], ids["q_clothes_ids"], ids["g_pids"],
         ids["g_camids"], ids["g_clothes_ids"], ids["unique_g_pids"], seed=seed,
         fars=metrics.DEFAULT_FARS if fars is None else fars)
+    if isinstance(source, FileSource):  # NonFiniteScoreWarning, as metrics.evaluate gives
+        from .verification import warn_matrix_counts
+        warn_matrix_counts(source.nonfinite)
+    return out
 
 
 def curves_file(path, model: Optional[str] = None, *, fusion: Optional[str] = None,
