@@ -1,4 +1,6 @@
 """Normalisers and fusion rules against direct numpy formulas (SPEC §3)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -168,8 +170,16 @@ def test_calibration_set(scores, other):
     out = fuse(other, "zscore", calibration=scores, name="z")
     np.testing.assert_allclose(out.score_mats["z"], _stack(other, "zscore", cal=scores).mean(0),
                                rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="lacks model"):
-        fuse(other, "zscore", calibration=scores.subset_models(["face"]))
+    # issue 9: a calibration lacking some models fuses the models it holds (a fused 'qme'
+    # only in the evaluated file stays a row of its own); one holding none is refused
+    face_only = fuse(other, "zscore", calibration=scores.subset_models(["face"]), name="z")
+    alone = fuse(other.subset_models(["face"]), "zscore", calibration=scores, name="z")
+    np.testing.assert_array_equal(face_only.score_mats["z"], alone.score_mats["z"])
+    renamed = scores.subset_models(["face"])
+    renamed = dataclasses.replace(renamed, models=["nope"],
+                                  score_mats={"nope": renamed.score_mats["face"]})
+    with pytest.raises(ValueError, match="holds none of the models"):
+        fuse(other, "zscore", calibration=renamed)
 
 
 def test_asym_ao_rule_is_left_fold(scores):
