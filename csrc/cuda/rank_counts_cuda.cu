@@ -201,8 +201,10 @@ void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace
   check_rank_counts_args(a);
   const int64_t P = a.scores.rows;
   if (P == 0) return;
-  if (a.cand_offsets == nullptr || a.cand_index == nullptr || a.cand_flags == nullptr ||
-      a.first_pos == nullptr || a.ap == nullptr || a.num_good == nullptr)
+  // cand_index/cand_flags may be null: a block whose rows hold no candidate passes empty
+  // tensors, and the kernel reads them only inside the (then empty) offset ranges
+  if (a.cand_offsets == nullptr || a.first_pos == nullptr || a.ap == nullptr ||
+      a.num_good == nullptr)
     throw InvalidArgument("rank_counts: null offsets or output buffer");
   const Layout l = make_layout(a);
   const rank_order::RowScratch plan = rank_order::row_scratch(P, l.bytes);

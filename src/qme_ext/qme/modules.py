@@ -138,6 +138,8 @@ def gate_weights(q: Optional[torch.Tensor], num_experts: int, batch: int,
                  dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """(B, Z) mixture weights for quality q (B,); see the module docstring."""
     Z = int(num_experts)
+    if device is None and isinstance(q, torch.Tensor):
+        device = q.device  # every Z alike: the weights live where q does unless told
     if Z == 1:
         return torch.ones((batch, 1), dtype=dtype, device=device)
     if q is None:
