@@ -24,8 +24,10 @@ def _point_keys(rep):
 
 @pytest.mark.parametrize("unit", ["subject", "probe"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_replicates_equal_resampled_matrix(unit, dtype):
-    S, M, args = evaluation_inputs(3, P=60, G=240, n_ids=15, dtype=dtype)
+@pytest.mark.parametrize("size", [(60, 240, 15), (16, 40, 5)])  # the small one: every
+def test_replicates_equal_resampled_matrix(unit, dtype, size):  # impostor is gathered
+    P, G, n_ids = size
+    S, M, args = evaluation_inputs(3, P=P, G=G, n_ids=n_ids, dtype=dtype)
     rep = metrics.evaluate(S, M, *args, ci=0.9, n_boot=N_BOOT, boot_seed=7, boot_unit=unit)
     W = bootstrap.Weights.of(bootstrap.options(0.9, N_BOOT, 7, unit), args[0])
     Wp = W.Wp

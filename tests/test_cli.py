@@ -98,6 +98,10 @@ def test_quiet_models_and_calibration(example, tmp_path):
     (["evaluate", "{ex}", "--device", "meta"], "expected cpu or cuda"),
     (["evaluate", "{ex}", "--device", "cuda:7", "--max-memory", "1GB"], "cuda"),
     (["evaluate", "{ex}", "--protocol", "nist9"], "nist9"),
+    (["evaluate", "{ex}", "--ci", "1.5"], "--ci"),
+    (["evaluate", "{ex}", "--ci", "0.9", "--n-boot", "1"], "--n-boot"),
+    (["evaluate", "{ex}", "--compare", "face"], "two different rows"),
+    (["evaluate", "{ex}", "--compare", "face,nose"], "no row 'nose'"),
     (["evaluate"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -120,3 +124,42 @@ def test_plots_skipped_without_matplotlib(example, tmp_path, monkeypatch, capsys
     assert "matplotlib is not installed" in captured.err
     assert not (tmp_path / "p").exists()
     assert captured.out.splitlines()[2].split()[0] == "face"
+
+
+def test_evaluate_intervals_and_paired_comparison(example, tmp_path):
+    """--ci/--compare: the JSON holds the Python API's intervals and comparison, the table
+    prints them, and the out-of-core path writes the same JSON."""
+    from qme_ext import fusion, metrics
+    common = ["evaluate", example, "--fusion", "zscore", "--ci", "0.9", "--n-boot", "200",
+              "--boot-seed", "3", "--compare", "zscore,face", "--quiet"]
+    r = run_cli(*common, "--json", tmp_path / "a.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert list(data) == ["face", "body", "gait", "zscore", "compare"]
+    ss = load_scores(example)
+    ids = (ss.q_pids, ss.q_camids, ss.q_clothes_ids, ss.g_pids, ss.g_camids, ss.g_clothes_ids,
+           ss.unique_g_pids)
+    fused = fusion.fuse(ss, "zscore", calibration="self", name="zscore")
+    boot = dict(ci=0.9, n_boot=200, boot_seed=3)
+    face = metrics.evaluate(ss.score_mats["face"], ss.merge_score_mats["face"], *ids, **boot)
+    z = metrics.evaluate(fused.score_mats["zscore"], fused.merge_score_mats["zscore"], *ids,
+                         **boot)
+    for key in ("GR_top1", "GR_mAP", "TAR@1.00%FAR", "FNIR@1.00%FPIR"):
+        assert data["face"][key + "_ci"] == list(face[key + "_ci"])
+        assert data["zscore"][key + "_ci"] == list(z[key + "_ci"])
+    want = metrics.compare(z, face)
+    got = data["compare"]["zscore - face"]
+    assert got["GR_mAP"] == {"diff": want["GR_mAP"]["diff"], "ci": list(want["GR_mAP"]["ci"]),
+                             "p_value": want["GR_mAP"]["p_value"]}
+    lo, hi = face["GR_top1_ci"]
+    assert f"{100 * face['GR_top1']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" in r.stdout
+    assert "zscore - face: paired bootstrap over probe subjects, 200 replicates" in r.stdout
+    mAP_line = [ln for ln in r.stdout.splitlines() if ln.startswith("mAP ")][0]
+    assert f"{100 * want['GR_mAP']['diff']:+.2f}" in mAP_line
+    # out of core: the same report, bit for bit
+    r2 = run_cli(*common, "--json", tmp_path / "b.json", "--max-memory", "1GB",
+                 "--calibration", example, cwd=tmp_path)
+    r3 = run_cli(*common, "--json", tmp_path / "c.json", "--calibration", example,
+                 cwd=tmp_path)
+    assert r2.returncode == 0 and r3.returncode == 0, r2.stderr + r3.stderr
+    assert (tmp_path / "b.json").read_bytes() == (tmp_path / "c.json").read_bytes()

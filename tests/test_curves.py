@@ -42,3 +42,35 @@ def test_eer_separable_is_zero():
     S = np.array([[0.9, 0.1, 0.2], [0.3, 0.8, 0.1]], dtype=np.float32)
     e, t = metrics.eer(S, [0, 1], [0, 1, 2])
     assert e == 0.0 and 0.3 < t < 0.8
+
+
+def test_curve_bands_are_the_metric_intervals(tmp_path):
+    """ROC/DET bands and CMC error bars (issue 12) are the intervals tar_at_far and
+    rank_metrics give with the same bootstrap options, in memory and out of core."""
+    from qme_ext import plots, streaming
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    ss = make_example_scoreset(num_probes=40, num_gallery=150, num_subjects=12, seed=3)
+    S = ss.score_mats["face"]
+    boot = dict(ci=0.9, n_boot=60, boot_seed=5)
+    bands = metrics.curve_bands(S, ss.q_pids, ss.g_pids, ss.q_camids, ss.g_camids, points=12,
+                                **boot)
+    far, lo, hi = bands["roc_band"]
+    tr = metrics.tar_at_far(S, ss.q_pids, ss.g_pids, fars=far, **boot)
+    np.testing.assert_array_equal(lo, tr.tar_ci[:, 0])
+    np.testing.assert_array_equal(hi, tr.tar_ci[:, 1])
+    assert np.all(lo <= tr.tar) and np.all(tr.tar <= hi)
+    rk = metrics.rank_metrics(S, ss.q_pids, ss.g_pids, ss.q_camids, ss.g_camids, **boot)
+    np.testing.assert_array_equal(bands["cmc_ci"], rk.cmc_ci)
+    curves = plots.curves_of_matrix(S, ss, boot=boot)
+    np.testing.assert_array_equal(curves["cmc_ci"], rk.cmc_ci)
+    path = tmp_path / "s.h5"
+    save_scores(path, ss)
+    streamed = streaming.curves_file(path, "face", block_rows=7, **boot)
+    for a, b in zip(streamed["roc_band"], curves["roc_band"]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(streamed["cmc_ci"], curves["cmc_ci"])
+    if plots.available():
+        names = plots.write_curve_plots(tmp_path / "p", {"face": curves}, hist_rows=[])
+        assert names == ["roc.png", "det.png", "cmc.png"]
+        assert all((tmp_path / "p" / n).stat().st_size > 1000 for n in names)

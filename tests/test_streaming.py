@@ -70,6 +70,32 @@ def test_evaluate_file_equals_in_memory(score_files):
             assert_same_report(metrics.evaluate_file(path, m, **kw), whole)
 
 
+def _same_boot_report(got, want):
+    assert list(got) == list(want) and list(got.replicates) == list(want.replicates)
+    for k in want:
+        assert np.array_equal(np.asarray(got[k]), np.asarray(want[k]), equal_nan=True), k
+    for k in want.replicates:
+        assert np.array_equal(got.replicates[k], want.replicates[k], equal_nan=True), k
+
+
+def test_evaluate_file_intervals_equal_in_memory(score_files):
+    """ci=... out of core: the in-memory intervals and replicates, bit for bit, for any
+    block size (the TAR replicates re-read the file for the impostors they need)."""
+    path, cal_path = score_files
+    ss = load_scores(path)
+    boot = dict(ci=0.95, n_boot=50, boot_seed=2)
+    whole = metrics.evaluate(ss.score_mats["body"], ss.merge_score_mats["body"], *_ids(ss),
+                             **boot)
+    for kw in (dict(block_rows=1), dict(block_rows=10), dict(max_memory="3KiB")):
+        _same_boot_report(metrics.evaluate_file(path, "body", **kw, **boot), whole)
+    fused = fuse(ss, "zscore", calibration=load_scores(cal_path), name="f")
+    want = metrics.evaluate(fused.score_mats["f"], fused.merge_score_mats["f"], *_ids(ss),
+                            boot_unit="probe", **boot)
+    got = metrics.evaluate_file(path, fusion="zscore", calibration=cal_path, block_rows=4,
+                                boot_unit="probe", **boot)
+    _same_boot_report(got, want)
+
+
 @pytest.mark.parametrize("method", ["zscore", "minmax", "tanh", "rhe", "max", "weighted",
                                     "asym_ao", "bssf", "farsight_style"])
 def test_fused_file_equals_in_memory_fusion(score_files, method):

@@ -46,6 +46,8 @@ def json_value(v):
     values (or of integer counts) value by value."""
     if isinstance(v, dict):
         return {k: json_value(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):  # an interval (lo, hi)
+        return [json_value(x) for x in v]
     if isinstance(v, int) and not isinstance(v, bool):
         return v
     v = float(v)
@@ -61,20 +63,54 @@ def _percent(value, std=None) -> str:
     return text
 
 
+def _interval(ci) -> str:
+    """`` [lo, hi]`` in percent of a bootstrap interval (lo, hi)."""
+    return " [" + ", ".join(f"{100 * x:.2f}" if x is not None and math.isfinite(x) else "nan"
+                            for x in ci) + "]"
+
+
 def format_table(results: dict, columns) -> str:
     """Fixed-width text table, one line per row, values in percent.
 
     ``results[row]`` is a metrics dict; ``columns`` holds ``(header, key, std_key or None)``;
-    a missing key prints as ``nan``.
+    a missing key prints as ``nan``; a key with a bootstrap interval ``<key>_ci`` prints
+    as ``88.60 [86.10, 90.90]``.
     """
     headers = ["Row"] + [c[0] for c in columns]
     body = []
     for row, res in results.items():
         cells = [row]
         for _, key, std_key in columns:
-            cells.append(_percent(res.get(key, float("nan")),
-                                  res.get(std_key, float("nan")) if std_key else None))
+            text = _percent(res.get(key, float("nan")),
+                            res.get(std_key, float("nan")) if std_key else None)
+            if key + "_ci" in res:
+                text += _interval(res[key + "_ci"])
+            cells.append(text)
         body.append(cells)
+    return _aligned(headers, body)
+
+
+def format_comparison(title: str, comparison: dict, columns, n_boot: int) -> str:
+    """A paired comparison (:func:`qme_ext.metrics.compare`) of the table's metrics, one
+    line per metric: difference and its interval in points, two-sided bootstrap p-value
+    (``<1/n_boot`` when no replicate crossed zero: the resolution of `n_boot` replicates)."""
+    def p_text(p):
+        if not math.isfinite(p):
+            return "nan"
+        return f"<{1 / n_boot:.2g}" if p == 0 else f"{p:.4f}"
+
+    body = []
+    for header, key, _ in columns:
+        if key in comparison:
+            c = comparison[key]
+            diff = c["diff"]
+            body.append([header, f"{100 * diff:+.2f}" if math.isfinite(diff) else "nan",
+                         _interval(c["ci"]).strip(),
+                         p_text(c["p_value"])])
+    return title + "\n" + _aligned(["Metric", "Difference", "Interval", "p"], body)
+
+
+def _aligned(headers, body) -> str:
     widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
 
     def line(cells):

@@ -259,9 +259,12 @@ def _gather_impostors(source, ids, imp: ImpostorKeys, rank: int, unit_of_probe: 
     for blk in source.blocks(scores=True):
         S = blk.scores
         Sw = S if S.dtype == wide else S.to(wide)
-        mask = Sw >= torch.tensor(thr, dtype=wide, device=S.device)
-        if with_nan:
-            mask |= torch.isnan(Sw)
+        if key_m == 0:  # every impostor: key 0 has no value to compare with (it is NaN's)
+            mask = torch.ones(Sw.shape, dtype=torch.bool, device=S.device)
+        else:
+            mask = Sw >= torch.tensor(thr, dtype=wide, device=S.device)
+            if with_nan:
+                mask |= torch.isnan(Sw)
         r, c = torch.nonzero(mask, as_tuple=True)
         r0 = blk.rows.start
         imp_pair = q_pids[r + r0] != g_pids[c]
@@ -275,8 +278,13 @@ def _gather_impostors(source, ids, imp: ImpostorKeys, rank: int, unit_of_probe: 
 
 
 def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.ndarray,
-                   far_list: Sequence[float], num_cols: int):
-    """((F, n_boot) TAR, (F, n_boot) thresholds) of the weighted replicates (SPEC 2.2)."""
+                   far_list: Sequence[float], num_cols: int, red=None, row_offset: int = 0):
+    """((F, n_boot) TAR, (F, n_boot) thresholds) of the weighted replicates (SPEC 2.2).
+
+    `W` and `n_gen_probe` cover every probe; `source`/`ids` are this process's rows,
+    which start at global row `row_offset`; `red` (row shards) concatenates the
+    gathered impostors of all processes. Ties are resolved by key only, so the order in
+    which the processes' impostors arrive does not change any replicate."""
     n_imp_probe = num_cols - n_gen_probe
     N_imp = W.unit_totals(n_imp_probe.astype(np.float64))
     N_gen = W.unit_totals(n_gen_probe.astype(np.float64))
@@ -285,7 +293,10 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
     rank = min(imp.num_impostor, int(1.5 * k_point) + 4096)
     n_boot, n_units = W.Wu.shape
     while True:
-        keys, units = _gather_impostors(source, ids, imp, rank, W.unit_of_probe)
+        keys, units = _gather_impostors(source, ids, imp, rank, W.unit_of_probe, row_offset)
+        if red is not None:
+            # uint64 keys travel as int64 bits (torch's collectives have no uint64)
+            keys, units = red.cat(keys.view(np.int64)).view(np.uint64), red.cat(units)
         per_unit = np.bincount(units, minlength=n_units).astype(np.float64)
         have = W.Wu @ per_unit
         if rank >= imp.num_impostor or np.all(have >= ks.max(axis=0)):
@@ -399,12 +410,25 @@ def probe_fingerprint(q_pids: np.ndarray) -> tuple:
     return (int(q.size), int(_mix(q.view(np.uint64) + _GOLDEN).sum(dtype=np.uint64)))
 
 
-def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_of) -> dict:
+def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_of,
+                      red=None) -> dict:
     """{report key: (n_boot,) replicates} of evaluate() from the engine's partial states.
 
     `key_of(prefix, rate, suffix)` names the FAR/FPIR keys as metrics.evaluate does.
+    `red`: the reducer of row shards (None: one process). The per-probe partial states
+    of row shards are already concatenated in process order; the weights are drawn per
+    unit id, so every process computes the same replicates with no further exchange
+    than the impostors above the select rank.
     """
-    q = ids.q_pids.cpu().numpy()
+    q_local = ids.q_pids.cpu().numpy()
+    n_gen_probe = _genuine_per_probe(ids)
+    row_offset = 0
+    if red is not None and red.size > 1:
+        sizes = red.stack(np.asarray([q_local.size], dtype=np.int64))[:, 0]
+        row_offset = int(sizes[:red.rank].sum())
+        q, n_gen_probe = red.cat(q_local), red.cat(n_gen_probe)
+    else:
+        q, red = q_local, None
     W = Weights.of(boot, q)
     reps: dict = {}
     fp, ap, ng = parts.rank
@@ -413,9 +437,8 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
         for i, k in enumerate((1, 5, 10, 20)):
             reps[f"{name}_top{k}"] = hits[i]
         reps[f"{name}_mAP"] = mAP
-    n_gen_probe = _genuine_per_probe(ids)
     tars, thr = tar_replicates(W, source, ids, parts.impostors, n_gen_probe, far_list,
-                               source.num_cols)
+                               source.num_cols, red, row_offset)
     fnir, tpir, othr = openset_replicates(W, parts.openset, setup.enrolled, far_list, 1)
     for f, far in enumerate(far_list):
         reps[key_of("TAR", far, "FAR")] = tars[f]

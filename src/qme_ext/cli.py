@@ -37,7 +37,8 @@ import sys
 import warnings
 from typing import Optional
 
-from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
+from ._cli_common import (PROG, UserError, check_device, format_comparison, format_table,
+                          json_value, progress)
 from .commands_qme import COMMANDS as _QME_COMMANDS
 from .commands_verify import COMMANDS as _VERIFY_COMMANDS
 
@@ -90,11 +91,51 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for fusion: cpu or cuda")
     p.add_argument("--json", metavar="OUT", help="write every metric of every row as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, det.png, cmc.png and "
-                   "score_hist_<row>.png into DIR")
+                   "score_hist_<row>.png into DIR (with --ci: ROC/DET bands, CMC error bars)")
     p.add_argument("--max-memory", metavar="SIZE", help="evaluate out of core: read the file "
                    "in probe-row blocks whose matrices fit SIZE (e.g. 2GB, 512MiB; "
                    "see qme_ext.streaming)")
+    p.add_argument("--ci", type=float, metavar="LEVEL", help="bootstrap percentile intervals "
+                   "at this level (e.g. 0.95) beside every metric: table cells 88.60 [86.10, "
+                   "90.90], '<key>_ci': [lo, hi] in the JSON")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
+                   help="what the bootstrap resamples: probe subjects (default) or probes")
+    p.add_argument("--compare", action="append", metavar="A,B", help="paired bootstrap "
+                   "comparison of rows A and B (A - B, same replicate weights): difference, "
+                   "interval and p-value per metric; repeatable; implies --ci 0.95")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _boot_options(args) -> dict:
+    """The bootstrap keyword arguments of metrics.evaluate ({} without --ci/--compare)."""
+    if args.ci is None and not args.compare:
+        return {}
+    level = 0.95 if args.ci is None else args.ci
+    from .bootstrap import options
+    try:
+        options(level, args.n_boot, args.boot_seed, args.boot_unit)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("ci:", "--ci:").replace("n_boot:", "--n-boot:"))
+    return dict(ci=level, n_boot=args.n_boot, boot_seed=args.boot_seed,
+                boot_unit=args.boot_unit)
+
+
+def _compare_pairs(args, rows) -> list:
+    """[(a, b)] of ``--compare A,B``, each naming two rows of the table."""
+    pairs = []
+    for text in args.compare or ():
+        pair = [t.strip() for t in text.split(",")]
+        if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+            raise UserError(f"--compare {text!r}: expected two different rows A,B")
+        for name in pair:
+            if name not in rows:
+                raise UserError(f"--compare {text!r}: no row {name!r}; rows are {list(rows)}")
+        pairs.append(tuple(pair))
+    if pairs and "compare" in rows:
+        raise UserError("--compare: a row is named 'compare', the JSON key of the comparisons")
+    return pairs
 
 
 def _fusion_items(text: Optional[str]) -> list:
@@ -156,6 +197,8 @@ def _streaming_results(args, items) -> dict:
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
     _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
+    boot = _boot_options(args)
+    pairs = _compare_pairs(args, list(models) + items)
     try:  # the largest row (a fusion item reads every model) must fit the budget
         plan_block_rows(models, ids, shapes, bool(items), budget, args.file)
     except ValueError as exc:
@@ -178,13 +221,13 @@ def _streaming_results(args, items) -> dict:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteScoreWarning)
                 res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
-                                    seed=args.seed, device=args.device, **how)
+                                    seed=args.seed, device=args.device, **how, **boot)
             if plotting:
                 curves[row] = curves_file(args.file, max_memory=budget, device=args.device,
-                                          **how)
+                                          **how, **boot)
         except ValueError as exc:
             raise UserError(f"{row!r}: {exc}") from None
-        results[row] = {k: float(v) for k, v in res.items()}
+        results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in models)
     if plotting:
@@ -192,7 +235,7 @@ def _streaming_results(args, items) -> dict:
         plots.write_curve_plots(args.plots, curves)
         progress(args, f"plots written to {args.plots} (ROC/DET sampled at 64 FARs, "
                        "each point exact)")
-    return results
+    return results, pairs
 
 
 def _rows(args, scores, calibration, items):
@@ -220,20 +263,23 @@ def _plots_available() -> bool:
     return True
 
 
-def _write_plots(args, rows, scores) -> None:
+def _write_plots(args, rows, scores, boot) -> None:
     from . import plots
     if not _plots_available():
         return
-    plots.write_comparison_plots(args.plots, {r: mat for r, (mat, _) in rows.items()}, scores)
+    plots.write_comparison_plots(args.plots, {r: mat for r, (mat, _) in rows.items()}, scores,
+                                 boot=boot or None)
     progress(args, f"plots written to {args.plots}")
 
 
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
     if args.max_memory is not None:
-        _print_results(args, _streaming_results(args, items))
+        _print_results(args, *_streaming_results(args, items))
         return 0
     scores, calibration = _load_inputs(args, items)
+    boot = _boot_options(args)
+    pairs = _compare_pairs(args, list(scores.models) + items)
     progress(args, f"loaded {args.file}: {len(scores.models)} models, {scores.num_probes} "
                     f"probes x {scores.num_gallery} gallery, {scores.unique_g_pids.size} subjects")
     if not isinstance(calibration, str):
@@ -249,13 +295,13 @@ def run_evaluate(args) -> int:
         progress(args, f"evaluating {row}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteScoreWarning)
-            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed)
-        results[row] = {k: float(v) for k, v in res.items()}
+            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot)
+        results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
-    _print_results(args, results)
+    _print_results(args, results, pairs)
     if args.plots:
-        _write_plots(args, rows, scores)
+        _write_plots(args, rows, scores, boot)
     return 0
 
 
@@ -275,12 +321,28 @@ def _nonfinite_line(row: str, caught, category, fused: bool) -> dict:
     return counts
 
 
-def _print_results(args, results: dict) -> None:
-    """The table on stdout and, with ``--json``, every metric of every row."""
+def _print_results(args, results: dict, pairs=()) -> None:
+    """The table on stdout, the ``--compare`` comparisons below it and, with ``--json``,
+    every metric of every row (``"compare": {"A - B": {key: {diff, ci, p_value}}}``)."""
     print(format_table(results, TABLE_COLUMNS))
+    compared = {}
+    if pairs:
+        from .metrics import compare
+        any_rep = next(iter(results.values()))
+        unit = "probe subjects" if any_rep.boot.unit == "subject" else "probes"
+        for a, b in pairs:
+            compared[f"{a} - {b}"] = compare(results[a], results[b])
+            print()
+            print(format_comparison(
+                f"{a} - {b}: paired bootstrap over {unit}, {any_rep.boot.n_boot} replicates, "
+                f"{100 * any_rep.boot.ci:g}% intervals, points", compared[f"{a} - {b}"],
+                TABLE_COLUMNS, any_rep.boot.n_boot))
     if args.json:
+        out = {r: json_value(dict(res)) for r, res in results.items()}
+        if compared:
+            out["compare"] = json_value(compared)
         with open(args.json, "w") as fh:
-            json.dump({r: json_value(res) for r, res in results.items()}, fh, indent=2)
+            json.dump(out, fh, indent=2)
         progress(args, f"metrics written to {args.json}")
 
 

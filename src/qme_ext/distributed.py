@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import metrics
+from . import bootstrap as _bootstrap, metrics
 from ._accumulate import Reducer, TensorSource
 from ._inputs import as_ids, as_probabilities, as_score_matrix
 from ._ops import DTYPE_CODES
@@ -195,9 +195,15 @@ def _own_gpu(red: TorchReducer, device):
 def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
              g_clothes_ids, unique_g_pids, protocol: str = "qme", seed: int = 45,
              device=None, fars: Sequence[float] = metrics.DEFAULT_FARS, *, group=None,
-             shard: Optional[str] = None, block_rows: Optional[int] = None) -> dict[str, float]:
+             shard: Optional[str] = None, block_rows: Optional[int] = None,
+             ci: Optional[float] = None, n_boot: int = 1000, boot_seed: int = 0,
+             boot_unit: str = "subject") -> dict[str, float]:
     """:func:`qme_ext.metrics.evaluate` of matrices sharded over the processes of
     ``group`` (default: the whole world); the same report on every process.
+
+    ``ci=0.95`` (row shards): the bootstrap intervals of :func:`qme_ext.metrics.evaluate`,
+    bit-identical to one process for any shard layout (the replicate weights are a hash
+    of the probe's unit; only the impostors above the select rank are gathered).
 
     ``shard``: "rows" (probes split), "columns" (gallery and subjects split) or None
     (inferred from the ids, see the module docstring). The other arguments are this
@@ -207,9 +213,10 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     """
     red = TorchReducer(group)
     device = _own_gpu(red, device)
-    error, layout = None, None
+    error, layout, boot = None, None, None
     try:
         metrics._check_protocol(protocol)
+        boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
         if shard not in (None,) + SHARDS:
             raise ValueError(f"shard: expected 'rows', 'columns' or None, got {shard!r}")
         S = as_score_matrix(score_mat, "score_mat", device)
@@ -233,7 +240,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     return metrics._evaluate_source(
         source, q_pids, q_camids, q_clothes_ids, g_pids, g_camids, g_clothes_ids, unique_g_pids,
         seed=seed, fars=fars, red=red, shard=shard, col_offset=col_offset,
-        merge_col_offset=merge_col_offset)
+        merge_col_offset=merge_col_offset, boot=boot)
 
 
 _RAW = {2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -510,8 +510,38 @@ def histogram_edges(lo: float, hi: float, bins: int) -> np.ndarray:
     return np.histogram_bin_edges([lo, hi] if lo <= hi else [0.0, 1.0], bins=bins)
 
 
+def _curve_bands(source: BlockSource, ids: Ids, parts, boot: _bootstrap.Bootstrap,
+                 points: int = 32) -> dict:
+    """Bootstrap bands of the plot curves from the partial states of a "general" ranking
+    and TAR pass: ``roc_band`` = (far, TAR lo, TAR hi) pointwise at `points` log-spaced
+    FARs and ``cmc_ci`` (20, 2), with the intervals of :func:`evaluate`."""
+    grid = roc_far_grid(parts.impostors.num_impostor, points)
+    tr = _tar_from_keys(parts.impostors, parts.num_genuine, grid, "qme")
+    _bootstrap.tar_intervals(tr, source, ids, parts.impostors, grid, boot)
+    res = _rank_results(parts.rank, 20, False)[0]
+    _bootstrap.rank_intervals(res, parts.rank, ids.q_pids.cpu().numpy(), 20, boot)
+    return {"roc_band": (np.asarray(grid), tr.tar_ci[:, 0], tr.tar_ci[:, 1]),
+            "cmc_ci": res.cmc_ci}
+
+
+def curve_bands(scores, q_pids, g_pids, q_camids=None, g_camids=None, ci: float = 0.95,
+                n_boot: int = 1000, boot_seed: int = 0, boot_unit: str = "subject",
+                points: int = 32) -> dict:
+    """Pointwise bootstrap bands for the ROC/DET (``roc_band`` = (far (F,), TAR lo (F,),
+    TAR hi (F,)) at `points` log-spaced FARs; DET: FRR = 1 - TAR) and error bars for the
+    CMC (``cmc_ci`` (20, 2), ranks 1..20) of a (P, G) score matrix; the same replicates
+    as :func:`evaluate` with these options."""
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
+    S = as_score_matrix(scores, "scores")
+    ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, None, None,
+                        ("general",))
+    source = TensorSource(S)
+    parts = accumulate(source, ids, Plan(("general",), tar=True), LOCAL)
+    return _curve_bands(source, ids, parts, boot, points)
+
+
 def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, points: int = 64,
-                   bins: int = 60) -> dict:
+                   bins: int = 60, boot: Optional[_bootstrap.Bootstrap] = None) -> dict:
     """Plot curves of a block source in bounded memory (``qme-ext evaluate --max-memory
     --plots``): ``roc`` = (far, tar) and ``det`` = (far, frr) at :func:`roc_far_grid`
     (each point exact: the k-th largest impostor score as threshold, SPEC 2.2), ``cmc``
@@ -550,8 +580,11 @@ def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, poin
         for v in row_slices(blk.scores):
             all_counts += np.histogram(as_numpy(v), edges)[0]
         gen_counts += np.histogram(as_numpy(blk.scores[cand.probe, cand.index]), edges)[0]
-    return {"roc": (tr.achieved_far, tr.tar), "det": (tr.achieved_far, 1.0 - tr.tar),
-            "cmc": cmc, "hist": (edges, gen_counts, all_counts - gen_counts)}
+    out = {"roc": (tr.achieved_far, tr.tar), "det": (tr.achieved_far, 1.0 - tr.tar),
+           "cmc": cmc, "hist": (edges, gen_counts, all_counts - gen_counts)}
+    if boot is not None:  # bands from the same partial states (one more select pass)
+        out.update(_curve_bands(source, ids, parts, boot))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -654,12 +687,12 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
     for f, v in zip(far_list, osr.fnir_std):
         out[_pct_key("FNIR", f, "FPIR") + "_std"] = float(v)
     if boot is not None:  # issue 12: intervals from the same partial states
-        if red is not LOCAL or shard != "rows":
-            raise NotImplementedError("ci: bootstrap intervals are not yet available for "
-                                      "sharded evaluation")
-        reps = _bootstrap.report_replicates(parts, source, ids, setup, far_list, boot, _pct_key)
-        out = _bootstrap.add_intervals(out, reps, boot,
-                                       _bootstrap.probe_fingerprint(ids.q_pids.cpu().numpy()))
+        if shard != "rows":
+            raise NotImplementedError("ci: bootstrap intervals of column shards are not "
+                                      "available; shard the probes (shard='rows')")
+        reps = _bootstrap.report_replicates(parts, source, ids, setup, far_list, boot, _pct_key,
+                                            red)
+        out = _bootstrap.add_intervals(out, reps, boot, _bootstrap.probe_fingerprint(q_all))
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from statistics import NormalDist
+from typing import Optional
 
 import numpy as np
 
@@ -52,14 +53,18 @@ def _finish(fig, ax, title: str, path, grid=None) -> None:
     _pyplot().close(fig)
 
 
-def plot_roc(curves: dict, path) -> None:
-    """ROC: ``curves[row] = (far (T,), tar (T,))`` fractions; log-scaled FAR axis."""
+def plot_roc(curves: dict, path, bands: Optional[dict] = None) -> None:
+    """ROC: ``curves[row] = (far (T,), tar (T,))`` fractions; log-scaled FAR axis.
+    ``bands[row] = (far (F,), lo (F,), hi (F,))``: a pointwise interval drawn shaded."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for row, (far, tar) in curves.items():
         far = np.asarray(far, dtype=np.float64)
         keep = far > 0  # log axis
-        ax.plot(far[keep], np.asarray(tar)[keep], label=row)
+        line, = ax.plot(far[keep], np.asarray(tar)[keep], label=row)
+        if bands and row in bands:
+            bf, lo, hi = (np.asarray(x, dtype=np.float64) for x in bands[row])
+            ax.fill_between(bf, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale("log")
     ax.set_xlabel("False accept rate")
     ax.set_ylabel("True accept rate")
@@ -71,12 +76,17 @@ def probit(rates) -> np.ndarray:
     return _PROBIT(np.clip(np.asarray(rates, dtype=np.float64), _DET_MIN, _DET_MAX))
 
 
-def plot_det(curves: dict, path) -> None:
-    """DET on probit axes: ``curves[row] = (far (T,), frr (T,))`` fractions."""
+def plot_det(curves: dict, path, bands: Optional[dict] = None) -> None:
+    """DET on probit axes: ``curves[row] = (far (T,), frr (T,))`` fractions;
+    ``bands[row] = (far, TAR lo, TAR hi)`` (those of :func:`plot_roc`) drawn shaded."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for row, (far, frr) in curves.items():
-        ax.plot(probit(far), probit(frr), label=row)
+        line, = ax.plot(probit(far), probit(frr), label=row)
+        if bands and row in bands:
+            bf, lo, hi = (np.asarray(x, dtype=np.float64) for x in bands[row])
+            ax.fill_between(probit(bf), probit(1.0 - hi), probit(1.0 - lo),
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ticks = np.array([1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5])
     pos = probit(ticks)
     labels = [f"{100 * t:g}" for t in ticks]
@@ -90,13 +100,20 @@ def plot_det(curves: dict, path) -> None:
     _finish(fig, ax, "DET", path, grid="major")
 
 
-def plot_cmc(curves: dict, path) -> None:
-    """CMC: ``curves[row] = cmc (R,)`` fractions, rank 1..R."""
+def plot_cmc(curves: dict, path, ci: Optional[dict] = None) -> None:
+    """CMC: ``curves[row] = cmc (R,)`` fractions, rank 1..R; ``ci[row]`` (R, 2) intervals
+    drawn as error bars."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for row, cmc in curves.items():
         cmc = np.asarray(cmc, dtype=np.float64)
-        ax.plot(np.arange(1, cmc.size + 1), 100 * cmc, marker=".", label=row)
+        ranks = np.arange(1, cmc.size + 1)
+        if ci and row in ci:
+            lo, hi = np.asarray(ci[row], dtype=np.float64).T
+            err = 100 * np.stack([np.maximum(cmc - lo, 0), np.maximum(hi - cmc, 0)])
+            ax.errorbar(ranks, 100 * cmc, yerr=err, marker=".", capsize=2, label=row)
+        else:
+            ax.plot(ranks, 100 * cmc, marker=".", label=row)
     ax.set_xlabel("Rank")
     ax.set_ylabel("Identification rate (%)")
     _finish(fig, ax, "CMC", path, grid="major")
@@ -137,19 +154,25 @@ def plot_score_hist_counts(edges, genuine_counts, impostor_counts, title: str, p
     _finish(fig, ax, title, path)
 
 
-def curves_of_matrix(mat, ids, bins: int = 60) -> dict:
+def curves_of_matrix(mat, ids, bins: int = 60, boot: Optional[dict] = None) -> dict:
     """Plot curves of a loaded (P, G) score matrix: ``roc`` = (far, tar) and ``det`` =
     (far, frr) at every distinct score, ``cmc`` to rank 20, ``hist`` = (edges, genuine
     counts, impostor counts). ``ids``: anything with q_pids, g_pids, q_camids, g_camids.
+    ``boot`` (``ci``, ``n_boot``, ``boot_seed``, ``boot_unit`` of
+    :func:`qme_ext.metrics.curve_bands`) adds ``roc_band`` and ``cmc_ci``.
     (Out of core: :func:`qme_ext.streaming.curves_file`, same keys.)"""
-    from .metrics import cmc_curve, roc
+    from .metrics import cmc_curve, curve_bands, roc
     far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
     mat = np.asarray(mat)
     genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]
-    return {"roc": (far, tar), "det": (far, 1.0 - tar),
-            "cmc": cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
-                             max_rank=20),
-            "hist": score_histograms(mat[genuine], mat[~genuine], bins)}
+    out = {"roc": (far, tar), "det": (far, 1.0 - tar),
+           "cmc": cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
+                            max_rank=20),
+           "hist": score_histograms(mat[genuine], mat[~genuine], bins)}
+    if boot:
+        out.update(curve_bands(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
+                               **boot))
+    return out
 
 
 def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
@@ -159,9 +182,13 @@ def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
     import os
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name, plot, key in (("roc.png", plot_roc, "roc"), ("det.png", plot_det, "det"),
-                            ("cmc.png", plot_cmc, "cmc")):
-        plot({row: c[key] for row, c in curves.items()}, os.path.join(out_dir, name))
+    bands = {row: c["roc_band"] for row, c in curves.items() if "roc_band" in c}
+    cmc_ci = {row: c["cmc_ci"] for row, c in curves.items() if "cmc_ci" in c}
+    for name, plot, key, extra in (("roc.png", plot_roc, "roc", bands),
+                                   ("det.png", plot_det, "det", bands),
+                                   ("cmc.png", plot_cmc, "cmc", cmc_ci)):
+        plot({row: c[key] for row, c in curves.items()}, os.path.join(out_dir, name),
+             extra or None)
         written.append(name)
     for row in (curves if hist_rows is None else hist_rows):
         name = f"score_hist_{safe_name(row)}.png"
@@ -171,12 +198,14 @@ def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
     return written
 
 
-def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None) -> list:
+def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None,
+                           boot: Optional[dict] = None) -> list:
     """ROC, DET and CMC of every row in one figure each, plus genuine/impostor histograms.
 
     ``mats[row]`` is a (P, G) score matrix; ``ids`` anything with ``q_pids``, ``g_pids``,
     ``q_camids``, ``g_camids`` (a :class:`qme_ext.io.ScoreSet`); ``hist_rows`` the rows that
-    get a ``score_hist_<row>.png`` (default: all). Returns the file names written.
+    get a ``score_hist_<row>.png`` (default: all); ``boot`` the bootstrap options of
+    :func:`curves_of_matrix` (bands and error bars). Returns the file names written.
     """
-    return write_curve_plots(out_dir, {row: curves_of_matrix(mat, ids)
+    return write_curve_plots(out_dir, {row: curves_of_matrix(mat, ids, boot=boot)
                                        for row, mat in mats.items()}, hist_rows)

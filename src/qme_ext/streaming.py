@@ -263,7 +263,8 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
                   models: Optional[Sequence[str]] = None, calibration=None, max_memory=None,
                   block_rows: Optional[int] = None, protocol: str = "qme", seed: int = 45,
                   device="cpu", fars=None, weights=None, m: float = 2.0, fusion_seed: int = 0,
-                  face: Optional[str] = None) -> dict:
+                  face: Optional[str] = None, ci: Optional[float] = None, n_boot: int = 1000,
+                  boot_seed: int = 0, boot_unit: str = "subject") -> dict:
     """The :func:`qme_ext.metrics.evaluate` report of ``model`` (or of ``fusion`` of
     ``models``, default all) in the score file ``path``, read in row blocks.
 
@@ -272,15 +273,19 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     ``calibration`` (a :class:`~qme_ext.io.ScoreSet` or a file path) is required with
     ``fusion``; ``weights``, ``m``, ``fusion_seed`` and ``face`` are those of
     :func:`qme_ext.fusion.fuse`. ``device`` runs fusion and the metric kernels.
+    ``ci``, ``n_boot``, ``boot_seed``, ``boot_unit``: bootstrap intervals as in
+    :func:`qme_ext.metrics.evaluate`, bit-identical to it for any block size (the
+    TAR replicates read the file once more, for the impostors above the select rank).
     """
-    from . import metrics
+    from . import bootstrap, metrics
     metrics._check_protocol(protocol)
+    boot = bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
                                device, weights, m, fusion_seed, face)
     out = metrics._evaluate_source(
         source, ids["q_pids"], ids["q_camids"], ids["q_clothes_ids"], ids["g_pids"],
         ids["g_camids"], ids["g_clothes_ids"], ids["unique_g_pids"], seed=seed,
-        fars=metrics.DEFAULT_FARS if fars is None else fars)
+        fars=metrics.DEFAULT_FARS if fars is None else fars, boot=boot)
     if isinstance(source, FileSource):  # NonFiniteScoreWarning, as metrics.evaluate gives
         from .verification import warn_matrix_counts
         warn_matrix_counts(source.nonfinite)
@@ -291,13 +296,16 @@ def curves_file(path, model: Optional[str] = None, *, fusion: Optional[str] = No
                 models: Optional[Sequence[str]] = None, calibration=None, max_memory=None,
                 block_rows: Optional[int] = None, device="cpu", weights=None, m: float = 2.0,
                 fusion_seed: int = 0, face: Optional[str] = None, points: int = 64,
-                bins: int = 60) -> dict:
+                bins: int = 60, ci: Optional[float] = None, n_boot: int = 1000,
+                boot_seed: int = 0, boot_unit: str = "subject") -> dict:
     """The plot curves of ``model`` (or ``fusion``) in ``path`` read in row blocks, as
     :func:`qme_ext.plots.curves_of_matrix` gives them for a loaded matrix, except that
     ROC and DET are sampled at ``points`` log-spaced FARs (every sampled point lies
-    exactly on the full curve). Arguments as :func:`evaluate_file`."""
-    from . import metrics
+    exactly on the full curve). Arguments as :func:`evaluate_file`; ``ci=...`` adds the
+    bands of :func:`qme_ext.metrics.curve_bands` (``roc_band``, ``cmc_ci``)."""
+    from . import bootstrap, metrics
+    boot = bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
                                device, weights, m, fusion_seed, face)
     return metrics._curves_source(source, ids["q_pids"], ids["q_camids"], ids["g_pids"],
-                                  ids["g_camids"], points, bins)
+                                  ids["g_camids"], points, bins, boot)
