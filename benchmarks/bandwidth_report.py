@@ -33,8 +33,9 @@ import torch
 
 import qme_ext
 from conftest import device_info, peak_bandwidth  # run as a script: benchmarks/ is on sys.path
-from qme_ext import _ops, _ops_fusion, _ops_qme, _ops_quality, _ops_topk
-from qme_ext.metrics import _same_pid_candidates
+from qme_ext.ops import (evaluation as _ops, fusion as _ops_fusion, qme as _ops_qme,
+                         quality as _ops_quality, topk as _ops_topk)
+from qme_ext.metrics.core import _same_pid_candidates
 
 
 def timed(fn, device: torch.device, repeat: int) -> float:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import bench_synced, median_time, report, requires_cuda
-from qme_ext._ops_fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_SUM, fuse_scores,
-                                 score_stats)
+from qme_ext.ops.fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_SUM, fuse_scores,
+                                score_stats)
 from qme_ext.reference.fusion import fuse_scores_ref, score_stats_ref
 
 SHAPES = {"cpu": (1_000, 20_000), "cuda": (10_000, 27_000)}

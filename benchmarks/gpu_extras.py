@@ -28,7 +28,7 @@ def sync(device: str) -> None:
 
 
 def train_step_time(device: str, steps: int) -> dict:
-    from qme_ext.commands_qme import DEMO_SIZES
+    from qme_ext.cli.qme import DEMO_SIZES
     from qme_ext.datasets.synthetic import synthetic_wholebody
     from qme_ext.qme.train import TrainConfig, fit_qme, fit_quality_estimator
 

@@ -1,7 +1,7 @@
 """Robustness of QME against the best calibrated baseline: regimes x sizes x data seeds.
 
 For every cell (regime, size) and data seed it runs the ``qme-ext demo`` pipeline
-(:func:`qme_ext.commands_qme.demo_pipeline`: data -> 8 baselines calibrated on the training
+(:func:`qme_ext.cli.qme.demo_pipeline`: data -> 8 baselines calibrated on the training
 split -> QE + QME with the default recipe, or ``--recipe paper``) and measures, on the test
 split, overall = Rank-1 + mAP + TAR@1%FAR - FNIR@1%FPIR (in points, i.e. percent). Nothing is
 selected or calibrated on the test split.
@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-from qme_ext.commands_qme import BASELINES, DEMO_SIZES, demo_pipeline
+from qme_ext.cli.qme import BASELINES, DEMO_SIZES, demo_pipeline
 from qme_ext.qme.train import overall_score
 
 SEEDS = {"dev": [100, 101, 102], "heldout": [0, 1, 2, 3, 4]}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import qme_ext
-from qme_ext import bootstrap, metrics
+from qme_ext.metrics import bootstrap
+from qme_ext import metrics
 from report_helpers import assert_same_report, evaluation_inputs
 
 N_BOOT = 40

@@ -2,7 +2,7 @@
 import pytest
 
 import qme_ext
-from qme_ext import _backend
+from qme_ext.ops import backend as _backend
 
 
 def test_build_config_fields():

@@ -5,7 +5,8 @@ import torch
 
 import qme_ext
 from conftest import make_problem
-from qme_ext import _ops, metrics
+from qme_ext.ops import evaluation as _ops
+from qme_ext import metrics
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not qme_ext.cuda_available(), reason="needs a CUDA GPU")]
@@ -123,7 +124,7 @@ def _bitwise(a, b):
 def test_qmagface_epilogue_cuda_bitwise_cpu(din, dout, strided):
     """One rule on both twins (item 1): float math for float32 -> float32 in every layout,
     double otherwise, NaN-propagating min of the qualities."""
-    from qme_ext import _ops_quality as oq
+    from qme_ext.ops import quality as oq
     g = torch.Generator().manual_seed(0)
     cos = (torch.rand(67, 1000, generator=g, dtype=torch.float64) * 2 - 1).to(din)
     if strided:
@@ -147,7 +148,7 @@ def test_qmagface_epilogue_cuda_bitwise_cpu(din, dout, strided):
 @pytest.mark.parametrize("D", [1, 300, 20000])  # 20000: beyond the staged (shared-memory) path
 def test_template_aggregate_cuda_bitwise_cpu(fdtype, wdtype, D):
     """No FMA contraction, double accumulation, the CPU's summation order (item 2)."""
-    from qme_ext import _ops_quality as oq
+    from qme_ext.ops import quality as oq
     g = torch.Generator().manual_seed(1)
     sizes = [0, 1, 5, 37, 2, 0, 11] if D < 20000 else [3, 0, 4]
     N = sum(sizes)
@@ -177,7 +178,7 @@ def test_expert_fuse_forward_cuda_vs_cpu_decision():
     expm1/expm1f and its contracted FMAs against the CPU's inline polynomial and separate
     roundings); it agrees to float32 rounding: |diff| <= 4e-6 * (1 + |out|) for float32,
     1e-12 for float64."""
-    from qme_ext import _ops_qme as ops
+    from qme_ext.ops import qme as ops
     for dtype, tol in ((torch.float32, 4e-6), (torch.float64, 1e-12)):
         p, x, _ = _expert_problem(3, 4, 12, 5, 20000, dtype)
         pc = {k: v.cuda() for k, v in p.items()}
@@ -192,7 +193,7 @@ def test_expert_fuse_bwd_cuda_sums_in_double(dtype):
     """Item 3: parameter gradients summed in double on CUDA as on the CPU, so at
     B*G ~ 1.6e7 float32 gradients of the two twins agree to ~1e-6 of their scale
     (float partial sums drift ~1e-5..1e-4)."""
-    from qme_ext import _ops_qme as ops
+    from qme_ext.ops import qme as ops
     p, x, gr = _expert_problem(2, 3, 9, 8, 2_000_000, dtype, seed=2)
     pc = {k: v.cuda() for k, v in p.items()}
     a = ops.expert_fuse_bwd(gr, x, *p.values(), 0.0, 3)
@@ -210,7 +211,7 @@ def test_expert_fuse_bwd_cuda_sums_in_double(dtype):
 def test_expert_fuse_bwd_cuda_large_experts_run():
     """Item 4: staged parameters + 8 per-warp copies beyond 227 KB of shared memory run in
     expert-range launches (the CPU runs these shapes) and match the CPU."""
-    from qme_ext import _ops_qme as ops
+    from qme_ext.ops import qme as ops
     p, x, gr = _expert_problem(8, 8, 64, 3, 5000, torch.float64, seed=3)
     pc = {k: v.cuda() for k, v in p.items()}
     for drop in (0.0, 0.25):
@@ -225,7 +226,7 @@ def test_expert_fuse_bwd_cuda_large_experts_run():
 def test_score_stats_cuda_bitwise_cpu(dtype, shape):
     """Item 5: one decomposition (16 x 32768 parts, 256 lanes, fixed trees) on both twins:
     count/mean/M2/min/max bit for bit, labels or not, NaN/inf/+-0 in the data."""
-    from qme_ext import _ops_fusion as of
+    from qme_ext.ops import fusion as of
     P, G = shape
     g = torch.Generator().manual_seed(P + G)
     S = torch.randn(P, G, generator=g, dtype=torch.float64)
@@ -252,7 +253,7 @@ def test_topk_cuda_more_than_2_32_columns():
     G = 2**32 + 3
     if free < 12 * 2**30:
         pytest.skip("needs ~12 GiB of free GPU memory")
-    from qme_ext import _ops_topk as ot
+    from qme_ext.ops import topk as ot
     S = torch.zeros((1, G), dtype=torch.float16, device="cuda")
     S[0, G - 1], S[0, 2**32], S[0, 5] = 3.0, 2.0, 2.0  # tie at 2.0: lower column first
     vals, idx = ot.topk(S, 4, True)

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from conftest import requires_cuda, to_device
-from qme_ext import _keys, metrics
-from qme_ext._accumulate import TensorSource
-from qme_ext._ops_shard import count_before
+from qme_ext.ops import keys as _keys
+from qme_ext import metrics
+from qme_ext.metrics import core as metrics_core
+from qme_ext.metrics.accumulate import TensorSource
+from qme_ext.ops.shard import count_before
 from qme_ext.reference import count_before_ref
 from report_helpers import assert_same_report, evaluation_inputs
 
@@ -92,7 +94,7 @@ def test_column_path_in_one_process_equals_row_path(dtype):
     whole = metrics.evaluate(S, M, *ids)
     for block_rows in (None, 4):
         src = TensorSource(torch.from_numpy(S), torch.from_numpy(M), block_rows)
-        got = metrics._evaluate_source(src, *ids, shard="columns")
+        got = metrics_core._evaluate_source(src, *ids, shard="columns")
         assert_same_report(got, whole)
 
 

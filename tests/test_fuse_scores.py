@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from layouts import TORCH_DTYPES
-from qme_ext._ops_fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN,
-                                 RULE_SUM, fuse_scores)
+from qme_ext.ops.fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
+                                fuse_scores)
 from qme_ext.reference.fusion import fuse_scores_ref
 
 RULES = [RULE_SUM, RULE_MIN, RULE_MAX, RULE_ASYM_AO]
@@ -125,7 +125,7 @@ def test_bad_arguments(change, match):
 @pytest.mark.parametrize("dtype", TORCH_DTYPES)
 @pytest.mark.parametrize("P,G", [(1, 1), (15, 7), (16, 40), (37, 53)])  # chunk edges at 16 rows
 def test_score_stats_matches_reference(device, dtype, P, G):
-    from qme_ext._ops_fusion import score_stats
+    from qme_ext.ops.fusion import score_stats
     from qme_ext.reference.fusion import score_stats_ref
     g = torch.Generator().manual_seed(P * G)
     S = (torch.randn(P, G, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
@@ -146,7 +146,7 @@ def test_score_stats_matches_reference(device, dtype, P, G):
 
 def test_score_stats_is_deterministic_across_threads():
     import qme_ext
-    from qme_ext._ops_fusion import score_stats
+    from qme_ext.ops.fusion import score_stats
     S = torch.randn(1000, 300, generator=torch.Generator().manual_seed(0))
     q, g = torch.randint(0, 50, (1000,)), torch.randint(0, 50, (300,))
     before = qme_ext.get_num_threads()
@@ -161,7 +161,7 @@ def test_score_stats_is_deterministic_across_threads():
 
 
 def test_score_stats_opcheck_and_arguments(device):
-    from qme_ext._ops_fusion import score_stats
+    from qme_ext.ops.fusion import score_stats
     S = torch.randn(5, 6, device=device)
     q, g = torch.arange(5, device=device), torch.arange(6, device=device)
     torch.library.opcheck(score_stats, (S, q, g), test_utils=(

@@ -293,7 +293,7 @@ def test_ids_as_tensors_on_the_scores_device(device, name):
 def test_score_stats_signed_zero_min_max_is_positive_zero(device, dtype):
     """-0.0 ties +0.0 (the ranking order): a zero min or max is +0.0 whatever the order of
     the data (issue 10, item 5); the other statistics are unchanged by the zero's sign."""
-    from qme_ext import _ops_fusion as of
+    from qme_ext.ops import fusion as of
     for first in (-0.0, 0.0):
         S = torch.tensor([[first, -first, 0.0], [-0.0, 0.0, 0.0]], dtype=dtype)
         ids = torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
@@ -311,7 +311,7 @@ def test_score_stats_signed_zero_min_max_is_positive_zero(device, dtype):
 
 def test_score_stats_independent_of_threads_and_strides():
     import qme_ext
-    from qme_ext import _ops_fusion as of
+    from qme_ext.ops import fusion as of
     g = torch.Generator().manual_seed(9)
     S = torch.randn(16 * 40 + 3, 33000, generator=g, dtype=torch.float64).to(torch.float32)
     q = torch.randint(0, 5, (S.shape[0],), generator=g)

@@ -10,7 +10,7 @@ from qme_ext import cli
 from qme_ext.datasets import make_example_scoreset
 from qme_ext.io import save_scores
 from qme_ext.metrics import evaluate
-from qme_ext.verification import NonFiniteScoreWarning
+from qme_ext.metrics.nonfinite import NonFiniteScoreWarning
 
 ZERO = {"nan": 0, "posinf": 0, "neginf": 0}
 

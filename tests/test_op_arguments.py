@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from qme_ext import _ops, _ops_qme, _ops_quality
+from qme_ext.ops import evaluation as _ops, qme as _ops_qme, quality as _ops_quality
 
 
 def rank_counts_args(device="cpu"):

@@ -5,13 +5,16 @@ import pytest
 import torch
 
 from conftest import make_problem
-from qme_ext import _accumulate, _ops, metrics
+from qme_ext.metrics import accumulate as _accumulate
+from qme_ext.ops import evaluation as _ops
+from qme_ext import metrics
+from qme_ext.metrics import core as metrics_core
 
 
 def _rank_args(device):
     S, ids = make_problem(0, P=12, G=40)
     t = torch.from_numpy(S).to(device)
-    cand = metrics._same_pid_candidates(torch.from_numpy(ids["q_pids"]).to(device),
+    cand = metrics_core._same_pid_candidates(torch.from_numpy(ids["q_pids"]).to(device),
                                         torch.from_numpy(ids["g_pids"]).to(device))
     flags = _accumulate.mode_flags(cand, ["general"], torch.from_numpy(ids["q_camids"]).to(device),
                                     torch.from_numpy(ids["g_camids"]).to(device), None, None)
@@ -42,7 +45,7 @@ def test_opcheck_openset_stats(device):
 
 
 def test_key_histogram_counts_match_numpy():
-    from qme_ext._keys import keys32
+    from qme_ext.ops.keys import keys32
     S = torch.randn(20, 50)
     S[0, :5] = float("nan")
     hist, stats = _ops.key_histogram(S, 16, 16, torch.zeros(0, dtype=torch.int64), 32, 0)

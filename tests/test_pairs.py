@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from qme_ext import metrics
-from qme_ext.metrics import verification
-from qme_ext.verification import NonFiniteScoreWarning
+from qme_ext.metrics.verification import verification
+from qme_ext.metrics.nonfinite import NonFiniteScoreWarning
 
 
 def _vectors(seed=0, tied=False, n_gen=800, n_imp=12000):

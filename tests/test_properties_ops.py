@@ -26,7 +26,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from layouts import LAYOUTS, Matrix, present
 from property_strategies import ids, matrices, values
-from qme_ext import _ops_qme, _ops_quality
+from qme_ext.ops import qme as _ops_qme, quality as _ops_quality
 from qme_ext import fusion
 from qme_ext.io import ScoreSet
 from qme_ext.quality import QMagFace

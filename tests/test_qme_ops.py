@@ -4,7 +4,7 @@ import torch
 
 import qme_ext
 from conftest import requires_cuda
-from qme_ext import _ops_qme as ops
+from qme_ext.ops import qme as ops
 from qme_ext.qme.modules import QME
 from qme_ext.reference.qme import ReferenceScoreExpert, load_expert_state, reference_expert_fuse
 

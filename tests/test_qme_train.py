@@ -98,7 +98,7 @@ def test_qme_beats_zscore_on_face_poor():
 def test_default_recipe_beats_the_best_calibrated_baseline_on_face_poor():
     """The robust (default) recipe on a face_poor set: ahead of every baseline fusion
     calibrated on the same training split, and of its own warm start (training helps)."""
-    from qme_ext.commands_qme import BASELINES
+    from qme_ext.cli.qme import BASELINES
     data = synthetic_wholebody("face_poor", seed=1, num_subjects=50, num_train_subjects=60,
                                num_val_subjects=30, num_unknown=12)
     cfg = TrainConfig(qe_steps=300, quiet=True)

@@ -10,13 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qme_ext import _ops_quality as oq
+from qme_ext.ops import quality as oq
 from qme_ext.quality import (AdaFaceHead, EQFaceLoss, EQFaceQualityHead, MagFaceHead,
-                             ProgressiveAggregator, QAFaceInjection, QMagFace,
-                             aggregate_templates, eqface_step_params, fit_line,
-                             pair_cosine_quality,
-                             magface_margin, magface_regularizer, qmagface_template, qwfa,
-                             qwfaf)
+                             ProgressiveAggregator, QAFaceInjection, QMagFace, aggregate_templates,
+                             eqface_step_params, fit_line, pair_cosine_quality, magface_margin,
+                             magface_regularizer, qmagface_template, qwfa, qwfaf)
 from qme_ext.quality.qmagface import qmagface_thresholds_omegas
 from qme_ext.reference.quality import (qmagface_fit_reference, qmagface_score_matrix_ref,
                                        qmagface_score_ref, template_aggregate_ref)

@@ -9,17 +9,8 @@ import pytest
 sklearn_metrics = pytest.importorskip("sklearn.metrics")  # a test extra
 average_precision_score, roc_curve = sklearn_metrics.average_precision_score, sklearn_metrics.roc_curve
 
-from qme_ext.reference import (
-    det_ref,
-    eer_ref,
-    evaluate_ref,
-    fnir_at_fpir_ref,
-    numpy_splits,
-    qme_splits,
-    rank_metrics_ref,
-    roc_ref,
-    tar_at_far_ref,
-)
+from qme_ext.reference import (det_ref, eer_ref, evaluate_ref, fnir_at_fpir_ref, numpy_splits,
+                               qme_splits, rank_metrics_ref, roc_ref, tar_at_far_ref)
 
 
 def _pairs(genuine, impostor):

@@ -16,7 +16,8 @@ import torch
 import qme_ext
 from conftest import requires_cuda
 from layouts import present, same_bits
-from qme_ext import _ops, _ops_qme, _ops_quality, fusion, metrics
+from qme_ext.ops import evaluation as _ops, qme as _ops_qme, quality as _ops_quality
+from qme_ext import fusion, metrics
 from qme_ext.io import ScoreSet
 from qme_ext.qme.modules import QME
 from qme_ext.quality import (ProgressiveAggregator, QMagFace, aggregate_templates,

@@ -218,7 +218,7 @@ def test_cli_max_memory_user_errors(score_files, tmp_path, capsys, args, needle)
 
 
 def test_tensor_source_blocks_are_views():
-    from qme_ext._accumulate import TensorSource
+    from qme_ext.metrics.accumulate import TensorSource
     S = torch.randn(10, 4)
     blocks = list(TensorSource(S, None, 4).blocks(scores=True))
     assert [b.rows for b in blocks] == [slice(0, 4), slice(4, 8), slice(8, 10)]

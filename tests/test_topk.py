@@ -10,7 +10,7 @@ import torch
 import qme_ext
 from conftest import requires_cuda
 from layouts import TORCH_DTYPES
-from qme_ext import _ops_topk
+from qme_ext.ops import topk as _ops_topk
 from qme_ext.qme import QME, QualityEstimator, search
 from qme_ext.reference import topk_ref
 
@@ -91,7 +91,7 @@ def test_numpy_in_numpy_out():
     for dt in (np.float16, np.float32, np.float64):
         S = scores(6, 50, seed=1).numpy().astype(dt)
         got = qme_ext.topk(S, 5)
-        assert isinstance(got, qme_ext.retrieval.TopK) and got.values.dtype == dt
+        assert isinstance(got, qme_ext.top_k.TopK) and got.values.dtype == dt
         assert_same(got, topk_ref(S, 5))
 
 

@@ -76,10 +76,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._ops_fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
-                          fuse_scores, score_stats)
+from .ops.fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
+                         fuse_scores, score_stats)
 from .io import ScoreSet
-from .reference.fusion import asym_ao_ref
 
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
@@ -306,10 +305,17 @@ def asym_ao(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
     Inputs are clipped to [0, 1]; the result is 0 where a or b is 0 (the operator's limit, and
     it avoids 0^(negative) for m < 1) and is clipped to [0, 1]. m = 0 gives the Hamacher product
     ab / (a + b - ab), m = 1 the product ab; As(1, b) = b and, for m = 2, As(a, 1) = a.
-    Eager tensors (qme_ext.reference.fusion.asym_ao_ref); the ``asym_ao`` rule of
+    Eager tensors (also the reference oracle's fold); the ``asym_ao`` rule of
     :func:`fuse` runs the same fold inside the fused kernel.
     """
-    return asym_ao_ref(a, b, m)
+    a = a.clamp(0.0, 1.0)
+    b = b.clamp(0.0, 1.0)
+    zero = (a == 0) | (b == 0)
+    a.masked_fill_(zero, 1.0)
+    b.masked_fill_(zero, 0.5)
+    num = a.pow(m).mul_(b)
+    den = a.pow(m - 1.0).mul_(b).add_(1.0).sub_(b)
+    return num.div_(den).masked_fill_(zero, 0.0).clamp_(0.0, 1.0)
 
 
 RULES = ("mean", "min", "max", "weighted", "asym_ao", "bssf", "farsight_style")

@@ -122,7 +122,7 @@ def plot_cmc(curves: dict, path, ci: Optional[dict] = None) -> None:
 def score_histograms(genuine, impostor, bins: int = 60) -> tuple:
     """(edges (bins + 1,), genuine counts, impostor counts) of the finite scores on shared
     linear bins, as :func:`qme_ext.metrics.histogram_edges` places them."""
-    from .metrics import histogram_edges
+    from .metrics.core import histogram_edges
     genuine = np.asarray(genuine, dtype=np.float64)
     impostor = np.asarray(impostor, dtype=np.float64)
     genuine, impostor = genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
@@ -161,7 +161,7 @@ def curves_of_matrix(mat, ids, bins: int = 60, boot: Optional[dict] = None) -> d
     ``boot`` (``ci``, ``n_boot``, ``boot_seed``, ``boot_unit`` of
     :func:`qme_ext.metrics.curve_bands`) adds ``roc_band`` and ``cmc_ci``.
     (Out of core: :func:`qme_ext.streaming.curves_file`, same keys.)"""
-    from .metrics import cmc_curve, curve_bands, roc
+    from .metrics.core import cmc_curve, curve_bands, roc
     far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
     mat = np.asarray(mat)
     genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]

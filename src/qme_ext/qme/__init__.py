@@ -16,7 +16,7 @@ _EXPORTS = {
     "TrainConfig": "train",
     "predict": "train",
     "fuse_scoreset": "train",
-    "search": "retrieval",  # not "search": a submodule named like the function would shadow it
+    "search": "fused_search",  # not "search": a submodule named like the function would shadow it
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
 }

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ops_qme import MAX_CHANNELS, compute_dtype, expert_fuse
+from ..ops.qme import MAX_CHANNELS, compute_dtype, expert_fuse
 
 _SEED_LIMIT = 1 << 62
 

@@ -353,7 +353,7 @@ def fuse_scoreset(model, qe, scoreset, name: str = "qme", batch: int = 256, devi
 
 
 def _validate(model, qe, val, config, dev) -> tuple:
-    from ..metrics import evaluate
+    from ..metrics.core import evaluate
     s, m = predict(model, qe, val, device=dev, quality=config.quality,
                    const_quality=config.const_quality)
     robust = config.recipe == "robust"

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._ops_quality import template_aggregate
+from ..ops.quality import template_aggregate
 
 
 class EQFaceQualityHead(nn.Module):

@@ -114,7 +114,7 @@ class QMagFace:
         the output while it is cache/L2 resident: no second pass over P x G.
         ``out_dtype`` defaults to float32 (float64 for float64 features).
         """
-        from .._ops_quality import qmagface_epilogue
+        from ..ops.quality import qmagface_epilogue
 
         a, b = self._params()
         pf, gf = torch.as_tensor(probe_feats), torch.as_tensor(gallery_feats)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._ops_fusion import NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM
+from ..ops.fusion import NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM
+from ..fusion import asym_ao as asym_ao_ref  # the product's eager fold (one definition)
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -30,19 +31,6 @@ def normalise_ref(s: torch.Tensor, norm: int, shift: float, div: float) -> torch
     """(s - shift) / div, or 0.5 (tanh(0.01 (s - shift) / div) + 1) for the tanh estimator."""
     z = nan_to_num_f64(s).sub_(shift).div_(div)
     return z.mul_(0.01).tanh_().add_(1.0).mul_(0.5) if norm == NORM_TANH else z
-
-
-def asym_ao_ref(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
-    """Asymmetric Hamacher aggregation As(a, b) = a^m b / (a^(m-1) b + 1 - b) on [0, 1];
-    0 where a or b is 0 (the operator's limit; it also keeps 0^(negative) out)."""
-    a = a.clamp(0.0, 1.0)
-    b = b.clamp(0.0, 1.0)
-    zero = (a == 0) | (b == 0)
-    a.masked_fill_(zero, 1.0)
-    b.masked_fill_(zero, 0.5)
-    num = a.pow(m).mul_(b)
-    den = a.pow(m - 1.0).mul_(b).add_(1.0).sub_(b)
-    return num.div_(den).masked_fill_(zero, 0.0).clamp_(0.0, 1.0)
 
 
 def fuse_scores_ref(scores, norm, shift, div, rule: int, weights, m: float = 2.0,

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from ..metrics.splits import numpy_splits, qme_splits  # the product draws them; see there
+
 __all__ = [
     "count_before_ref",
     "rank_metrics_ref",
@@ -409,31 +411,6 @@ def eer_ref(scores, q_pids, g_pids):
 # --------------------------------------------------------------------------------------------
 # 2.3 open-set identification: FNIR@FPIR
 # --------------------------------------------------------------------------------------------
-def qme_splits(unique_g_pids, n_splits=10, keep_fraction=0.8, seed=45):
-    """Enrolment splits exactly as the QME reference draws them (legacy global RNG).
-
-    The reference calls ``np.random.seed(seed)``, then ``n_splits`` times
-    ``np.sort(np.random.choice(ids, int(len(ids) * keep_fraction), replace=False))``. The legacy
-    global functions are methods of one hidden ``RandomState``, so a private
-    ``RandomState(seed)`` draws the identical sequence without touching the global state, which
-    keeps concurrent calls from different threads from interleaving their draws.
-
-    Returns a list of ``n_splits`` sorted arrays of ``int(n * keep_fraction)`` subject ids.
-    """
-    ids = np.asarray(unique_g_pids)
-    n_keep = int(len(ids) * keep_fraction)
-    rng = np.random.RandomState(seed)
-    return [np.sort(rng.choice(ids, n_keep, replace=False)) for _ in range(n_splits)]
-
-
-def numpy_splits(unique_g_pids, n_splits=10, keep_fraction=0.8, seed=45):
-    """Like :func:`qme_splits` but drawn from ``np.random.default_rng(seed)`` (no global state)."""
-    ids = np.asarray(unique_g_pids)
-    n_keep = int(len(ids) * keep_fraction)
-    rng = np.random.default_rng(seed)
-    return [np.sort(rng.choice(ids, n_keep, replace=False)) for _ in range(n_splits)]
-
-
 def _openset_threshold(nonmated_max: np.ndarray, fpir: float) -> float:
     """k-th largest non-mated row maximum, k = int(N_nm * fpir); largest + 1e-8 when k = 0."""
     desc = np.sort(nonmated_max)[::-1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Optional
 
-from ._version import __version__
+from .._version import __version__
 
 try:
     _C = importlib.import_module("qme_ext._C")

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .io import ScoreFileError
+from .errors import ScoreFileError
 
 PAIR_FORMATS = ("auto", "bob4", "bob5", "scores", "csv", "npz", "npy")
 LABEL_COLUMNS = ("label", "genuine", "is_genuine", "labels")

@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 
-from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import PROG, UserError, check_device, format_table, json_value, progress
 
 VERIFY_HELP = "verification metrics (EER, FNMR@FMR, ...) of genuine/impostor score files"
 
@@ -60,8 +60,8 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
 
 def _systems(args) -> list:
     """[Pairs] of the command line's files, after every check."""
-    from .io import load_pairs
-    from .pair_files import score_list_format
+    from ..io import load_pairs
+    from ..io.pair_files import score_list_format
     files, systems, i = args.files, [], 0
     for f in files:
         if not os.path.exists(f):
@@ -90,7 +90,7 @@ def _systems(args) -> list:
 
 
 def _columns(fmrs, fnmrs, convention) -> tuple:
-    from .metrics import _pct_key
+    from ..metrics.core import _pct_key
     cols = [(f"EER({convention})", "EER", None)]
     cols += [(_pct_key("FNMR", f, "FMR"), _pct_key("FNMR", f, "FMR"), None) for f in fmrs]
     cols += [(_pct_key("FMR", f, "FNMR"), _pct_key("FMR", f, "FNMR"), None) for f in fnmrs]
@@ -102,7 +102,8 @@ def run_verify(args) -> int:
     fmrs, fnmrs = _rates(args.fmrs, "--fmrs"), _rates(args.fnmrs, "--fnmrs")
     check_device(args.device)
     systems = _systems(args)
-    from .verification import describe_nonfinite, verification
+    from ..metrics.nonfinite import describe_nonfinite
+    from ..metrics.verification import verification
     results, reports = {}, {}
     for s in systems:
         progress(args, f"{s.name}: {s.genuine.size} genuine, {s.impostor.size} impostor scores "
@@ -128,7 +129,7 @@ def run_verify(args) -> int:
 
 
 def _plots(args, systems, results) -> None:
-    from . import plots
+    from .. import plots
     if not plots.available():
         print(f"{PROG}: warning: matplotlib is not installed; skipping --plots", file=sys.stderr)
         return

@@ -52,8 +52,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import _keys
-from ._select import ImpostorKeys, select_desc
+from ..ops import keys as _keys
+from .order_stats import ImpostorKeys, select_desc
 
 UNITS = ("subject", "probe")
 _BUCKETS = 1024
@@ -450,7 +450,7 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
 
 
 def _genuine_per_probe(ids) -> np.ndarray:
-    from ._accumulate import GalleryIndex
+    from .accumulate import GalleryIndex
     cand = GalleryIndex(ids.g_pids).candidates(ids.q_pids)
     return torch.diff(cand.offsets).cpu().numpy()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import DTYPE_CODES, device_guard, module_and_extra
+from .common import DTYPE_CODES, device_guard, module_and_extra
 
 MAX_CHANNELS = 8  # kExpertMaxChannels in csrc/include/qme/expert_fuse.h
 _U64 = (1 << 64) - 1

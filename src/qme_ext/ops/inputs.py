@@ -10,8 +10,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import _backend
-from ._ops import SCORE_DTYPES
+from . import backend as _backend
+from .common import SCORE_DTYPES
 
 _NUMPY_SCORE_DTYPES = (np.float16, np.float32, np.float64)
 

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._inputs import as_score_matrix
-from ._ops_topk import MAX_K, topk as _topk_op
+from .ops.inputs import as_score_matrix
+from .ops.topk import MAX_K, topk as _topk_op
 
 __all__ = ["TopK", "topk", "MAX_K"]
 

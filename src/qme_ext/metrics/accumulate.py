@@ -32,11 +32,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from . import _keys
-from ._ops import openset_stats, rank_counts
-from ._ops_shard import count_before
-from ._select import HistogramPass, ImpostorKeys, KeyStats, block_histogram, \
-    build_impostor_keys, key_bits_of
+from ..ops import keys as _keys
+from ..ops.evaluation import openset_stats, rank_counts
+from ..ops.shard import count_before
+from .order_stats import (HistogramPass, ImpostorKeys, KeyStats, block_histogram,
+                          build_impostor_keys, key_bits_of)
 
 
 # ---------------------------------------------------------------------------

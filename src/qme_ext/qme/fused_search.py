@@ -15,8 +15,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .._ops_topk import topk as _topk_op
-from ..retrieval import MAX_K, TopK, check_k, check_largest
+from ..ops.topk import topk as _topk_op
+from ..top_k import MAX_K, TopK, check_k, check_largest
 
 __all__ = ["search"]
 

@@ -1,34 +1,5 @@
-"""The ``qme-ext`` command line (also ``python -m qme_ext``).
-
-Subcommands
------------
-``evaluate FILE.h5``
-    Evaluate every model of a SPEC §1 score file and any fusion of them; print a table
-    (percentages), optionally write all metric keys as JSON and PNG plots. With
-    ``--max-memory SIZE`` the file is read in blocks of probe rows that fit SIZE (the same
-    report, bit for bit; what SIZE covers: :mod:`qme_ext.streaming`); fusion then needs
-    ``--calibration TRAIN.h5``, and ``--plots`` draws ROC/DET sampled at 64 log-spaced
-    FARs (each point exact) from further passes over the file.
-``example FILE.h5``
-    Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
-
-``verify FILE...``
-    Verification metrics of genuine/impostor score files: bob 4/5-column, pyeer lists, CSV,
-    numpy (:mod:`qme_ext.commands_verify`).
-
-``train``, ``fuse``, ``demo``
-    QME training, fusion with a checkpoint, and the end-to-end synthetic demo
-    (:mod:`qme_ext.commands_qme`).
-
-A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``.
-
-Conventions: progress lines go to stderr (silenced by ``--quiet``); the table goes to stdout.
-A user error (missing or malformed file, unknown model or fusion name, unusable option) exits
-with status 2 and one line ``qme-ext: error: ...`` on stderr, without a traceback; anything
-else is a bug and keeps its traceback. In the JSON output, NaN metric values become ``null``.
-The ``--seed`` option is the evaluation protocol's split seed (45 in the paper); fusion rules
-that search (``bssf``) use their own fixed seed (:func:`qme_ext.fusion.fuse` ``seed=0``).
-"""
+"""``qme-ext evaluate`` and ``qme-ext example``: a SPEC §1 score file's table, JSON,
+plots and intervals (in memory or out of core), and the built-in example file."""
 from __future__ import annotations
 
 import argparse
@@ -37,10 +8,8 @@ import sys
 import warnings
 from typing import Optional
 
-from ._cli_common import (PROG, UserError, check_device, format_comparison, format_table,
-                          json_value, progress)
-from .commands_qme import COMMANDS as _QME_COMMANDS
-from .commands_verify import COMMANDS as _VERIFY_COMMANDS
+from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
+                     progress)
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -62,13 +31,6 @@ TABLE_COLUMNS = (
 
 # --calibration values that fit on the evaluated file itself (qme_ext.fusion.SELF_CALIBRATIONS)
 _SELF = ("self", "self-score")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (the usage text stays available through --help)."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,7 +75,7 @@ def _boot_options(args) -> dict:
     if args.ci is None and not args.compare:
         return {}
     level = 0.95 if args.ci is None else args.ci
-    from .bootstrap import options
+    from ..metrics.bootstrap import options
     try:
         options(level, args.n_boot, args.boot_seed, args.boot_unit)
     except ValueError as exc:
@@ -141,7 +103,7 @@ def _compare_pairs(args, rows) -> list:
 def _fusion_items(text: Optional[str]) -> list:
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     if items:  # importing fusion pulls in torch: only when needed
-        from .fusion import parse_method
+        from ..fusion import parse_method
     for item in items:
         try:
             parse_method(item)
@@ -152,7 +114,7 @@ def _fusion_items(text: Optional[str]) -> list:
 
 def _check_protocol(name: str) -> None:
     """Reject unknown protocols up front, before any file is read."""
-    from .metrics import PROTOCOLS
+    from ..metrics.core import PROTOCOLS
     if name not in PROTOCOLS:
         raise UserError(f"unknown --protocol {name!r}; choose from {list(PROTOCOLS)}")
 
@@ -162,7 +124,7 @@ def _load_inputs(args, items):
 
     Validating everything first keeps a user error to the single ``qme-ext: error:`` line.
     """
-    from .io import load_calibration, load_scores
+    from ..io import load_calibration, load_scores
     check_device(args.device)
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
@@ -185,9 +147,9 @@ def _check_rows(args, models, merge_models, items) -> None:
 
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
-    from .io import load_calibration, load_ids
-    from .streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
-    from .verification import NonFiniteScoreWarning
+    from ..io import load_calibration, load_ids
+    from ..metrics.streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
+    from ..metrics.nonfinite import NonFiniteScoreWarning
     try:
         budget = parse_memory(args.max_memory)
     except ValueError:
@@ -231,7 +193,7 @@ def _streaming_results(args, items) -> dict:
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in models)
     if plotting:
-        from . import plots
+        from .. import plots
         plots.write_curve_plots(args.plots, curves)
         progress(args, f"plots written to {args.plots} (ROC/DET sampled at 64 FARs, "
                        "each point exact)")
@@ -243,7 +205,7 @@ def _rows(args, scores, calibration, items):
     rows = {m: (scores.score_mats[m], scores.merge_score_mats[m]) for m in scores.models}
     if not items:
         return rows
-    from .fusion import fuse
+    from ..fusion import fuse
     for item in items:
         progress(args, f"fusing {item}")
         try:
@@ -255,7 +217,7 @@ def _rows(args, scores, calibration, items):
 
 
 def _plots_available() -> bool:
-    from . import plots
+    from .. import plots
     if not plots.available():
         print(f"{PROG}: warning: matplotlib is not installed; skipping --plots",
               file=sys.stderr)
@@ -264,7 +226,7 @@ def _plots_available() -> bool:
 
 
 def _write_plots(args, rows, scores, boot) -> None:
-    from . import plots
+    from .. import plots
     if not _plots_available():
         return
     plots.write_comparison_plots(args.plots, {r: mat for r, (mat, _) in rows.items()}, scores,
@@ -285,8 +247,8 @@ def run_evaluate(args) -> int:
     if not isinstance(calibration, str):
         progress(args, f"calibration {args.calibration}: {calibration.num_probes} probes x "
                         f"{calibration.num_gallery} gallery")
-    from .metrics import evaluate
-    from .verification import NonFiniteScoreWarning
+    from ..metrics.core import evaluate
+    from ..metrics.nonfinite import NonFiniteScoreWarning
     rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
@@ -327,7 +289,7 @@ def _print_results(args, results: dict, pairs=()) -> None:
     print(format_table(results, TABLE_COLUMNS))
     compared = {}
     if pairs:
-        from .metrics import compare
+        from ..metrics.core import compare
         any_rep = next(iter(results.values()))
         unit = "probe subjects" if any_rep.boot.unit == "subject" else "probes"
         for a, b in pairs:
@@ -359,8 +321,8 @@ def _add_example(p: argparse.ArgumentParser) -> None:
 
 
 def run_example(args) -> int:
-    from .datasets import make_example_scoreset
-    from .io import save_scores
+    from ..datasets import make_example_scoreset
+    from ..io import save_scores
     try:
         scores = make_example_scoreset(num_probes=args.probes, num_gallery=args.gallery,
                                        num_subjects=args.subjects, seed=args.seed)
@@ -375,34 +337,4 @@ def run_example(args) -> int:
 COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),
     "example": ("write a small synthetic score file", _add_example, run_example),
-    **_QME_COMMANDS,
-    **_VERIFY_COMMANDS,
 }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    parser = _Parser(prog=PROG, description="Quality-aware biometric score fusion and "
-                                            "evaluation (QME).")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    for name, (help_text, add_arguments, _run) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    return parser
-
-
-def main(argv=None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 user error)."""
-    from .io import ScoreFileError
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command][2](args)
-    except (UserError, ScoreFileError, OSError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the message holds
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ def check_device(name: str) -> str:
     except (RuntimeError, ValueError):
         raise UserError(f"invalid --device {name!r}") from None
     if dev.type == "cuda":
-        from . import _backend
+        from ..ops import backend as _backend
         if not torch.cuda.is_available():
             raise UserError("--device cuda requested but CUDA is not available")
         if not _backend.cuda_compiled():

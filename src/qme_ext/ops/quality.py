@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_stream
+from .common import DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_stream
 
 FEATURE_DTYPES = tuple(DTYPE_CODES)
 

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import _keys
-from ._ops import key_histogram
+from ..ops import keys as _keys
+from ..ops.evaluation import key_histogram
 
 DIGIT_BITS = 16
 _NO_PREFIX = torch.zeros(0, dtype=torch.int64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import device_guard, matrix_descriptor, module_and_extra
+from .common import device_guard, matrix_descriptor, module_and_extra
 
 MAX_K = 2048  # kTopkMaxK in csrc/include/qme/topk.h
 

@@ -10,10 +10,10 @@ Every metric is computed exactly by one streaming kernel pass per metric family
   statistics, genuine pairs being gathered from the id vectors (no P x G mask);
 * open-set: ``qme_ext::openset_stats`` gives every split's statistics in one pass.
 
-The passes run over row blocks of a :class:`~qme_ext._accumulate.BlockSource`
+The passes run over row blocks of a :class:`~qme_ext.metrics.accumulate.BlockSource`
 whose partial states concatenate (per-probe results) or add (histograms,
 counts) before one finishing step: an in-memory matrix is the one-block case,
-:func:`evaluate_file` streams an HDF5 score file larger than memory, and
+:func:`qme_ext.metrics.evaluate_file` streams an HDF5 score file larger than memory, and
 :mod:`qme_ext.distributed` combines shards held by several processes; the
 results are bit-identical in all three cases.
 
@@ -42,13 +42,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import _keys
+from ..ops import keys as _keys
 from . import bootstrap as _bootstrap
-from ._accumulate import LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids, \
-    OpenSetSetup, Plan, Reducer, TensorSource, accumulate
-from ._inputs import as_ids, as_probabilities, as_score_matrix
-from ._select import ImpostorKeys, select_desc
-from .reference.metrics import numpy_splits, qme_splits
+from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids,
+                         OpenSetSetup, Plan, Reducer, TensorSource, accumulate)
+from ..ops.inputs import as_ids, as_probabilities, as_score_matrix
+from .order_stats import ImpostorKeys, select_desc
+from .nonfinite import warn_nonfinite_matrices
+from .splits import numpy_splits, qme_splits
 
 MODES = ("general", "sc", "cc")
 DEFAULT_FARS = (1e-4, 1e-3, 1e-2)
@@ -701,20 +702,3 @@ def compare(report_a, report_b, keys: Optional[Sequence[str]] = None,
     """Paired bootstrap difference ``a - b`` of two ``evaluate(..., ci=...)`` reports of
     the same probes: ``{key: {"diff", "ci", "p_value"}}`` (:func:`qme_ext.bootstrap.compare`)."""
     return _bootstrap.compare(report_a, report_b, keys, ci)
-
-
-def evaluate_file(path, model: Optional[str] = None, **kwargs) -> dict[str, float]:
-    """:func:`evaluate` of one model (or of a fusion method) of a SPEC 1 HDF5 score
-    file, read in row blocks: the file may be larger than memory, the report is
-    bit-identical to :func:`evaluate` on the loaded matrices.
-
-    ``evaluate_file("test.h5", "face", max_memory="2GB")``;
-    ``evaluate_file("test.h5", fusion="zscore", calibration="train.h5", block_rows=4096)``.
-    Keyword arguments and what the memory budget covers: :func:`qme_ext.streaming.evaluate_file`.
-    """
-    from .streaming import evaluate_file as _evaluate_file
-    return _evaluate_file(path, model, **kwargs)
-
-
-# verification of genuine/impostor vectors (the one-row case of the engine)
-from .verification import VerificationResult, verification, warn_nonfinite_matrices  # noqa: E402,F401,E501

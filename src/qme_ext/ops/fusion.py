@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import (DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_extra,
-                   module_and_stream)
+from .common import (DTYPE_CODES, check_vector, device_guard, matrix_descriptor, module_and_extra,
+                     module_and_stream)
 
 MAX_MODELS = 8
 NORM_AFFINE, NORM_TANH = 0, 1

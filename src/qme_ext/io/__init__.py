@@ -36,6 +36,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .errors import ScoreFileError
+
 __all__ = [
     "ScoreFileError",
     "ScoreSet",
@@ -55,10 +57,6 @@ ID_KEYS = PROBE_ID_KEYS + GALLERY_ID_KEYS + ("unique_g_pids",)
 QUALITY_GROUP = "quality"
 
 Rows = Union[slice, Sequence[int], np.ndarray, None]
-
-
-class ScoreFileError(ValueError):
-    """A score file (or an in-memory ScoreSet) does not follow the SPEC §1 layout."""
 
 
 def _where(source: Optional[str]) -> str:

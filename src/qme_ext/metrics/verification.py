@@ -50,78 +50,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ._inputs import as_probabilities
+from ..ops.inputs import as_probabilities
+from .nonfinite import NonFiniteScoreWarning, count_nonfinite, describe_nonfinite, warn_nonfinite  # noqa: F401,E501
 
 EER_CONVENTIONS = ("bob", "pyeer", "sklearn")
 DEFAULT_FMRS = (1e-4, 1e-3, 1e-2)
 DEFAULT_FNMRS = (1e-3, 1e-2, 1e-1)
 
-__all__ = ["verification", "VerificationResult", "EER_CONVENTIONS", "NonFiniteScoreWarning",
-           "count_nonfinite", "warn_nonfinite"]
-
-
-class NonFiniteScoreWarning(UserWarning):
-    """Scores held NaN or +-inf entries (what they became is in the message); ``counts``
-    holds the entry counts ({"nan", "posinf", "neginf"}, or one such dict per matrix)."""
-
-    def __init__(self, message: str, counts: Optional[dict] = None):
-        super().__init__(message)
-        self.counts = counts or {}
-
-
-def count_nonfinite(t: torch.Tensor) -> dict:
-    """{"nan", "posinf", "neginf"} entry counts of a tensor; one ``isfinite`` reduction when
-    everything is finite (the usual case), the split only when something is not."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        return {"nan": int(torch.isnan(t).sum()), "posinf": int(torch.isposinf(t).sum()),
-                "neginf": int(torch.isneginf(t).sum())}
-    return {"nan": 0, "posinf": 0, "neginf": 0}
-
-
-# what the engine does with NaN (metrics: SPEC 2): thresholds/curves, and open-set rows
-NAN_RULE = "the minimum non-NaN score"
-NAN_RULE_MATRIX = "the minimum non-NaN score for TAR/FAR, ranked below -inf"
-NAN_RULE_MERGE = "-inf for open-set, never above a threshold"
-
-
-def describe_nonfinite(counts: dict, nan_rule: str = NAN_RULE) -> str:
-    """'' when nothing is non-finite, else e.g. '2 NaN (-> the minimum non-NaN score), 1 +inf
-    (kept: above every finite score)'."""
-    parts = []
-    if counts.get("nan"):
-        parts.append(f"{counts['nan']} NaN (-> {nan_rule})")
-    if counts.get("posinf"):
-        parts.append(f"{counts['posinf']} +inf (kept: above every finite score)")
-    if counts.get("neginf"):
-        parts.append(f"{counts['neginf']} -inf (kept: below every finite score)")
-    return ", ".join(parts)
-
-
-def warn_nonfinite(counts: dict, what: str, stacklevel: int = 3) -> None:
-    """A :class:`NonFiniteScoreWarning` for ``what`` when ``counts`` is not all zero."""
-    text = describe_nonfinite(counts)
-    if text:
-        warnings.warn(NonFiniteScoreWarning(f"{what}: {text}", counts), stacklevel=stacklevel)
-
-
-def warn_nonfinite_matrices(score_mat: torch.Tensor, merge_score_mat: torch.Tensor,
-                            stacklevel: int = 3) -> dict:
-    """Counts of both matrices of an evaluation ({"score_mat": ..., "merge_score_mat": ...});
-    one :class:`NonFiniteScoreWarning` naming what each non-finite entry became."""
-    counts = {"score_mat": count_nonfinite(score_mat),
-              "merge_score_mat": count_nonfinite(merge_score_mat)}
-    warn_matrix_counts(counts, stacklevel + 1)
-    return counts
-
-
-def warn_matrix_counts(counts: dict, stacklevel: int = 3) -> None:
-    """The :class:`NonFiniteScoreWarning` of :func:`warn_nonfinite_matrices` from counts
-    gathered elsewhere (the blocks of an out-of-core evaluation)."""
-    parts = [f"{key} {text}" for key, rule in (("score_mat", NAN_RULE_MATRIX),
-                                               ("merge_score_mat", NAN_RULE_MERGE))
-             for text in [describe_nonfinite(counts.get(key, {}), rule)] if text]
-    if parts:
-        warnings.warn(NonFiniteScoreWarning("; ".join(parts), counts), stacklevel=stacklevel)
+__all__ = ["verification", "VerificationResult", "EER_CONVENTIONS"]
 
 
 @dataclass
@@ -155,7 +91,7 @@ class VerificationResult:
 
     def as_dict(self) -> dict:
         """Flat {key: float} report (``qme-ext verify --json``; no curves)."""
-        from .metrics import _pct_key
+        from .core import _pct_key
         out = {"EER": self.eer, "EER_threshold": self.eer_threshold}
         for name, (e, t) in self.eers.items():
             out[f"EER_{name}"] = e
@@ -243,7 +179,7 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     :func:`qme_ext.metrics.tar_at_far`. ``warn``: a :class:`NonFiniteScoreWarning` when
     scores hold NaN/inf (the counts are in ``num_nonfinite`` either way).
     """
-    from .metrics import _distinct_counts, _largest_k_at_most, eer, tar_at_far
+    from .core import _distinct_counts, _largest_k_at_most, eer, tar_at_far
     if convention not in EER_CONVENTIONS:
         raise ValueError(f"convention: expected one of {list(EER_CONVENTIONS)}, got "
                          f"{convention!r}")

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Optional
 
-from ._cli_common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import PROG, UserError, check_device, format_table, json_value, progress
 
 __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "COMMANDS", "BASELINES", "DEMO_SIZES"]
@@ -81,7 +81,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from .qme.train import TrainConfig
+    from ..qme.train import TrainConfig
     for name in ("steps", "qe_steps", "eval_every", "experts"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     cfg = TrainConfig(seed=args.seed, device=args.device, quality=args.quality,
@@ -98,9 +98,9 @@ def _train_config(args):
 
 
 def run_train(args) -> int:
-    from .io import load_scores
-    from .qme.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from .qme.train import fit_qme, fit_quality_estimator
+    from ..io import load_scores
+    from ..qme.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
     train = load_scores(args.train, models=args.models)
@@ -166,7 +166,7 @@ def _append_model(src: str, dst: str, name: str, score_mat, merge_score_mat, mod
     """Copy ``src`` to ``dst`` (atomically) adding group ``name`` and the models attribute."""
     import h5py
 
-    from .io import atomic_output
+    from ..io import atomic_output
     with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
         with h5py.File(tmp, "r+") as f:
@@ -177,9 +177,9 @@ def _append_model(src: str, dst: str, name: str, score_mat, merge_score_mat, mod
 
 
 def run_fuse(args) -> int:
-    from .io import load_scores
-    from .qme.checkpoint import CheckpointError, load_checkpoint
-    from .qme.train import predict
+    from ..io import load_scores
+    from ..qme.checkpoint import CheckpointError, load_checkpoint
+    from ..qme.train import predict
     check_device(args.device)
     _positive("--batch", args.batch)
     if not args.name or "/" in args.name or "," in args.name:
@@ -230,7 +230,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(ss, S, M) -> dict:
-    from .metrics import evaluate
+    from ..metrics.core import evaluate
     res = evaluate(S, M, ss.q_pids, ss.q_camids, ss.q_clothes_ids, ss.g_pids, ss.g_camids,
                    ss.g_clothes_ids, ss.unique_g_pids)
     return {k: float(v) for k, v in res.items()}
@@ -251,10 +251,10 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     """
     import dataclasses
 
-    from .datasets.synthetic import REGIMES, synthetic_wholebody
-    from .fusion import fuse
-    from .qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
-                            overall_score, predict)
+    from ..datasets.synthetic import REGIMES, synthetic_wholebody
+    from ..fusion import fuse
+    from ..qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
+                             overall_score, predict)
     if regime not in REGIMES:
         raise UserError(f"unknown --regime {regime!r}; choose from {list(REGIMES)}")
     size = dict(sizes or DEMO_SIZES["quick" if quick else "default"])
@@ -326,7 +326,7 @@ def _face_rank(test) -> "tuple":
 
 
 def _demo_plots(out: str, res: dict) -> list:
-    from . import plots
+    from .. import plots
     if not plots.available():
         return []
     test = res["data"]["test"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import check_row_csr, device_guard, matrix_descriptor, module_and_extra
+from .common import check_row_csr, device_guard, matrix_descriptor, module_and_extra
 
 
 def _check(scores, col_offset, query_offsets, query_keys, query_cols):
