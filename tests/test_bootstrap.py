@@ -180,3 +180,27 @@ def test_coverage_known_truth():
     for name, c in (("Rank-1", cover_r1), ("TAR@1%FAR", cover_tar)):
         print(f"coverage {name}: {c / n_sets:.2f}")
         assert 0.87 <= c / n_sets <= 1.0, (name, c / n_sets)
+
+
+@pytest.mark.parametrize("buckets", [1024, 3])  # 3: the in-bucket scan decides
+@pytest.mark.parametrize("unit", ["subject", "probe"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eer_replicates_equal_resampled_matrix(monkeypatch, buckets, unit, dtype):
+    monkeypatch.setattr(bootstrap, "_BUCKETS", buckets)
+    for seed, (P, G, n_ids) in ((0, (30, 120, 8)), (2, (16, 40, 5))):
+        S, _, args = evaluation_inputs(seed, P=P, G=G, n_ids=n_ids, dtype=dtype)  # ties, NaN
+        q, g = args[0], args[3]
+        res = metrics.eer(S, q, g, ci=0.9, n_boot=N_BOOT, boot_seed=1, boot_unit=unit)
+        e, t = res
+        assert (e, t) == metrics.eer(S, q, g)  # the point value is unchanged
+        lo, hi = res.eer_ci
+        assert lo <= hi
+        Wp = bootstrap.Weights.of(bootstrap.options(0.9, N_BOOT, 1, unit), q).Wp
+        for b in range(N_BOOT):
+            rows = np.repeat(np.arange(P), Wp[b].astype(np.int64))
+            try:
+                want = metrics.eer(S[rows], q[rows], g)[0]
+            except ValueError:  # no genuine or no impostor pair left
+                assert np.isnan(res.replicates[b])
+                continue
+            assert res.replicates[b] == want, (seed, b)

@@ -341,6 +341,90 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
 
 
 # ---------------------------------------------------------------------------
+# EER (bob convention)
+# ---------------------------------------------------------------------------
+def eer_replicates(W: Weights, keys: np.ndarray, gen_flat: np.ndarray, G: int) -> np.ndarray:
+    """(n_boot,) EER of the weighted replicates, each equal to ``metrics.eer`` of the
+    explicitly resampled matrix.
+
+    `keys` (P*G,) are the score keys row-major, `gen_flat` the flat indices of the genuine
+    pairs. A candidate threshold is a cut of the ascending key order between distinct keys;
+    with I = weighted impostors above the cut, F = weighted genuine below it, D = N_gen I -
+    N_imp F (exact integers) does not increase along the cuts, so the smallest |D| (ties: the
+    lowest cut, as ``eer``) is the first cut with D <= 0 or the first cut of the run before
+    it. Cuts between keys that a replicate leaves unweighted repeat their neighbour's counts,
+    so the same rule on all cuts of the full matrix gives the resample's EER. Bucket totals
+    per unit give D at every bucket edge for all replicates in one matrix product; the one
+    bucket holding the answer is then scanned entry by entry.
+    """
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    genuine = np.zeros(keys.size, dtype=bool)
+    genuine[gen_flat] = True
+    gs = genuine[order]
+    us = W.unit_of_probe[order // G]
+    N = ks.size
+    n_boot, n_units = W.Wu.shape
+    Wi = W.Wu.astype(np.int64)
+    cuts = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [N]])
+    valid = np.zeros(N + 1, dtype=bool)
+    valid[cuts] = True
+    edges = np.unique(cuts[np.linspace(0, cuts.size - 1, min(_BUCKETS, cuts.size - 1) + 1)
+                           .round().astype(np.int64)])
+    B = edges.size - 1
+    bucket = np.searchsorted(edges, np.arange(N), side="right") - 1
+
+    def per_bucket(sel):  # (n_boot, B) weighted entries of each bucket (exact integers)
+        c = np.bincount(us[sel] * B + bucket[sel], minlength=n_units * B).reshape(n_units, B)
+        return (W.Wu @ c.astype(np.float64)).astype(np.int64)
+
+    Ib, Fb = per_bucket(~gs), per_bucket(gs)
+    N_imp, N_gen = Ib.sum(axis=1), Fb.sum(axis=1)
+    zero = np.zeros((n_boot, 1), dtype=np.int64)
+    F_edge = np.concatenate([zero, np.cumsum(Fb, axis=1)], axis=1)
+    I_edge = N_imp[:, None] - np.concatenate([zero, np.cumsum(Ib, axis=1)], axis=1)
+    D_edge = N_gen[:, None] * I_edge - N_imp[:, None] * F_edge
+    rows = np.arange(n_boot)
+    L = int(np.max(edges[1:] - edges[:-1]))
+
+    def first_le(x):
+        """(I, F, D, D of the previous valid cut) at the first valid cut with D <= x."""
+        k = np.argmax(D_edge <= x[:, None], axis=1)  # exists: D at the last edge is minimal
+        I, F, D = I_edge[rows, k].copy(), F_edge[rows, k].copy(), D_edge[rows, k].copy()
+        prev = np.full(n_boot, np.iinfo(np.int64).max)
+        inside = np.flatnonzero(k > 0)  # the answer lies after edge k-1, up to edge k
+        step = max(1, _CHUNK // max(L, 1))
+        for s in range(0, inside.size, step):
+            b = inside[s:s + step]
+            j = np.arange(b.size)
+            lo, hi = edges[k[b] - 1], edges[k[b]]
+            pos = lo[:, None] + np.arange(L)[None, :]
+            ins = pos < hi[:, None]
+            posc = np.minimum(pos, N - 1)
+            w = np.where(ins, Wi[b[:, None], us[posc]], 0)
+            g = gs[posc]
+            Ic = I_edge[b, k[b] - 1][:, None] - np.cumsum(np.where(g, 0, w), axis=1)
+            Fc = F_edge[b, k[b] - 1][:, None] + np.cumsum(np.where(g, w, 0), axis=1)
+            Dc = N_gen[b, None] * Ic - N_imp[b, None] * Fc  # the cut after each entry
+            vc = ins & valid[np.minimum(pos + 1, N)]
+            m = np.argmax(vc & (Dc <= x[b, None]), axis=1)  # exists: the cut at hi
+            I[b], F[b], D[b] = Ic[j, m], Fc[j, m], Dc[j, m]
+            before = vc & (np.arange(L)[None, :] < m[:, None])
+            last = L - 1 - np.argmax(before[:, ::-1], axis=1)
+            prev[b] = np.where(before.any(axis=1), Dc[j, last], D_edge[b, k[b] - 1])
+        return I, F, D, prev
+
+    I, F, D, prev = first_le(np.zeros(n_boot, dtype=np.int64))
+    back = (prev != np.iinfo(np.int64).max) & (np.abs(prev) <= np.abs(D))
+    if back.any():  # the run before the first D <= 0 is as close: its first cut
+        I2, F2, _, _ = first_le(np.where(back, prev, 0))
+        I, F = np.where(back, I2, I), np.where(back, F2, F)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (I / N_imp + F / N_gen) / 2.0
+    return np.where((N_imp > 0) & (N_gen > 0), out, np.nan)
+
+
+# ---------------------------------------------------------------------------
 # open-set identification
 # ---------------------------------------------------------------------------
 def openset_replicates(W: Weights, stats: tuple, enrolled: np.ndarray,

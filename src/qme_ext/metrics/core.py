@@ -428,22 +428,29 @@ def _openset_result(stats: tuple, setup: OpenSetSetup, fpir_list: list[float],
 # ---------------------------------------------------------------------------
 # curves (ROC, DET, EER) at exact distinct thresholds
 # ---------------------------------------------------------------------------
-def _distinct_counts(scores, q_pids, g_pids, device=None):
-    """Distinct score values (descending) with genuine and impostor counts at each.
-
-    Sorts the keys of all P x G scores (O(PG log PG)); meant for curves and reports.
-    """
+def _pair_keys(scores, q_pids, g_pids, device=None):
+    """(keys (P*G,) uint64 of every score, row-major, NaN -> the minimum non-NaN score;
+    flat indices (N_gen,) of the genuine pairs; q_pids (P,) int64; key bits)."""
     S = as_score_matrix(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
     cand = _same_pid_candidates(qp, gp)
     bits = 64 if S.dtype == torch.float64 else 32
     allv = S.to(torch.float64).reshape(-1).cpu().numpy()
-    genv = _genuine_values(S, cand)
     finite = allv[~np.isnan(allv)]
     fill = finite.min() if finite.size else 0.0
     allk = _keys.keys(np.where(np.isnan(allv), fill, allv), bits)
-    genk = _keys.keys(np.where(np.isnan(genv), fill, genv), bits)
+    gen_flat = (cand.probe * G + cand.index).cpu().numpy()
+    return allk, gen_flat, qp.cpu().numpy(), bits
+
+
+def _distinct_counts(scores, q_pids, g_pids, device=None, pair_keys=None):
+    """Distinct score values (descending) with genuine and impostor counts at each.
+
+    Sorts the keys of all P x G scores (O(PG log PG)); meant for curves and reports.
+    """
+    allk, gen_flat, _, bits = pair_keys or _pair_keys(scores, q_pids, g_pids, device)
+    genk = allk[gen_flat]
     uk, n_all = np.unique(allk, return_counts=True)
     gk, n_g = np.unique(genk, return_counts=True)
     n_gen = np.zeros_like(n_all)
@@ -472,10 +479,30 @@ def det(scores, q_pids, g_pids, device=None):
     return far, 1.0 - tar
 
 
-def eer(scores, q_pids, g_pids, device=None) -> tuple[float, float]:
+class EerResult(tuple):
+    """``(eer, threshold)`` (unpacks as the plain tuple) with ``eer_ci`` = (lo, hi) and
+    ``replicates`` (n_boot,) of the bootstrap (``eer(..., ci=...)``)."""
+
+    def __new__(cls, point: tuple, eer_ci: tuple, replicates: np.ndarray):
+        self = super().__new__(cls, point)
+        self.eer_ci = (float(eer_ci[0]), float(eer_ci[1]))
+        self.replicates = replicates
+        return self
+
+
+def eer(scores, q_pids, g_pids, device=None, ci: Optional[float] = None, n_boot: int = 1000,
+        boot_seed: int = 0, boot_unit: str = "subject") -> tuple[float, float]:
     """Equal error rate, bob.measure style: among midpoint thresholds, the one with
-    the smallest |FAR - FRR|; returns ((FAR + FRR) / 2, threshold)."""
-    values, n_gen, n_imp = _distinct_counts(scores, q_pids, g_pids, device)
+    the smallest |FAR - FRR|; returns ((FAR + FRR) / 2, threshold).
+
+    ``ci=0.95`` returns an :class:`EerResult` (still ``eer, thr = ...``) with ``eer_ci``:
+    the percentile interval of the EER over bootstrap replicates of the probe subjects
+    (``boot_unit="probe"``: probes), each equal to ``eer`` of the explicitly resampled
+    matrix (the replicates' thresholds are not reported: a resample moves the midpoints).
+    """
+    boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
+    pk = _pair_keys(scores, q_pids, g_pids, device)
+    values, n_gen, n_imp = _distinct_counts(None, None, None, pair_keys=pk)
     asc = values[::-1]
     N_gen, N_imp = int(n_gen.sum()), int(n_imp.sum())
     # candidates in ascending order: just below the minimum, midpoints (or the upper value
@@ -496,7 +523,12 @@ def eer(scores, q_pids, g_pids, device=None) -> tuple[float, float]:
     near = np.flatnonzero(approx <= approx.min() + 1e-12)
     exact = [abs(int(cand_imp[j]) * N_gen - int(cand_gen[j]) * N_imp) for j in near]
     i = int(near[int(np.argmin(exact))])
-    return float((far[i] + frr[i]) / 2.0), float(cand_t[i])
+    point = (float((far[i] + frr[i]) / 2.0), float(cand_t[i]))
+    if boot is None:
+        return point
+    W = _bootstrap.Weights.of(boot, pk[2])
+    reps = _bootstrap.eer_replicates(W, pk[0], pk[1], len(pk[0]) // max(len(pk[2]), 1))
+    return EerResult(point, boot.interval(reps), reps)
 
 
 def roc_far_grid(num_impostors: int, points: int = 64) -> list:
