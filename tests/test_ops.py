@@ -80,3 +80,15 @@ def test_openset_stats_refuses_out_of_range_genuine_col(device):
     with pytest.raises(ValueError, match="enrolled"):
         torch.ops.qme_ext.openset_stats(scores, torch.zeros(3, dtype=torch.int64, device=device),
                                         enrolled[:, :3])
+
+
+@pytest.mark.parametrize("bits, dtype", [(32, np.float32), (64, np.float64)])
+def test_values_of_keys_inverts_the_keys(bits, dtype):
+    from qme_ext.ops.keys import keys, value_of_key, values_of_keys
+    v = np.array([np.nan, -np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, np.inf,
+                  np.finfo(dtype).max, -np.finfo(dtype).tiny], dtype=dtype)
+    k = keys(v, bits)
+    got = values_of_keys(k, bits)
+    want = np.array([value_of_key(x, bits) for x in k])
+    np.testing.assert_array_equal(got, want)  # NaN where NaN, -0.0 keyed as +0.0
+    assert np.array_equal(got[1:], np.where(v[1:] == 0, 0.0, v[1:]).astype(np.float64))

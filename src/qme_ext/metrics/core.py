@@ -458,7 +458,7 @@ def _distinct_counts(scores, q_pids, g_pids, device=None, pair_keys=None):
     n_imp = n_all - n_gen
     if n_gen.sum() == 0 or n_imp.sum() == 0:
         raise ValueError("q_pids/g_pids: need at least one genuine and one impostor pair")
-    values = np.array([_keys.value_of_key(k, bits) for k in uk[::-1]])
+    values = _keys.values_of_keys(uk[::-1], bits)
     return values, n_gen[::-1], n_imp[::-1]
 
 

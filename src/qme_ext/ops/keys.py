@@ -56,6 +56,23 @@ def value_of_key(key: int, bits: int) -> float:
     return float(np.array([u], dtype=np.uint32).view(np.float32)[0])
 
 
+def values_of_keys(keys_: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of the key transform for an array of keys (key 0 -> NaN), float64; equal
+    to :func:`value_of_key` key by key."""
+    k = np.asarray(keys_, dtype=np.uint64)
+    if bits == 64:
+        top = np.uint64(1 << 63)
+        u = np.where(k & top, k & ~top, ~k)
+        out = u.view(np.float64).copy()
+    else:
+        k32 = (k & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        top = np.uint32(1 << 31)
+        u = np.where(k32 & top, k32 & ~top, ~k32).astype(np.uint32)
+        out = u.view(np.float32).astype(np.float64)
+    out[k == 0] = np.nan
+    return out
+
+
 def to_signed64(u: int) -> int:
     """uint64 bit pattern -> the int64 with the same bits (for int64 tensors)."""
     u &= MASK64
