@@ -11,7 +11,7 @@ from qme_ext.metrics import evaluate
 from qme_ext.qme.checkpoint import load_checkpoint, save_checkpoint
 from qme_ext.qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
                                fuse_scoreset, make_qme, overall_score, predict)
-from qme_ext.qme.warm_start import fit_gated_logistic, set_linear_experts
+from qme_ext.qme.warm_start import fit_gated_logistic, fit_quality_weighted, set_linear_experts
 
 TINY = dict(num_subjects=30, num_train_subjects=40, num_val_subjects=20, num_unknown=6)
 
@@ -138,6 +138,41 @@ def test_warm_start_is_the_gated_linear_fusion(tiny):
         got = model(torch.as_tensor(xt), torch.as_tensor(qt)).numpy()
     # the parameters are float32: agreement to float32 rounding of w, c and the offsets
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_quality_weighted_candidate_and_the_validated_choice(tiny):
+    """The second warm-start candidate is the calibrated quality-weighted z-score mean
+    (face weight q/K, the others (1 - q/K)/(K - 1)); fit_qme starts from whichever of the
+    two has the higher validation criterion."""
+    from qme_ext.qme import train as train_mod
+    train, val = tiny["train"], tiny["val"]
+    x = np.stack([train.score_mats[m] for m in train.models], axis=1)
+    K = x.shape[1]
+    q = np.random.default_rng(0).uniform(0, 1, train.num_probes)
+    genuine = train.q_pids[:, None] == train.g_pids[None, :]
+    face = train.models.index("face")
+    alt = fit_quality_weighted(x, q, genuine, face)
+    alpha = alt.weights[0, 0] * K
+    assert alpha > 0 and alt.offsets[0] == alt.offsets[1]
+    want1 = np.full(K, alpha / (K - 1))
+    want1[face] = 0.0
+    np.testing.assert_allclose(alt.weights[0], np.full(K, alpha / K), rtol=1e-12)
+    np.testing.assert_allclose(alt.weights[1], want1, rtol=1e-12)
+    cfg = _cfg(max_steps=50, qe_steps=60, eval_every=50)
+    qe = fit_quality_estimator(train, val, cfg)
+    model = fit_qme(train, val, qe, cfg)
+    qt = train_mod._quality_of(qe, train, cfg.quality, cfg.const_quality, torch.device("cpu"))
+    qt = np.asarray(qt)
+    fits = [fit_gated_logistic(x, qt, genuine, seed=cfg.seed),
+            fit_quality_weighted(x, qt, genuine, face, seed=cfg.seed)]
+    crit = []
+    for fit in fits:
+        m = make_qme(train.models, cfg)
+        set_linear_experts(m, fit, x)
+        crit.append(train_mod._validate(m, qe, val, cfg, torch.device("cpu"))[0])
+    chosen = fits[1] if crit[1] > crit[0] else fits[0]
+    np.testing.assert_array_equal(model.warm_start_fit.weights, chosen.weights)
+    assert model.history["val_overall"][0] == max(crit)
 
 
 def test_robust_selection_keeps_the_trained_weights_unless_validation_objects(tiny):

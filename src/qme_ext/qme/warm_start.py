@@ -14,6 +14,10 @@ deterministic and needs no validation data. Expert 1 then carries the fusion of 
 expert 2 the fusion of bad or absent ones, and both output calibrated log-odds, so one
 threshold serves probes of every quality (TAR@FAR, FNIR@FPIR).
 
+A second candidate, :func:`fit_quality_weighted`, is the calibrated quality-weighted z-score
+mean (the ``farsight_style`` baseline with the QE's quality), also exactly representable;
+:func:`qme_ext.qme.train.fit_qme` validates both and starts from the better one.
+
 :func:`set_linear_experts` writes that fusion into the experts: BatchNorm with the training
 mean/variance, the first hidden unit of each expert's MLP carrying ``w . y`` in SELU's linear
 range (SELU(x) = lambda x for x > 0; a positive offset ``beta`` keeps the pre-activation positive
@@ -28,7 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["channel_stats", "fit_gated_logistic", "set_linear_experts", "GatedLinearFit"]
+__all__ = ["channel_stats", "fit_gated_logistic", "fit_quality_weighted", "set_linear_experts",
+           "GatedLinearFit"]
 
 SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -136,6 +141,64 @@ def _linear_range(fit: GatedLinearFit, x: np.ndarray) -> float:
     y = (np.moveaxis(np.asarray(x, dtype=np.float64), 1, 2) - fit.mean) / np.sqrt(fit.var + 1e-5)
     r = np.abs(y @ fit.weights.T).max()
     return float(max(r, 1e-6))
+
+
+def _balanced_logistic(features: torch.Tensor, label: torch.Tensor, l2: float,
+                       max_iter: int, n_free: int = 0) -> tuple:
+    """Class-balanced L2 logistic regression (float64 L-BFGS from zeros): the parameters
+    (F,) and the final loss; the last `n_free` parameters (offsets) are not penalised."""
+    n_gen = float(label.sum())
+    sw = torch.where(label > 0, 0.5 / n_gen, 0.5 / (label.numel() - n_gen))
+    F = features.shape[1]
+    params = torch.zeros(F, dtype=torch.float64, requires_grad=True)
+
+    def loss_fn():
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(
+            features @ params, label, weight=sw, reduction="sum")
+        return nll + l2 * params[:F - n_free].square().sum()
+
+    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return params.detach().numpy(), float(loss_fn())
+
+
+def fit_quality_weighted(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, face: int, *,
+                         l2: float = 1e-3, max_impostors: int = 400_000, seed: int = 0,
+                         max_iter: int = 100) -> GatedLinearFit:
+    """The quality-weighted z-score mean as a gated fit: the calibrated baseline the gate
+    represents exactly (``farsight_style`` with the QE's quality for the face weight).
+
+    With equal base weights 1/K, probe quality q gives the face weight q/K and the other
+    K - 1 models (1 - q/K)/(K - 1) each: linear in q, so expert 1 (q = 1) is the plain
+    mean and expert 2 (q = 0) the mean without the face. One scale and offset, fitted by
+    the same class-balanced logistic loss as :func:`fit_gated_logistic`, turn the fused
+    z-scores into log-odds. Arguments as there; ``face`` is the face model's index.
+    """
+    x = np.asarray(x)
+    P, K, N = x.shape
+    if K < 2:
+        raise ValueError("the quality-weighted fusion needs at least two models")
+    mean, var = channel_stats(x)
+    pi, gi, label = _pairs(x, np.asarray(genuine, dtype=bool), max_impostors, seed)
+    y = (x[pi, :, gi].astype(np.float64) - mean) / np.sqrt(var + 1e-5)
+    qq = np.clip(np.asarray(q, dtype=np.float64).reshape(-1), 0.0, 1.0)[pi]
+    W = np.full((2, K), 1.0 / K)
+    W[1] = 1.0 / (K - 1)
+    W[1, face] = 0.0
+    s = qq * (y @ W[0]) + (1.0 - qq) * (y @ W[1])
+    feats = torch.as_tensor(np.stack([s, np.ones_like(s)], axis=1))
+    (alpha, beta), loss = _balanced_logistic(feats, torch.as_tensor(label), l2, max_iter, 1)
+    return GatedLinearFit(mean, var, alpha * W, np.array([beta, beta]), loss)
 
 
 def set_linear_experts(model, fit: GatedLinearFit, x: Optional[np.ndarray] = None,
