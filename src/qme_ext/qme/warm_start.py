@@ -75,6 +75,21 @@ def _pairs(x: np.ndarray, genuine: np.ndarray, max_impostors: int, seed: int):
     return flat // n, flat % n, label
 
 
+def _minimise(loss_fn, params: torch.Tensor, max_iter: int) -> None:
+    """Deterministic float64 L-BFGS (strong Wolfe line search) of ``loss_fn()`` in place."""
+    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
 def fit_gated_logistic(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, *,
                        l2: float = 1e-3, max_impostors: int = 400_000, seed: int = 0,
                        max_iter: int = 200, gated: bool = True) -> GatedLinearFit:
@@ -115,17 +130,7 @@ def fit_gated_logistic(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, *,
                                                                    reduction="sum")
         return nll + l2 * (w1.square().sum() + w2.square().sum())
 
-    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
-                            tolerance_change=1e-12, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    _minimise(loss_fn, params, max_iter)
     p = params.detach().numpy()
     w = np.stack([p[:K], p[K:2 * K]])
     c = np.array([p[2 * K], p[2 * K + 1]])
@@ -157,17 +162,7 @@ def _balanced_logistic(features: torch.Tensor, label: torch.Tensor, l2: float,
             features @ params, label, weight=sw, reduction="sum")
         return nll + l2 * params[:F - n_free].square().sum()
 
-    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
-                            tolerance_change=1e-12, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    _minimise(loss_fn, params, max_iter)
     with torch.no_grad():
         return params.detach().numpy(), float(loss_fn())
 
