@@ -151,15 +151,17 @@ def _worker(rank, world, port):
             if dtype == np.float32:  # bootstrap intervals of row shards: one process's, bitwise
                 boot = dict(ci=0.9, n_boot=40, boot_seed=7)
                 want_ci = metrics.evaluate(S, M, *ids, **boot)
-                got = distributed.evaluate(Sr, Mr, *ir, shard="rows", block_rows=3, **boot)
-                assert list(got) == list(want_ci)
-                for k in want_ci:
-                    assert np.array_equal(np.asarray(got[k]), np.asarray(want_ci[k]),
-                                          equal_nan=True), k
-                for k in want_ci.replicates:
-                    assert np.array_equal(got.replicates[k], want_ci.replicates[k],
-                                          equal_nan=True), k
-                assert metrics.compare(got, want_ci)["GR_mAP"]["ci"] == (0.0, 0.0)
+                for got in (distributed.evaluate(Sr, Mr, *ir, shard="rows", block_rows=3,
+                                                 **boot),
+                            distributed.evaluate(Sc, Mc, *ic, shard="columns", **boot)):
+                    assert list(got) == list(want_ci)
+                    for k in want_ci:
+                        assert np.array_equal(np.asarray(got[k]), np.asarray(want_ci[k]),
+                                              equal_nan=True), k
+                    for k in want_ci.replicates:
+                        assert np.array_equal(got.replicates[k], want_ci.replicates[k],
+                                              equal_nan=True), k
+                    assert metrics.compare(got, want_ci)["GR_mAP"]["ci"] == (0.0, 0.0)
         # top-k: row and column shards give qme_ext.topk of the whole matrix
         S = evaluation_inputs(3)[0]
         S[0, :7] = 0.0

@@ -278,13 +278,15 @@ def _gather_impostors(source, ids, imp: ImpostorKeys, rank: int, unit_of_probe: 
 
 
 def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.ndarray,
-                   far_list: Sequence[float], num_cols: int, red=None, row_offset: int = 0):
+                   far_list: Sequence[float], num_cols: int, red=None, row_offset: int = 0,
+                   gen_units: Optional[np.ndarray] = None):
     """((F, n_boot) TAR, (F, n_boot) thresholds) of the weighted replicates (SPEC 2.2).
 
     `W` and `n_gen_probe` cover every probe; `source`/`ids` are this process's rows,
     which start at global row `row_offset`; `red` (row shards) concatenates the
     gathered impostors of all processes. Ties are resolved by key only, so the order in
-    which the processes' impostors arrive does not change any replicate."""
+    which the processes' impostors arrive does not change any replicate. `gen_units`: the
+    unit of each of ``imp.genuine_keys`` in their order (default: probe order)."""
     n_imp_probe = num_cols - n_gen_probe
     N_imp = W.unit_totals(n_imp_probe.astype(np.float64))
     N_gen = W.unit_totals(n_gen_probe.astype(np.float64))
@@ -328,7 +330,8 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
         at = (cum < k[:, None]).sum(axis=1)  # first position reaching k
         thr_key[f_idx, b_idx] = keys[lo + at]
     tars = np.full((F, n_boot), np.nan)
-    gen_units = np.repeat(W.unit_of_probe, n_gen_probe)
+    if gen_units is None:
+        gen_units = np.repeat(W.unit_of_probe, n_gen_probe)
     gkeys = imp.genuine_keys
     thresholds = np.full((len(far_list), n_boot), np.nan)
     for f in range(F):
@@ -495,22 +498,31 @@ def probe_fingerprint(q_pids: np.ndarray) -> tuple:
 
 
 def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_of,
-                      red=None) -> dict:
+                      red=None, shard: str = "rows") -> dict:
     """{report key: (n_boot,) replicates} of evaluate() from the engine's partial states.
 
     `key_of(prefix, rate, suffix)` names the FAR/FPIR keys as metrics.evaluate does.
-    `red`: the reducer of row shards (None: one process). The per-probe partial states
-    of row shards are already concatenated in process order; the weights are drawn per
-    unit id, so every process computes the same replicates with no further exchange
-    than the impostors above the select rank.
+    `red`: the reducer of the processes (None: one process); `shard`: "rows" or
+    "columns". The per-probe partial states are already global (row shards concatenate
+    them in process order, column shards combine them); the weights are drawn per unit
+    id, so every process computes the same replicates with no further exchange than the
+    impostors above the select rank and the genuine pairs' units.
     """
     q_local = ids.q_pids.cpu().numpy()
     n_gen_probe = _genuine_per_probe(ids)
-    row_offset = 0
+    row_offset, num_cols, gen_units = 0, source.num_cols, None
     if red is not None and red.size > 1:
-        sizes = red.stack(np.asarray([q_local.size], dtype=np.int64))[:, 0]
-        row_offset = int(sizes[:red.rank].sum())
-        q, n_gen_probe = red.cat(q_local), red.cat(n_gen_probe)
+        if shard == "columns":  # every process holds every probe and some columns
+            q = q_local
+            W = Weights.of(boot, q)
+            # genuine keys arrive process by process, each in probe order
+            gen_units = red.cat(np.repeat(W.unit_of_probe, n_gen_probe))
+            n_gen_probe = red.sum(n_gen_probe)
+            num_cols = int(red.sum(np.asarray([num_cols], dtype=np.int64))[0])
+        else:
+            sizes = red.stack(np.asarray([q_local.size], dtype=np.int64))[:, 0]
+            row_offset = int(sizes[:red.rank].sum())
+            q, n_gen_probe = red.cat(q_local), red.cat(n_gen_probe)
     else:
         q, red = q_local, None
     W = Weights.of(boot, q)
@@ -522,7 +534,7 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
             reps[f"{name}_top{k}"] = hits[i]
         reps[f"{name}_mAP"] = mAP
     tars, thr = tar_replicates(W, source, ids, parts.impostors, n_gen_probe, far_list,
-                               source.num_cols, red, row_offset)
+                               num_cols, red, row_offset, gen_units)
     fnir, tpir, othr = openset_replicates(W, parts.openset, setup.enrolled, far_list, 1)
     for f, far in enumerate(far_list):
         reps[key_of("TAR", far, "FAR")] = tars[f]

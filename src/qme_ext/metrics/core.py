@@ -720,11 +720,8 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
     for f, v in zip(far_list, osr.fnir_std):
         out[_pct_key("FNIR", f, "FPIR") + "_std"] = float(v)
     if boot is not None:  # issue 12: intervals from the same partial states
-        if shard != "rows":
-            raise NotImplementedError("ci: bootstrap intervals of column shards are not "
-                                      "available; shard the probes (shard='rows')")
         reps = _bootstrap.report_replicates(parts, source, ids, setup, far_list, boot, _pct_key,
-                                            red)
+                                            red, shard)
         out = _bootstrap.add_intervals(out, reps, boot, _bootstrap.probe_fingerprint(q_all))
     return out
 

@@ -201,9 +201,9 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     """:func:`qme_ext.metrics.evaluate` of matrices sharded over the processes of
     ``group`` (default: the whole world); the same report on every process.
 
-    ``ci=0.95`` (row shards): the bootstrap intervals of :func:`qme_ext.metrics.evaluate`,
-    bit-identical to one process for any shard layout (the replicate weights are a hash
-    of the probe's unit; only the impostors above the select rank are gathered).
+    ``ci=0.95``: the bootstrap intervals of :func:`qme_ext.metrics.evaluate`, bit-identical
+    to one process for row and column shards of any layout (the replicate weights are a
+    hash of the probe's unit; only the impostors above the select rank are gathered).
 
     ``shard``: "rows" (probes split), "columns" (gallery and subjects split) or None
     (inferred from the ids, see the module docstring). The other arguments are this
