@@ -28,6 +28,10 @@ with status 2 and one line ``qme-ext: error: ...`` on stderr, without a tracebac
 else is a bug and keeps its traceback. In the JSON output, NaN metric values become ``null``.
 The ``--seed`` option is the evaluation protocol's split seed (45 in the paper); fusion rules
 that search (``bssf``) use their own fixed seed (:func:`qme_ext.fusion.fuse` ``seed=0``).
+
+Layer: the top; ``cli/`` may import every layer of the package except ``reference`` (the
+oracle); ``evaluate``, ``qme``, ``verify`` hold one command group each and ``common`` what
+they share. Nothing imports ``cli``.
 """
 from __future__ import annotations
 

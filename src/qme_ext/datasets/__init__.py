@@ -1,4 +1,7 @@
-"""Built-in data sets: :func:`make_example_scoreset` (synthetic SPEC §1 score file)."""
+"""Built-in data sets: :func:`make_example_scoreset` (synthetic SPEC §1 score file).
+
+Layer: above ``qme_ext.io`` (it builds ScoreSets), which is all it imports of qme_ext.
+"""
 from .example import make_example_scoreset
 
 __all__ = ["make_example_scoreset"]

@@ -25,6 +25,9 @@ Choices
   (treated as read-only) arrays: no copies of large matrices.
 - :func:`save_scores` writes to a temporary file in the target directory and ``os.replace``-s it,
   so the final name never holds a half-written file.
+
+Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors`` and
+``pair_files`` are its parts; the layers above (fusion, metrics, qme, cli) read files through it.
 """
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Modules (``modules``), losses (``losses``), training (``train``) and checkpoints
 (``checkpoint``) live in their own files; names are imported on first use.
+
+Layer: above ``metrics`` (training validates with it), ``ops`` (the fused expert op),
+``io`` and ``top_k``; below ``reference`` and ``cli``.
 """
 import importlib
 

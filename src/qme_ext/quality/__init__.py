@@ -1,5 +1,9 @@
 """Quality-aware face recognition (SPEC 5): QMagFace scoring, MagFace/AdaFace
-heads, EQFace quality head, loss and aggregation, QAFace injection."""
+heads, EQFace quality head, loss and aggregation, QAFace injection.
+
+Layer: directly above ``qme_ext.ops`` (the QMagFace epilogue and template aggregation
+ops); imports nothing else of qme_ext.
+"""
 from .eqface import (EQFaceLoss, EQFaceQualityHead, ProgressiveAggregator, aggregate_templates,
                      eqface_step_params, freeze, qmagface_template, qwfa, qwfaf, unfreeze)
 from .margins import AdaFaceHead, MagFaceHead, magface_margin, magface_regularizer
