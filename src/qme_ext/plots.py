@@ -165,14 +165,13 @@ def curves_of_matrix(mat, ids, bins: int = 60, boot: Optional[dict] = None) -> d
     far, tar, _ = roc(mat, ids.q_pids, ids.g_pids)
     mat = np.asarray(mat)
     genuine = np.asarray(ids.q_pids)[:, None] == np.asarray(ids.g_pids)[None, :]
-    out = {"roc": (far, tar), "det": (far, 1.0 - tar),
-           "cmc": cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
-                            max_rank=20),
-           "hist": score_histograms(mat[genuine], mat[~genuine], bins)}
-    if boot:
-        out.update(curve_bands(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
-                               **boot))
-    return out
+    # with bootstrap bands, the CMC comes from their ranking pass (one pass, not two)
+    bands = curve_bands(mat, ids.q_pids, ids.g_pids, ids.q_camids, ids.g_camids,
+                        **boot) if boot else {}
+    cmc = bands["cmc"] if boot else cmc_curve(mat, ids.q_pids, ids.g_pids, ids.q_camids,
+                                              ids.g_camids, max_rank=20)
+    return {"roc": (far, tar), "det": (far, 1.0 - tar), "cmc": cmc,
+            "hist": score_histograms(mat[genuine], mat[~genuine], bins), **bands}
 
 
 def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:

@@ -65,8 +65,7 @@ def _percent(value, std=None) -> str:
 
 def _interval(ci) -> str:
     """`` [lo, hi]`` in percent of a bootstrap interval (lo, hi)."""
-    return " [" + ", ".join(f"{100 * x:.2f}" if x is not None and math.isfinite(x) else "nan"
-                            for x in ci) + "]"
+    return " [" + ", ".join(_percent(x) for x in ci) + "]"
 
 
 def format_table(results: dict, columns) -> str:

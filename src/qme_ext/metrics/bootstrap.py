@@ -205,6 +205,28 @@ def _kth_desc(values_desc: np.ndarray, units: np.ndarray, k: np.ndarray, Wu: np.
     return idx
 
 
+def _bucket_totals(Wu: np.ndarray, units: np.ndarray, positions: np.ndarray,
+                   edges: np.ndarray) -> np.ndarray:
+    """(n_boot, B) weighted number of entries in each bucket [edges[i], edges[i+1]) of a
+    sorted collection: entries at `positions` with `units`; exact integers in float64."""
+    B, n_units = edges.size - 1, Wu.shape[1]
+    bucket = np.searchsorted(edges, positions, side="right") - 1
+    C = np.bincount(units * B + bucket, minlength=n_units * B).reshape(n_units, B)
+    return Wu @ C.astype(np.float64)
+
+
+def _bucket_window(Wu: np.ndarray, units: np.ndarray, edges: np.ndarray, j: np.ndarray,
+                   rows: np.ndarray) -> tuple:
+    """The entries of bucket j[i] of a sorted collection, one row per replicate rows[i]:
+    positions (n, L), inside mask (n, L) and their weights Wu[rows[i], unit] (0 outside),
+    with L the longest bucket."""
+    L = int(np.max(edges[1:] - edges[:-1]))
+    pos = edges[j][:, None] + np.arange(L)[None, :]
+    inside = pos < edges[j + 1][:, None]
+    posc = np.minimum(pos, units.size - 1)
+    return pos, inside, np.where(inside, Wu[rows[:, None], units[posc]], 0.0)
+
+
 # ---------------------------------------------------------------------------
 # ranking
 # ---------------------------------------------------------------------------
@@ -307,11 +329,8 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
     order = np.argsort(keys, kind="stable")[::-1]
     keys, units = keys[order], units[order]
     n = keys.size
-    B = min(_BUCKETS, n)
-    edges = np.linspace(0, n, B + 1).astype(np.int64)
-    bucket = np.searchsorted(edges, np.arange(n), side="right") - 1
-    C = np.bincount(units * B + bucket, minlength=n_units * B).reshape(n_units, B)
-    cumB = np.cumsum(W.Wu @ C.astype(np.float64), axis=1)  # (n_boot, B), exact integers
+    edges = np.linspace(0, n, min(_BUCKETS, n) + 1).astype(np.int64)
+    cumB = np.cumsum(_bucket_totals(W.Wu, units, np.arange(n), edges), axis=1)  # (n_boot, B)
     F = len(far_list)
     ok = (ks >= 1) & (N_gen > 0)[None, :] & (cumB[None, :, -1] >= ks)  # (F, n_boot)
     thr_key = np.zeros((F, n_boot), dtype=np.uint64)
@@ -320,15 +339,10 @@ def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.n
         k = ks[f_idx, b_idx].astype(np.float64)
         j = _row_searchsorted(cumB[b_idx], k)  # bucket holding rank k
         before = np.where(j > 0, cumB[b_idx, np.maximum(j - 1, 0)], 0.0)
-        lo = edges[j]
-        L = int(np.max(edges[1:] - edges[:-1]))
-        pos = lo[:, None] + np.arange(L)[None, :]  # (n, L) positions inside the bucket
-        inside = pos < edges[j + 1][:, None]
-        posc = np.minimum(pos, n - 1)
-        w = np.where(inside, W.Wu[b_idx[:, None], units[posc]], 0.0)
+        _, _, w = _bucket_window(W.Wu, units, edges, j, b_idx)
         cum = before[:, None] + np.cumsum(w, axis=1)
         at = (cum < k[:, None]).sum(axis=1)  # first position reaching k
-        thr_key[f_idx, b_idx] = keys[lo + at]
+        thr_key[f_idx, b_idx] = keys[edges[j] + at]
     tars = np.full((F, n_boot), np.nan)
     if gen_units is None:
         gen_units = np.repeat(W.unit_of_probe, n_gen_probe)
@@ -367,19 +381,15 @@ def eer_replicates(W: Weights, keys: np.ndarray, gen_flat: np.ndarray, G: int) -
     gs = genuine[order]
     us = W.unit_of_probe[order // G]
     N = ks.size
-    n_boot, n_units = W.Wu.shape
-    Wi = W.Wu.astype(np.int64)
+    n_boot = W.Wu.shape[0]
     cuts = np.concatenate([[0], np.flatnonzero(ks[1:] != ks[:-1]) + 1, [N]])
     valid = np.zeros(N + 1, dtype=bool)
     valid[cuts] = True
     edges = np.unique(cuts[np.linspace(0, cuts.size - 1, min(_BUCKETS, cuts.size - 1) + 1)
                            .round().astype(np.int64)])
-    B = edges.size - 1
-    bucket = np.searchsorted(edges, np.arange(N), side="right") - 1
 
     def per_bucket(sel):  # (n_boot, B) weighted entries of each bucket (exact integers)
-        c = np.bincount(us[sel] * B + bucket[sel], minlength=n_units * B).reshape(n_units, B)
-        return (W.Wu @ c.astype(np.float64)).astype(np.int64)
+        return _bucket_totals(W.Wu, us[sel], np.flatnonzero(sel), edges).astype(np.int64)
 
     Ib, Fb = per_bucket(~gs), per_bucket(gs)
     N_imp, N_gen = Ib.sum(axis=1), Fb.sum(axis=1)
@@ -400,12 +410,9 @@ def eer_replicates(W: Weights, keys: np.ndarray, gen_flat: np.ndarray, G: int) -
         for s in range(0, inside.size, step):
             b = inside[s:s + step]
             j = np.arange(b.size)
-            lo, hi = edges[k[b] - 1], edges[k[b]]
-            pos = lo[:, None] + np.arange(L)[None, :]
-            ins = pos < hi[:, None]
-            posc = np.minimum(pos, N - 1)
-            w = np.where(ins, Wi[b[:, None], us[posc]], 0)
-            g = gs[posc]
+            pos, ins, wf = _bucket_window(W.Wu, us, edges, k[b] - 1, b)
+            w = wf.astype(np.int64)
+            g = gs[np.minimum(pos, N - 1)]
             Ic = I_edge[b, k[b] - 1][:, None] - np.cumsum(np.where(g, 0, w), axis=1)
             Fc = F_edge[b, k[b] - 1][:, None] + np.cumsum(np.where(g, w, 0), axis=1)
             Dc = N_gen[b, None] * Ic - N_imp[b, None] * Fc  # the cut after each entry
@@ -511,21 +518,20 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
     q_local = ids.q_pids.cpu().numpy()
     n_gen_probe = _genuine_per_probe(ids)
     row_offset, num_cols, gen_units = 0, source.num_cols, None
-    if red is not None and red.size > 1:
-        if shard == "columns":  # every process holds every probe and some columns
-            q = q_local
-            W = Weights.of(boot, q)
-            # genuine keys arrive process by process, each in probe order
-            gen_units = red.cat(np.repeat(W.unit_of_probe, n_gen_probe))
-            n_gen_probe = red.sum(n_gen_probe)
-            num_cols = int(red.sum(np.asarray([num_cols], dtype=np.int64))[0])
-        else:
-            sizes = red.stack(np.asarray([q_local.size], dtype=np.int64))[:, 0]
-            row_offset = int(sizes[:red.rank].sum())
-            q, n_gen_probe = red.cat(q_local), red.cat(n_gen_probe)
+    if red is None or red.size == 1:
+        red = None
+        W = Weights.of(boot, q_local)
+    elif shard == "columns":  # every process holds every probe and some columns
+        W = Weights.of(boot, q_local)
+        # genuine keys arrive process by process, each in probe order
+        gen_units = red.cat(np.repeat(W.unit_of_probe, n_gen_probe))
+        n_gen_probe = red.sum(n_gen_probe)
+        num_cols = int(red.sum(np.asarray([num_cols], dtype=np.int64))[0])
     else:
-        q, red = q_local, None
-    W = Weights.of(boot, q)
+        sizes = red.stack(np.asarray([q_local.size], dtype=np.int64))[:, 0]
+        row_offset = int(sizes[:red.rank].sum())
+        W = Weights.of(boot, red.cat(q_local))
+        n_gen_probe = red.cat(n_gen_probe)
     reps: dict = {}
     fp, ap, ng = parts.rank
     for m, name in enumerate(("GR", "SC", "CC")):

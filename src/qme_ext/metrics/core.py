@@ -37,7 +37,7 @@ Conventions and choices (documented deviations from the QME reference code):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -187,10 +187,6 @@ class TarResult:
 
     def __getitem__(self, key):
         return getattr(self, key)
-
-
-def _genuine_values(S: torch.Tensor, cand: _Candidates) -> np.ndarray:
-    return S[cand.probe, cand.index].to(torch.float64).cpu().numpy()
 
 
 def _smallest_k_at_least(far: float, n: int) -> int:
@@ -428,9 +424,17 @@ def _openset_result(stats: tuple, setup: OpenSetSetup, fpir_list: list[float],
 # ---------------------------------------------------------------------------
 # curves (ROC, DET, EER) at exact distinct thresholds
 # ---------------------------------------------------------------------------
-def _pair_keys(scores, q_pids, g_pids, device=None):
-    """(keys (P*G,) uint64 of every score, row-major, NaN -> the minimum non-NaN score;
-    flat indices (N_gen,) of the genuine pairs; q_pids (P,) int64; key bits)."""
+class PairKeys(NamedTuple):
+    """The keys of every score of a (P, G) matrix, for sorting-based curves and reports."""
+
+    keys: np.ndarray  # (P*G,) uint64, row-major, NaN -> the minimum non-NaN score
+    gen_flat: np.ndarray  # (N_gen,) flat indices of the genuine pairs
+    q_pids: np.ndarray  # (P,) int64
+    G: int
+    bits: int
+
+
+def _pair_keys(scores, q_pids, g_pids, device=None) -> PairKeys:
     S = as_score_matrix(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
@@ -441,25 +445,28 @@ def _pair_keys(scores, q_pids, g_pids, device=None):
     fill = finite.min() if finite.size else 0.0
     allk = _keys.keys(np.where(np.isnan(allv), fill, allv), bits)
     gen_flat = (cand.probe * G + cand.index).cpu().numpy()
-    return allk, gen_flat, qp.cpu().numpy(), bits
+    return PairKeys(allk, gen_flat, qp.cpu().numpy(), G, bits)
 
 
-def _distinct_counts(scores, q_pids, g_pids, device=None, pair_keys=None):
+def _counts_of_keys(pk: PairKeys):
     """Distinct score values (descending) with genuine and impostor counts at each.
 
     Sorts the keys of all P x G scores (O(PG log PG)); meant for curves and reports.
     """
-    allk, gen_flat, _, bits = pair_keys or _pair_keys(scores, q_pids, g_pids, device)
-    genk = allk[gen_flat]
-    uk, n_all = np.unique(allk, return_counts=True)
-    gk, n_g = np.unique(genk, return_counts=True)
+    uk, n_all = np.unique(pk.keys, return_counts=True)
+    gk, n_g = np.unique(pk.keys[pk.gen_flat], return_counts=True)
     n_gen = np.zeros_like(n_all)
     n_gen[np.searchsorted(uk, gk)] = n_g
     n_imp = n_all - n_gen
     if n_gen.sum() == 0 or n_imp.sum() == 0:
         raise ValueError("q_pids/g_pids: need at least one genuine and one impostor pair")
-    values = _keys.values_of_keys(uk[::-1], bits)
+    values = _keys.values_of_keys(uk[::-1], pk.bits)
     return values, n_gen[::-1], n_imp[::-1]
+
+
+def _distinct_counts(scores, q_pids, g_pids, device=None):
+    """:func:`_counts_of_keys` of a (P, G) matrix and its ids."""
+    return _counts_of_keys(_pair_keys(scores, q_pids, g_pids, device))
 
 
 def roc(scores, q_pids, g_pids, device=None):
@@ -502,7 +509,7 @@ def eer(scores, q_pids, g_pids, device=None, ci: Optional[float] = None, n_boot:
     """
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     pk = _pair_keys(scores, q_pids, g_pids, device)
-    values, n_gen, n_imp = _distinct_counts(None, None, None, pair_keys=pk)
+    values, n_gen, n_imp = _counts_of_keys(pk)
     asc = values[::-1]
     N_gen, N_imp = int(n_gen.sum()), int(n_imp.sum())
     # candidates in ascending order: just below the minimum, midpoints (or the upper value
@@ -526,8 +533,8 @@ def eer(scores, q_pids, g_pids, device=None, ci: Optional[float] = None, n_boot:
     point = (float((far[i] + frr[i]) / 2.0), float(cand_t[i]))
     if boot is None:
         return point
-    W = _bootstrap.Weights.of(boot, pk[2])
-    reps = _bootstrap.eer_replicates(W, pk[0], pk[1], len(pk[0]) // max(len(pk[2]), 1))
+    W = _bootstrap.Weights.of(boot, pk.q_pids)
+    reps = _bootstrap.eer_replicates(W, pk.keys, pk.gen_flat, pk.G)
     return EerResult(point, boot.interval(reps), reps)
 
 
@@ -547,14 +554,15 @@ def _curve_bands(source: BlockSource, ids: Ids, parts, boot: _bootstrap.Bootstra
                  points: int = 32) -> dict:
     """Bootstrap bands of the plot curves from the partial states of a "general" ranking
     and TAR pass: ``roc_band`` = (far, TAR lo, TAR hi) pointwise at `points` log-spaced
-    FARs and ``cmc_ci`` (20, 2), with the intervals of :func:`evaluate`."""
+    FARs, ``cmc_ci`` (20, 2) with the intervals of :func:`evaluate`, and the point ``cmc``
+    (20,) of the same pass."""
     grid = roc_far_grid(parts.impostors.num_impostor, points)
     tr = _tar_from_keys(parts.impostors, parts.num_genuine, grid, "qme")
     _bootstrap.tar_intervals(tr, source, ids, parts.impostors, grid, boot)
     res = _rank_results(parts.rank, 20, False)[0]
     _bootstrap.rank_intervals(res, parts.rank, ids.q_pids.cpu().numpy(), 20, boot)
     return {"roc_band": (np.asarray(grid), tr.tar_ci[:, 0], tr.tar_ci[:, 1]),
-            "cmc_ci": res.cmc_ci}
+            "cmc_ci": res.cmc_ci, "cmc": res.cmc}
 
 
 def curve_bands(scores, q_pids, g_pids, q_camids=None, g_camids=None, ci: float = 0.95,
@@ -562,8 +570,8 @@ def curve_bands(scores, q_pids, g_pids, q_camids=None, g_camids=None, ci: float 
                 points: int = 32) -> dict:
     """Pointwise bootstrap bands for the ROC/DET (``roc_band`` = (far (F,), TAR lo (F,),
     TAR hi (F,)) at `points` log-spaced FARs; DET: FRR = 1 - TAR) and error bars for the
-    CMC (``cmc_ci`` (20, 2), ranks 1..20) of a (P, G) score matrix; the same replicates
-    as :func:`evaluate` with these options."""
+    CMC (``cmc_ci`` (20, 2), ranks 1..20, beside the point ``cmc``) of a (P, G) score
+    matrix; the same replicates as :func:`evaluate` with these options."""
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(scores, "scores")
     ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, None, None,

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from ..ops.inputs import as_probabilities
-from .nonfinite import NonFiniteScoreWarning, count_nonfinite, describe_nonfinite, warn_nonfinite  # noqa: F401,E501
+from .nonfinite import (NonFiniteScoreWarning, count_nonfinite, describe_nonfinite,
+                        warn_nonfinite)
 
 EER_CONVENTIONS = ("bob", "pyeer", "sklearn")
 DEFAULT_FMRS = (1e-4, 1e-3, 1e-2)

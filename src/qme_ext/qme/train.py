@@ -99,9 +99,9 @@ class TrainConfig:
 #           the calibrated quality-weighted z-score mean (farsight_style with the QE's
 #           quality; dev seeds: with the free fit alone QME lost up to 12 points to
 #           farsight_style on the shifted generator and in face_poor at 4x the demo's size;
-#           the choice lifted those cells by 4.7-14.6 points); then the same triplet training for 2100 steps (the end of the
-#           second cosine cycle, 300 + 600 + 1200) without early stopping; the last weights are
-#           kept unless an earlier validated state (the warm start included) is ahead by more
+#           the choice lifted those cells by 4.7-14.6 points); then the same triplet
+#           training for 2100 steps (the end of the second cosine cycle, 300 + 600 + 1200)
+#           without early stopping; the last weights are kept unless an earlier validated state (the warm start included) is ahead by more
 #           than val_margin = 0.02 on the smoothed validation criterion (overall averaged over
 #           FAR/FPIR 0.1%, 1%, 10%). Measured on dev seeds: at real dataset sizes the
 #           validation overall on ~60-100 probes moved by < 1 point while the test overall rose by
@@ -434,12 +434,14 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
     g_pids = torch.as_tensor(train.g_pids, device=dev)
     torch.manual_seed(config.seed)
     model = make_qme(models, config, num_experts)
+    warm_val = None  # the validation criterion of the chosen warm start, once measured
     if warm_start is None and config.warm_start and resume is None:
         from .warm_start import fit_gated_logistic, fit_quality_weighted, set_linear_experts
+        x_np = x.cpu().numpy()
         gated = qe is not None and model.num_experts >= 2
         genuine = train.q_pids[:, None] == train.g_pids[None, :]
-        warm_start = fit_gated_logistic(x.cpu().numpy(), q.cpu().numpy(), genuine,
-                                        gated=gated, seed=config.seed)
+        q_np = q.cpu().numpy()
+        warm_start = fit_gated_logistic(x_np, q_np, genuine, gated=gated, seed=config.seed)
         log(f"warm start: {'gated' if gated else 'shared'} linear fit, training loss "
             f"{warm_start.loss:.4f}")
         face = _face_model(train, config) if gated else None
@@ -447,14 +449,15 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
             # the calibrated quality-weighted mean is the second candidate: the free fit
             # of the training pairs can lose to it on data it was not tuned on (other
             # score domains, a failing matcher); validation picks, ties to the free fit
-            alt = fit_quality_weighted(x.cpu().numpy(), q.cpu().numpy(), genuine,
-                                       models.index(face), seed=config.seed)
+            alt = fit_quality_weighted(x_np, q_np, genuine, models.index(face),
+                                       seed=config.seed)
             scores = []
             for fit in (warm_start, alt):
-                set_linear_experts(model, fit, x.cpu().numpy())
+                set_linear_experts(model, fit, x_np)
                 scores.append(_validate(model.to(dev), qe, val, config, dev)[0])
             if scores[1] > scores[0]:
                 warm_start = alt
+            warm_val = max(scores)
             log(f"warm start: val criterion gated fit {scores[0]:.4f}, quality-weighted mean "
                 f"{scores[1]:.4f}; chose {'the mean' if scores[1] > scores[0] else 'the fit'}")
     if warm_start is not None:
@@ -486,7 +489,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         log(f"resumed from {resume} at step {step}")
     if warm_start is not None and step == 0:
         # the warm start is a candidate of its own: training must earn its changes
-        ov, _ = _validate(model, qe, val, config, dev)
+        ov = warm_val if warm_val is not None else _validate(model, qe, val, config, dev)[0]
         hist["step"].append(0)
         hist["train_loss"].append(float("nan"))
         hist["val_overall"].append(ov)

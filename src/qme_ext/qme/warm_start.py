@@ -75,6 +75,23 @@ def _pairs(x: np.ndarray, genuine: np.ndarray, max_impostors: int, seed: int):
     return flat // n, flat % n, label
 
 
+def _training_pairs(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, max_impostors: int,
+                    seed: int) -> tuple:
+    """(mean (K,), var (K,), y (M, K) the training-z-scored scores of the kept pairs,
+    q (M,) their probe's quality clipped to [0, 1], label (M,) 1 for genuine)."""
+    mean, var = channel_stats(x)
+    pi, gi, label = _pairs(x, np.asarray(genuine, dtype=bool), max_impostors, seed)
+    y = (x[pi, :, gi].astype(np.float64) - mean) / np.sqrt(var + 1e-5)
+    qq = np.clip(np.asarray(q, dtype=np.float64).reshape(-1), 0.0, 1.0)[pi]
+    return mean, var, y, qq, label
+
+
+def _balance_weights(label: torch.Tensor) -> torch.Tensor:
+    """Per-pair loss weights: genuine and impostor pairs weigh the same in total."""
+    n_gen = float(label.sum())
+    return torch.where(label > 0, 0.5 / n_gen, 0.5 / (label.numel() - n_gen))
+
+
 def _minimise(loss_fn, params: torch.Tensor, max_iter: int) -> None:
     """Deterministic float64 L-BFGS (strong Wolfe line search) of ``loss_fn()`` in place."""
     opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
@@ -107,19 +124,14 @@ def fit_gated_logistic(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, *,
     Returns a :class:`GatedLinearFit`; deterministic (float64 L-BFGS from zeros on CPU).
     """
     x = np.asarray(x)
-    P, K, N = x.shape
-    mean, var = channel_stats(x)
-    pi, gi, label = _pairs(x, np.asarray(genuine, dtype=bool), max_impostors, seed)
-    y = (x[pi, :, gi].astype(np.float64) - mean) / np.sqrt(var + 1e-5)      # (M, K)
-    qq = np.clip(np.asarray(q, dtype=np.float64).reshape(-1), 0.0, 1.0)[pi]
+    K = x.shape[1]
+    mean, var, y, qq, label = _training_pairs(x, q, genuine, max_impostors, seed)
     if not gated:
         qq = np.ones_like(qq)
     yt = torch.as_tensor(y)
     qt = torch.as_tensor(qq)[:, None]
     lab = torch.as_tensor(label)
-    n_gen = float(label.sum())
-    # class-balanced: genuine and impostor pairs weigh the same in total
-    sw = torch.where(lab > 0, 0.5 / n_gen, 0.5 / (label.size - n_gen))
+    sw = _balance_weights(lab)
     params = torch.zeros(2 * K + 2, dtype=torch.float64, requires_grad=True)
 
     def loss_fn():
@@ -152,8 +164,7 @@ def _balanced_logistic(features: torch.Tensor, label: torch.Tensor, l2: float,
                        max_iter: int, n_free: int = 0) -> tuple:
     """Class-balanced L2 logistic regression (float64 L-BFGS from zeros): the parameters
     (F,) and the final loss; the last `n_free` parameters (offsets) are not penalised."""
-    n_gen = float(label.sum())
-    sw = torch.where(label > 0, 0.5 / n_gen, 0.5 / (label.numel() - n_gen))
+    sw = _balance_weights(label)
     F = features.shape[1]
     params = torch.zeros(F, dtype=torch.float64, requires_grad=True)
 
@@ -180,13 +191,10 @@ def fit_quality_weighted(x: np.ndarray, q: np.ndarray, genuine: np.ndarray, face
     z-scores into log-odds. Arguments as there; ``face`` is the face model's index.
     """
     x = np.asarray(x)
-    P, K, N = x.shape
+    K = x.shape[1]
     if K < 2:
         raise ValueError("the quality-weighted fusion needs at least two models")
-    mean, var = channel_stats(x)
-    pi, gi, label = _pairs(x, np.asarray(genuine, dtype=bool), max_impostors, seed)
-    y = (x[pi, :, gi].astype(np.float64) - mean) / np.sqrt(var + 1e-5)
-    qq = np.clip(np.asarray(q, dtype=np.float64).reshape(-1), 0.0, 1.0)[pi]
+    mean, var, y, qq, label = _training_pairs(x, q, genuine, max_impostors, seed)
     W = np.full((2, K), 1.0 / K)
     W[1] = 1.0 / (K - 1)
     W[1, face] = 0.0
