@@ -153,6 +153,30 @@ def test_backward_deterministic_and_thread_independent(B, G):
         torch.testing.assert_close(u.double(), v, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("mean", [100.0, 1000.0])
+def test_float32_large_mean_matches_float64(device, mean):
+    """Scores with a large mean (an uncentred matcher, e.g. cosine*100 or raw distances):
+    the folded BatchNorm has c ~ -a * mean, so a * x + c and sum dy * x cancel in float.
+    Both twins evaluate the affine centred and sum dL/da as sum dy * (x - m) + m * sum dy
+    (expert::centred_affine); uncentred float32 was off by up to 4e-2 (grad_x) and 2e-3
+    (grad_w1) of the gradients' scale here, centred it is within 1e-6."""
+    p = make_params(Z=2, K=3, H=9, B=4, dtype=torch.float64, seed=2)
+    p["c"] = p["c"] - mean * p["a"]
+    p = {k: v.float().to(device) for k, v in p.items()}
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(4, 3, 50000, generator=g, dtype=torch.float64) + mean).float().to(device)
+    gr = torch.randn(4, 50000, generator=g, dtype=torch.float64).float().to(device)
+    p64 = [v.double() for v in p.values()]
+    out = ops.expert_fuse(x, *p.values(), 0.0, 3).double()
+    out64 = ops.expert_fuse(x.double(), *p64, 0.0, 3)
+    assert (out - out64).abs().max().item() <= 1e-6 * out64.abs().max().item()
+    got = ops.expert_fuse_bwd(gr, x, *p.values(), 0.0, 3)
+    ref = ops.expert_fuse_bwd(gr.double(), x.double(), *p64, 0.0, 3)
+    for i, (u, r) in enumerate(zip(got, ref)):
+        scale = r.abs().max().item()
+        assert (u.double() - r).abs().max().item() <= 1e-6 * scale, i
+
+
 def test_empty_inputs(device):
     p = make_params(B=0, device=device)
     x = torch.zeros(0, 3, 5, dtype=torch.float64, device=device)

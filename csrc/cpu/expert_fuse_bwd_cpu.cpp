@@ -71,7 +71,8 @@ QME_CPU_VECTOR_CLONES void backward_item(const ExpertFuseBwdArgs& a, const cpu_e
   const int64_t g_begin = tile * tl.tile_cols, g_end = std::min(G, g_begin + tl.tile_cols);
   std::fill(part, part + Z * per, 0.0);
 
-  alignas(64) T xs[kExpertMaxChannels][kChunk], y[kExpertMaxChannels][kChunk],
+  alignas(64) T xs[kExpertMaxChannels][kChunk], xc[kExpertMaxChannels][kChunk],
+      y[kExpertMaxChannels][kChunk],
       dy[kExpertMaxChannels][kChunk], gx[kExpertMaxChannels][kChunk];
   alignas(64) T go[kChunk], dE[kChunk], pre[kChunk], s[kChunk], ds[kChunk], m[kChunk],
       ez[kChunk], act[kChunk], dpre[kChunk], tmp[kChunk];
@@ -98,9 +99,10 @@ QME_CPU_VECTOR_CLONES void backward_item(const ExpertFuseBwdArgs& a, const cpu_e
         const T gz = ctx.gate[b * Z + z];
         for (int i = 0; i < kChunk; ++i) dE[i] = go[i] * gz;
         for (int64_t k = 0; k < K; ++k) {
-          const T ak = az[k], ck = ctx.c[z * K + k];
+          const auto f = expert::centred_affine(az[k], ctx.c[z * K + k]);
           for (int i = 0; i < kChunk; ++i) {
-            y[k][i] = ak * xs[k][i] + ck;
+            xc[k][i] = xs[k][i] - f.m;
+            y[k][i] = f.a * xc[k][i] + f.r;
             dy[k][i] = T(0);
           }
         }
@@ -140,7 +142,7 @@ QME_CPU_VECTOR_CLONES void backward_item(const ExpertFuseBwdArgs& a, const cpu_e
         for (int64_t k = 0; k < K; ++k) {
           const T ak = az[k];
           for (int i = 0; i < kChunk; ++i) {
-            tmp[i] = dy[k][i] * xs[k][i];
+            tmp[i] = dy[k][i] * xc[k][i];  // centred: m * sum dy is added at the end
             gx[k][i] += dy[k][i] * ak;
           }
           p_a[k] += chunk_sum(tmp);
@@ -189,7 +191,9 @@ void run_backward(const ExpertFuseBwdArgs& a, int num_threads) {
   for (int64_t z = 0; z < Z; ++z) {
     const double* t = total.data() + z * per;
     for (int64_t k = 0; k < K; ++k) {
-      ga[z * K + k] = static_cast<T>(t[k]);
+      // dL/da = sum dy * (x - m) + m * sum dy (see centred_affine)
+      const T m = expert::centred_affine(ctx.a[z * K + k], ctx.c[z * K + k]).m;
+      ga[z * K + k] = static_cast<T>(t[k] + static_cast<double>(m) * t[K + k]);
       gc[z * K + k] = static_cast<T>(t[K + k]);
     }
     for (int64_t j = 0; j < H * K; ++j) gw1[z * H * K + j] = static_cast<T>(t[2 * K + j]);

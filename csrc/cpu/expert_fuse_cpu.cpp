@@ -49,8 +49,8 @@ QME_CPU_VECTOR_CLONES void fuse_chunks(const ExpertFuseArgs& a, int64_t u0, int6
     for (int i = 0; i < kChunk; ++i) acc[i] = T(0);
     for (int64_t z = 0; z < Z; ++z) {
       for (int64_t k = 0; k < K; ++k) {
-        const T ak = ctx.a[z * K + k], ck = ctx.c[z * K + k];
-        for (int i = 0; i < kChunk; ++i) y[k][i] = ak * xs[k][i] + ck;
+        const auto f = expert::centred_affine(ctx.a[z * K + k], ctx.c[z * K + k]);
+        for (int i = 0; i < kChunk; ++i) y[k][i] = f.a * (xs[k][i] - f.m) + f.r;
       }
       const T bz = ctx.b2[z];
       for (int i = 0; i < kChunk; ++i) ez[i] = bz;

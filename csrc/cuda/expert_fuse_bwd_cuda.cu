@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < kPerThread; ++e) {
 #pragma unroll
         for (int k = 0; k < KC; ++k) {
-          y[e][k] = P.a[zl * KC + k] * x[e][k] + P.c[zl * KC + k];
+          y[e][k] = P.a[zl * KC + k] * (x[e][k] - P.m[zl * KC + k]) + P.r[zl * KC + k];
           dy[e][k] = T(0);
         }
         ez[e] = P.b2[zl];
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
         s_b2 += dE[e];
 #pragma unroll
         for (int k = 0; k < KC; ++k) {
-          s_a[k] += dy[e][k] * x[e][k];
+          s_a[k] += dy[e][k] * (x[e][k] - P.m[zl * KC + k]);  // centred, as on the CPU
           s_c[k] += dy[e][k];
           gx[e][k] += dy[e][k] * P.a[zl * KC + k];
         }
@@ -193,29 +193,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block per parameter value: sum over all items, fixed order.
+// Sum over all items of one row of partials, fixed order (strided, then a fixed tree);
+// the result is returned to thread 0.
+__device__ double sum_items(const double* row, int64_t items, double* warp_part) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < items; i += kThreads) s += row[i];
+  s = warp_sum(s);
+  if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = s;
+  __syncthreads();
+  double dt = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kWarps; ++w) dt += warp_part[w];
+  __syncthreads();  // warp_part is reused by the next call
+  return dt;
+}
+
+// One block per parameter value: sum over all items, fixed order. grad_a's blocks also
+// sum their channel's grad_c row: dL/da = sum dy * (x - m) + m * sum dy (centred_affine).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     reduce_params_kernel(const double* partials,  // (partial_values, items)
                          int64_t items, int K, int H,
+                         const T* a, const T* c,  // (Z, K) each: the folded affine
                          T* ga, T* gc,       // (Z, K) each
                          T* gw1,             // (Z, H, K)
                          T* gb1, T* gw2,     // (Z, H) each
                          T* gb2) {           // (Z,)
   __shared__ double warp_part[kWarps];
   const int v = blockIdx.x;
-  const double* row = partials + static_cast<int64_t>(v) * items;
-  double s = 0.0;
-  for (int64_t i = threadIdx.x; i < items; i += kThreads) s += row[i];
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x != 0) return;
-  double dt = 0.0;
-  for (int w = 0; w < kWarps; ++w) dt += warp_part[w];
-  const T t = static_cast<T>(dt);
   const int per = static_cast<int>(expert::param_grads_per_expert(K, H));
   const int z = v / per, o = v - z * per;
+  double dt = sum_items(partials + static_cast<int64_t>(v) * items, items, warp_part);
+  if (o < K) {  // uniform per block
+    const double dc = sum_items(partials + static_cast<int64_t>(v + K) * items, items, warp_part);
+    dt += static_cast<double>(expert::centred_affine(a[z * K + o], c[z * K + o]).m) * dc;
+  }
+  if (threadIdx.x != 0) return;
+  const T t = static_cast<T>(dt);
   if (o < K) ga[z * K + o] = t;
   else if (o < 2 * K) gc[z * K + o - K] = t;
   else if (o < 2 * K + H * K) gw1[z * H * K + o - 2 * K] = t;
@@ -306,7 +320,8 @@ void expert_fuse_bwd_cuda(const ExpertFuseBwdArgs& a, void* workspace, size_t wo
       }
     });
     reduce_params_kernel<T><<<static_cast<unsigned>(nparams), kThreads, 0, stream>>>(
-        partials, grid.items, static_cast<int>(K), H, static_cast<T*>(a.grad_a),
+        partials, grid.items, static_cast<int>(K), H, static_cast<const T*>(a.params.a),
+        static_cast<const T*>(a.params.c), static_cast<T*>(a.grad_a),
         static_cast<T*>(a.grad_c), static_cast<T*>(a.grad_w1), static_cast<T*>(a.grad_b1),
         static_cast<T*>(a.grad_w2), static_cast<T*>(a.grad_b2));
     QME_CUDA_CHECK_LAUNCH();

@@ -49,16 +49,18 @@ inline Grid make_grid(int64_t B, int64_t G) {
   return g;
 }
 
-// Elements of the staged parameter block: a, c, w1, b1, w2, b2 and the row's gate.
+// Elements of the staged parameter block: a, m, r (the centred affine, see
+// expert::centred_affine), w1, b1, w2, b2 and the row's gate.
 QME_HD int64_t param_elems(int64_t Z, int64_t K, int64_t H) {
-  return Z * (2 * K + H * K + 2 * H + 1) + Z;
+  return Z * (3 * K + H * K + 2 * H + 1) + Z;
 }
 
 // Views into the staged parameters (shared memory).
 template <typename T>
 struct Staged {
-  const T* a;     // (Z, K)
-  const T* c;     // (Z, K)
+  const T* a;     // (Z, K) scale
+  const T* m;     // (Z, K) centre: y = a * (x - m) + r
+  const T* r;     // (Z, K) residual
   const T* w1;    // (Z, H, K)
   const T* b1;    // (Z, H)
   const T* w2;    // (Z, H)
@@ -75,8 +77,9 @@ __device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b
   const int Z = zn < 0 ? Zall : zn;
   const int nk = Z * K, nhk = Z * H * K, nh = Z * H;
   T* sa = sm;
-  T* sc = sa + nk;
-  T* sw1 = sc + nk;
+  T* sm_ = sa + nk;
+  T* sr = sm_ + nk;
+  T* sw1 = sr + nk;
   T* sb1 = sw1 + nhk;
   T* sw2 = sb1 + nh;
   T* sb2 = sw2 + nh;
@@ -89,8 +92,10 @@ __device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b
   const T* gb2 = static_cast<const T*>(p.b2) + z0;
   const T* gg = static_cast<const T*>(p.gate) + b * Zall + z0;
   for (int i = threadIdx.x; i < nk; i += blockDim.x) {
-    sa[i] = ga[i];
-    sc[i] = gc[i];
+    const expert::CentredAffine<T> f = expert::centred_affine(ga[i], gc[i]);
+    sa[i] = f.a;
+    sm_[i] = f.m;
+    sr[i] = f.r;
   }
   for (int i = threadIdx.x; i < nhk; i += blockDim.x) sw1[i] = gw1[i];
   for (int i = threadIdx.x; i < nh; i += blockDim.x) {
@@ -102,7 +107,7 @@ __device__ Staged<T> stage_params(const ExpertParams& p, int K, int H, int64_t b
     sg[i] = gg[i];
   }
   __syncthreads();
-  return Staged<T>{sa, sc, sw1, sb1, sw2, sb2, sg};
+  return Staged<T>{sa, sm_, sr, sw1, sb1, sw2, sb2, sg};
 }
 
 // Butterfly sum: every lane ends with the same value, in the same order on

@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) {
 #pragma unroll
-        for (int k = 0; k < KC; ++k) y[e][k] = P.a[z * KC + k] * x[e][k] + P.c[z * KC + k];
+        for (int k = 0; k < KC; ++k)
+          y[e][k] = P.a[z * KC + k] * (x[e][k] - P.m[z * KC + k]) + P.r[z * KC + k];
         ez[e] = P.b2[z];
       }
       for (int h = 0; h < H; ++h) {

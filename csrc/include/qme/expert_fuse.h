@@ -168,6 +168,30 @@ QME_HD T load(typename ScoreTraits<D>::Storage v) {
   }
 }
 
+// The folded BatchNorm affine y = a * x + c, evaluated centred as
+//   y = a * (x - m) + r,   m = round_T(-c / a),   r = round_T(c + a * m)  (m, r in double).
+// With data of large mean, c ~ -a * mean and a * x + c cancels catastrophically in
+// float (a * x carries the rounding error of a number of size |a * mean|); x - m is
+// exact for x near m (Sterbenz) and r is only the tiny residual of rounding m, so y
+// keeps the accuracy of its own size. The gradient uses the same decomposition:
+//   dL/da = sum dy * x = sum dy * (x - m) + m * sum dy,
+// so the sums see the small centred values and m * dL/dc is added once, in double.
+template <typename T>
+struct CentredAffine {
+  T a;  // scale
+  T m;  // centre, the x at which the affine is ~0
+  T r;  // residual: y(m) = r, exactly c + a * m before rounding
+};
+
+template <typename T>
+QME_HD CentredAffine<T> centred_affine(T a, T c) {
+  const double ad = static_cast<double>(a), cd = static_cast<double>(c);
+  const double md = -cd / ad;
+  if (!(ad != 0.0) || !isfinite(md)) return CentredAffine<T>{a, T(0), c};
+  const T m = static_cast<T>(md);
+  return CentredAffine<T>{a, m, static_cast<T>(fma(ad, static_cast<double>(m), cd))};
+}
+
 // Number of parameter-gradient values per expert, in the order the partial
 // buffers store them: a (K), c (K), W1 (H*K), b1 (H), W2 (H), b2 (1).
 QME_HD int64_t param_grads_per_expert(int64_t K, int64_t H) { return 2 * K + H * K + 2 * H + 1; }
