@@ -15,7 +15,8 @@ import os
 import sys
 import warnings
 
-from .common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import (PROG, UserError, check_device, format_table, json_value, plot_outputs,
+                     progress, refuse_overwriting_inputs)
 
 VERIFY_HELP = "verification metrics (EER, FNMR@FMR, ...) of genuine/impostor score files"
 
@@ -102,6 +103,8 @@ def run_verify(args) -> int:
     fmrs, fnmrs = _rates(args.fmrs, "--fmrs"), _rates(args.fnmrs, "--fnmrs")
     check_device(args.device)
     systems = _systems(args)
+    refuse_overwriting_inputs(args.files, [("--json", args.json)] + plot_outputs(
+        args.plots, ["roc.png", "det.png"] + [_hist_name(s.name) for s in systems]))
     from ..metrics.nonfinite import describe_nonfinite
     from ..metrics.verification import verification
     results, reports = {}, {}
@@ -120,12 +123,18 @@ def run_verify(args) -> int:
         reports[s.name] = dict(res.as_dict(), num_nonfinite=res.num_nonfinite)
     print(format_table(reports, _columns(fmrs, fnmrs, args.convention)))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({r: json_value(rep) for r, rep in reports.items()}, fh, indent=2)
+        from ..io import write_atomic
+        write_atomic(args.json, json.dumps({r: json_value(rep) for r, rep in reports.items()},
+                                           indent=2))
         progress(args, f"metrics written to {args.json}")
     if args.plots:
         _plots(args, systems, results)
     return 0
+
+
+def _hist_name(system: str) -> str:
+    from ..plots import safe_name
+    return f"score_hist_{safe_name(system)}.png"
 
 
 def _plots(args, systems, results) -> None:
@@ -140,8 +149,7 @@ def _plots(args, systems, results) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in systems:
             plots.plot_score_hist(s.genuine, s.impostor, f"{s.name}: score distributions",
-                                  os.path.join(args.plots,
-                                               f"score_hist_{plots.safe_name(s.name)}.png"))
+                                  os.path.join(args.plots, _hist_name(s.name)))
     progress(args, f"plots written to {args.plots}")
 
 
