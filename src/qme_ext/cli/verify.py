@@ -60,18 +60,19 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _systems(args) -> list:
-    """[Pairs] of the command line's files, after every check."""
+    """[Pairs] of the command line's files, after every check. Each file is read once (a
+    pipe such as ``<(cat gen.txt)`` cannot be read twice)."""
     from ..io import load_pairs
-    from ..io.pair_files import score_list_format
-    files, systems, i = args.files, [], 0
-    for f in files:
+    from ..io.pair_files import read_pair_source, score_list_format
+    for f in args.files:
         if not os.path.exists(f):
             raise UserError(f"{f}: no such file")
+    files, systems, i = [read_pair_source(f) for f in args.files], [], 0
     while i < len(files):
         if score_list_format(files[i]):
             if i + 1 >= len(files):
-                raise UserError(f"{files[i]} holds one score per line (one side): give it "
-                                "with its impostor file, GENUINE IMPOSTOR")
+                raise UserError(f"{files[i].path} holds one score per line (one side): give "
+                                "it with its impostor file, GENUINE IMPOSTOR")
             systems.append(load_pairs(files[i], impostor=files[i + 1],
                                       impostor_format=args.impostor_format))
             i += 2
