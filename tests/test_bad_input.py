@@ -417,12 +417,16 @@ def valid_images(tmp_path_factory):
     save_scores(d / "a.h5", make_example_scoreset(8, 16, 4, seed=2))
     rng = np.random.default_rng(3)
     s, y = rng.normal(size=40), rng.random(40) < 0.3
-    (d / "p.csv").write_text("score,label\n" + "".join(f"{v!r},{int(t)}\n"
+    (d / "p.csv").write_text("score,label\n" + "".join(f"{float(v)!r},{int(t)}\n"
                                                        for v, t in zip(s, y)))
-    (d / "p.txt").write_text("".join(f"c{k % 3} c{(k + t) % 3} p{k} {v!r}\n"
+    (d / "p.txt").write_text("".join(f"c{k % 3} c{(k + 1 - t) % 3} p{k} {float(v)!r}\n"
                                      for k, (v, t) in enumerate(zip(s, y))))
     np.save(d / "p.npy", np.c_[s, y])
     np.savez(d / "p.npz", scores=s, labels=y)
+    for n in ("p.csv", "p.txt", "p.npy", "p.npz"):  # the unmutated files read exactly
+        p = load_pairs(d / n)
+        np.testing.assert_array_equal(np.sort(np.r_[p.genuine, p.impostor]), np.sort(s))
+        assert p.genuine.size == y.sum(), n
     return {n: (d / n).read_bytes() for n in ("a.h5", "p.csv", "p.txt", "p.npy", "p.npz")}
 
 
@@ -437,16 +441,17 @@ def _read_h5(path):
 
 @hypothesis.given(data=st.data())
 def test_fuzz_hdf5_reader_bytes_and_truncations(valid_images, tmp_path_factory, data):
+    # No flipped bytes here (the pair readers get them): libhdf5 itself segfaults on some
+    # corrupted attribute headers (seen with HYPOTHESIS_PROFILE=dev), which no Python reader
+    # can catch.
     image = valid_images["a.h5"]
-    kind = data.draw(st.sampled_from(["random", "truncated", "flipped"]))
+    kind = data.draw(st.sampled_from(["random", "truncated", "prefixed"]))
     if kind == "random":
         blob = data.draw(st.binary(max_size=2048))
     elif kind == "truncated":
         blob = image[:data.draw(st.integers(0, len(image) - 1))]
-    else:
-        pos = data.draw(st.integers(0, len(image) - 1))
-        blob = image[:pos] + bytes([image[pos] ^ data.draw(st.integers(1, 255))]) \
-            + image[pos + 1:]
+    else:  # the HDF5 signature before random bytes
+        blob = image[:8] + data.draw(st.binary(max_size=2048))
     path = tmp_path_factory.mktemp("h5fuzz") / "f.h5"
     path.write_bytes(blob)
     got = _read_h5(path)

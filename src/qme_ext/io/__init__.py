@@ -48,7 +48,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import OutputError, ScoreFileError
+from .errors import OutputError, ScoreFileError, input_path
 from .output import atomic_output, same_file, write_atomic
 
 __all__ = [
@@ -301,11 +301,7 @@ def load_calibration(path, models: Sequence[str]) -> "ScoreSet":
 def _open(path):
     """Open ``path`` read-only, turning every failure into a ScoreFileError naming the file."""
     import h5py
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ScoreFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ScoreFileError(f"{path}: is a directory, expected an HDF5 file")
+    path = input_path(path, "an HDF5 file")
     try:
         regular = stat.S_ISREG(os.stat(path).st_mode)
     except OSError as exc:

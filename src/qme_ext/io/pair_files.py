@@ -40,7 +40,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .errors import ScoreFileError
+from .errors import ScoreFileError, input_path
 
 PAIR_FORMATS = ("auto", "bob4", "bob5", "scores", "csv", "npz", "npy")
 LABEL_COLUMNS = ("label", "genuine", "is_genuine", "labels")
@@ -80,11 +80,7 @@ def read_pair_source(path) -> PairSource:
     of a path."""
     if isinstance(path, PairSource):
         return path
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ScoreFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ScoreFileError(f"{path}: is a directory, expected a score file")
+    path = input_path(path, "a score file")
     try:
         with open(path, "rb") as fh:
             return PairSource(path, fh.read())
@@ -289,7 +285,9 @@ def _npy_array(data: bytes, path: str, key: Optional[str] = None) -> np.ndarray:
         return np.load(fp, allow_pickle=False)
     except ScoreFileError:
         raise
-    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy parses an untrusted header with ast and
+        # tokenize, whose errors (TokenError, SyntaxError, RecursionError...) are no
+        # ValueError; in this block every one of them means a corrupt file
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise ScoreFileError(f"{where}: not a readable .npy array ({message})") from None
 
