@@ -34,8 +34,9 @@ Choices
   types) is a :class:`ScoreFileError` naming the file. A score file must be a regular
   (seekable) file: a pipe is refused with a message rather than read twice.
 
-Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors`` and
-``pair_files`` are its parts; the layers above (fusion, metrics, qme, cli) read files through it.
+Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors``,
+``pair_files`` and ``output`` (the one writer of every output file) are its parts; the layers
+above (fusion, metrics, qme, plots, cli) read and write files through it.
 """
 from __future__ import annotations
 
