@@ -159,6 +159,12 @@ def test_fuse_updates_its_input_in_place_keeping_its_mode(scores, capsys):
     model = path.parent / "m.pt"
     save_checkpoint(model, QME(ss.models), None, {}, ss.models)
     os.chmod(path, 0o640)
+    # a full disk while the fused copy is written: the input stays as it was, byte for byte
+    before = _snapshot(path.parent)
+    proc = _subprocess(["fuse", model.name, path.name, "--out", path.name, "--quiet"],
+                       path.parent, fsize=os.path.getsize(path))
+    _one_line(proc, "cannot write a.h5", "is unchanged")
+    assert _snapshot(path.parent) == before
     assert cli.main(["fuse", str(model), str(path), "--out", str(path), "--quiet"]) == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     assert load_scores(path).models == ss.models + ["qme"]
