@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist",
            "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "curves_of_matrix",
-           "write_curve_plots", "write_comparison_plots"]
+           "write_curve_plots", "write_comparison_plots", "save_figure", "curve_plot_names"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5
@@ -49,8 +49,21 @@ def _finish(fig, ax, title: str, path, grid=None) -> None:
         ax.grid(True, which=grid, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path) -> None:
+    """Write ``fig`` as a PNG to ``path`` atomically (rendered in memory, then
+    :func:`qme_ext.io.write_atomic`: a failing disk leaves an old ``path`` intact) and close it."""
+    import io
+
+    from .io import write_atomic
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        _pyplot().close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 def plot_roc(curves: dict, path, bands: Optional[dict] = None) -> None:
@@ -172,6 +185,13 @@ def curves_of_matrix(mat, ids, bins: int = 60, boot: Optional[dict] = None) -> d
                                               ids.g_camids, max_rank=20)
     return {"roc": (far, tar), "det": (far, 1.0 - tar), "cmc": cmc,
             "hist": score_histograms(mat[genuine], mat[~genuine], bins), **bands}
+
+
+def curve_plot_names(rows, hist_rows=None) -> list:
+    """The file names :func:`write_curve_plots` writes for ``rows`` (and ``hist_rows``,
+    default: all rows), so that callers can check them before anything is drawn."""
+    return ["roc.png", "det.png", "cmc.png"] + [
+        f"score_hist_{safe_name(row)}.png" for row in (rows if hist_rows is None else hist_rows)]
 
 
 def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:

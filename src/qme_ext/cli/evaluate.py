@@ -9,7 +9,7 @@ import warnings
 from typing import Optional
 
 from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
-                     progress)
+                     plot_outputs, progress, refuse_overwriting_inputs)
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -129,6 +129,7 @@ def _load_inputs(args, items):
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
+    _check_outputs(args, list(scores.models) + items)
     calibration = args.calibration if args.calibration in _SELF else "self"
     if items and args.calibration not in _SELF:
         calibration = load_calibration(args.calibration, scores.models)
@@ -145,6 +146,14 @@ def _check_rows(args, models, merge_models, items) -> None:
             raise UserError(f"fusion item {item!r} repeats a model name or another item")
 
 
+def _check_outputs(args, rows) -> None:
+    """Refuse a ``--json`` or ``--plots`` file that is the score or the calibration file."""
+    from ..plots import curve_plot_names
+    inputs = [args.file] + ([] if args.calibration in _SELF else [args.calibration])
+    refuse_overwriting_inputs(inputs, [("--json", args.json)]
+                              + plot_outputs(args.plots, curve_plot_names(rows)))
+
+
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from ..io import load_calibration, load_ids
@@ -159,6 +168,7 @@ def _streaming_results(args, items) -> dict:
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
     _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
+    _check_outputs(args, list(models) + items)
     boot = _boot_options(args)
     pairs = _compare_pairs(args, list(models) + items)
     try:  # the largest row (a fusion item reads every model) must fit the budget
@@ -303,8 +313,8 @@ def _print_results(args, results: dict, pairs=()) -> None:
         out = {r: json_value(dict(res)) for r, res in results.items()}
         if compared:
             out["compare"] = json_value(compared)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        from ..io import write_atomic
+        write_atomic(args.json, json.dumps(out, indent=2))
         progress(args, f"metrics written to {args.json}")
 
 

@@ -16,12 +16,12 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Optional
 
-from .common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import (PROG, UserError, check_device, format_table, json_value, progress,
+                     refuse_overwriting_inputs)
 
 __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "COMMANDS", "BASELINES", "DEMO_SIZES"]
@@ -103,6 +103,9 @@ def run_train(args) -> int:
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
+    # --checkpoint may be the --resume file: training goes on saving its state there
+    refuse_overwriting_inputs([args.train, args.val, args.resume], [("--out", args.out)])
+    refuse_overwriting_inputs([args.train, args.val], [("--checkpoint", args.checkpoint)])
     train = load_scores(args.train, models=args.models)
     val = load_scores(args.val, models=train.models)
     for m in train.models:
@@ -155,7 +158,8 @@ def _add_fuse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="model.pt", help="checkpoint written by 'qme-ext train'")
     p.add_argument("scores", metavar="TEST.h5", help="score file with the checkpoint's models")
     p.add_argument("--out", required=True, metavar="FUSED.h5", help="output: a copy of "
-                   "TEST.h5 with the fused model added")
+                   "TEST.h5 with the fused model added; TEST.h5 itself updates it in place "
+                   "(atomically, its mode kept)")
     p.add_argument("--name", default="qme", help="name of the fused model (default qme)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch", type=int, default=256, help="probes per forward pass")
@@ -163,17 +167,22 @@ def _add_fuse_args(p: argparse.ArgumentParser) -> None:
 
 
 def _append_model(src: str, dst: str, name: str, score_mat, merge_score_mat, models) -> None:
-    """Copy ``src`` to ``dst`` (atomically) adding group ``name`` and the models attribute."""
-    import h5py
+    """Copy ``src`` to ``dst`` (atomically) adding group ``name`` and the models attribute.
 
-    from ..io import atomic_output
-    with atomic_output(dst) as tmp:
-        shutil.copyfile(src, tmp)
-        with h5py.File(tmp, "r+") as f:
-            f.create_dataset(f"{name}/score_mat", data=score_mat)
-            if merge_score_mat is not None:
-                f.create_dataset(f"{name}/merge_score_mat", data=merge_score_mat)
-            f.attrs["models"] = ",".join(list(models) + [name])
+    The copy is built in memory and written by :func:`qme_ext.io.write_atomic`, so ``dst``
+    (which may be ``src``: fuse updates in place) keeps its old bytes and mode on a failure.
+    """
+    from ..io import hdf5_image, write_atomic
+
+    def add(f):
+        f.create_dataset(f"{name}/score_mat", data=score_mat)
+        if merge_score_mat is not None:
+            f.create_dataset(f"{name}/merge_score_mat", data=merge_score_mat)
+        f.attrs["models"] = ",".join(list(models) + [name])
+
+    with open(src, "rb") as fh:
+        base = fh.read()
+    write_atomic(dst, hdf5_image(add, base))
 
 
 def run_fuse(args) -> int:
@@ -182,6 +191,7 @@ def run_fuse(args) -> int:
     from ..qme.train import predict
     check_device(args.device)
     _positive("--batch", args.batch)
+    refuse_overwriting_inputs([args.model], [("--out", args.out)])  # --out TEST.h5: in place
     if not args.name or "/" in args.name or "," in args.name:
         raise UserError(f"invalid --name {args.name!r}")
     try:
@@ -352,8 +362,7 @@ def _demo_plots(out: str, res: dict) -> list:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "quality_vs_face_rank.png"), dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, os.path.join(out, "quality_vs_face_rank.png"))
     written.append("quality_vs_face_rank.png")
     return written
 
@@ -380,9 +389,9 @@ def run_demo(args) -> int:
                                 "history": m.history} for r, m in res["models"].items()},
                "qe_history": getattr(res["qe"], "history", None)}
     path = os.path.join(args.out, "results.json")
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=lambda o: float(o) if isinstance(
-            o, np.floating) else None)
+    from ..io import write_atomic
+    write_atomic(path, json.dumps(payload, indent=2, default=lambda o: float(o) if isinstance(
+        o, np.floating) else None))
     progress(args, f"metrics written to {path}")
     if not args.no_plots:
         written = _demo_plots(args.out, res)

@@ -5,7 +5,8 @@ consecutive genuine/impostor pairs), ``qme-ext verify scores-dev scores-eval`` (
 files, one system each), CSV or ``.npz``/``.npy`` pair files (:func:`qme_ext.io.load_pairs`).
 Prints one table row per system, ``--json`` writes every key of
 :meth:`qme_ext.verification.VerificationResult.as_dict`, ``--plots DIR`` writes roc.png,
-det.png and score_hist_<system>.png.
+det.png and score_hist_<system>.png. Each input is read once, so pipes work
+(``qme-ext verify <(zcat gen.gz) <(zcat imp.gz)``); an output that is an input is refused.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import os
 import sys
 import warnings
 
-from .common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import (PROG, UserError, check_device, format_table, json_value, plot_outputs,
+                     progress, refuse_overwriting_inputs)
 
 VERIFY_HELP = "verification metrics (EER, FNMR@FMR, ...) of genuine/impostor score files"
 
@@ -59,18 +61,19 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _systems(args) -> list:
-    """[Pairs] of the command line's files, after every check."""
+    """[Pairs] of the command line's files, after every check. Each file is read once (a
+    pipe such as ``<(cat gen.txt)`` cannot be read twice)."""
     from ..io import load_pairs
-    from ..io.pair_files import score_list_format
-    files, systems, i = args.files, [], 0
-    for f in files:
+    from ..io.pair_files import read_pair_source, score_list_format
+    for f in args.files:
         if not os.path.exists(f):
             raise UserError(f"{f}: no such file")
+    files, systems, i = [read_pair_source(f) for f in args.files], [], 0
     while i < len(files):
         if score_list_format(files[i]):
             if i + 1 >= len(files):
-                raise UserError(f"{files[i]} holds one score per line (one side): give it "
-                                "with its impostor file, GENUINE IMPOSTOR")
+                raise UserError(f"{files[i].path} holds one score per line (one side): give "
+                                "it with its impostor file, GENUINE IMPOSTOR")
             systems.append(load_pairs(files[i], impostor=files[i + 1],
                                       impostor_format=args.impostor_format))
             i += 2
@@ -102,6 +105,8 @@ def run_verify(args) -> int:
     fmrs, fnmrs = _rates(args.fmrs, "--fmrs"), _rates(args.fnmrs, "--fnmrs")
     check_device(args.device)
     systems = _systems(args)
+    refuse_overwriting_inputs(args.files, [("--json", args.json)] + plot_outputs(
+        args.plots, ["roc.png", "det.png"] + [_hist_name(s.name) for s in systems]))
     from ..metrics.nonfinite import describe_nonfinite
     from ..metrics.verification import verification
     results, reports = {}, {}
@@ -120,12 +125,18 @@ def run_verify(args) -> int:
         reports[s.name] = dict(res.as_dict(), num_nonfinite=res.num_nonfinite)
     print(format_table(reports, _columns(fmrs, fnmrs, args.convention)))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({r: json_value(rep) for r, rep in reports.items()}, fh, indent=2)
+        from ..io import write_atomic
+        write_atomic(args.json, json.dumps({r: json_value(rep) for r, rep in reports.items()},
+                                           indent=2))
         progress(args, f"metrics written to {args.json}")
     if args.plots:
         _plots(args, systems, results)
     return 0
+
+
+def _hist_name(system: str) -> str:
+    from ..plots import safe_name
+    return f"score_hist_{safe_name(system)}.png"
 
 
 def _plots(args, systems, results) -> None:
@@ -140,8 +151,7 @@ def _plots(args, systems, results) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in systems:
             plots.plot_score_hist(s.genuine, s.impostor, f"{s.name}: score distributions",
-                                  os.path.join(args.plots,
-                                               f"score_hist_{plots.safe_name(s.name)}.png"))
+                                  os.path.join(args.plots, _hist_name(s.name)))
     progress(args, f"plots written to {args.plots}")
 
 

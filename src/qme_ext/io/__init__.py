@@ -23,26 +23,38 @@ Choices
   :func:`load_scores` (which checks the dataset shapes before reading any data).
 - :meth:`ScoreSet.subset_models` / :meth:`ScoreSet.with_model` return new objects sharing the
   (treated as read-only) arrays: no copies of large matrices.
-- :func:`save_scores` writes to a temporary file in the target directory and ``os.replace``-s it,
-  so the final name never holds a half-written file.
+- :func:`save_scores` builds the HDF5 image in memory (h5py on a ``BytesIO``) and writes it
+  through :func:`qme_ext.io.output.write_atomic`, the one writer of every output: a full disk
+  is one ``OutputError`` (h5py itself crashes when the file it writes fails), the old file is
+  kept byte for byte and a new file gets the umask's mode.
+- Reading: every key must be a dataset (not a group); id datasets integer, bool or integral
+  float; score and quality datasets floating-point (float16/32/64), the dtypes the metrics
+  API accepts, so the command line never casts a complex, bool, integer or string matrix
+  that the API would refuse. Anything h5py cannot read (truncated or corrupt file, odd
+  types) is a :class:`ScoreFileError` naming the file. A score file must be a regular
+  (seekable) file: a pipe is refused with a message rather than read twice.
 
-Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors`` and
-``pair_files`` are its parts; the layers above (fusion, metrics, qme, cli) read files through it.
+Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors``,
+``pair_files`` and ``output`` (the one writer of every output file) are its parts; the layers
+above (fusion, metrics, qme, plots, cli) read and write files through it.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io as _bytes_io
 import os
-import tempfile
+import stat
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import ScoreFileError
+from .errors import OutputError, ScoreFileError, input_path
+from .output import atomic_output, same_file, write_atomic
 
 __all__ = [
     "ScoreFileError",
+    "OutputError",
     "ScoreSet",
     "load_scores",
     "load_calibration",
@@ -52,6 +64,10 @@ __all__ = [
     "load_ids",
     "PROBE_ID_KEYS",
     "GALLERY_ID_KEYS",
+    "atomic_output",
+    "write_atomic",
+    "same_file",
+    "hdf5_image",
 ]
 
 PROBE_ID_KEYS = ("q_pids", "q_camids", "q_clothes_ids")
@@ -254,8 +270,11 @@ def _file_models(f) -> list:
     attr = f.attrs.get("models")
     if attr is not None:
         if isinstance(attr, bytes):
-            attr = attr.decode()
-        return _split_names(str(attr))
+            attr = attr.decode("utf-8", "replace")
+        if not isinstance(attr, str):
+            raise ScoreFileError(f"{f.filename}: attribute 'models' must be a string such as "
+                                 f"'face,body', got {type(attr).__name__}")
+        return _split_names(attr)
     import h5py
     return sorted(k for k, v in f.items()
                   if isinstance(v, h5py.Group) and "score_mat" in v and k != QUALITY_GROUP)
@@ -263,7 +282,7 @@ def _file_models(f) -> list:
 
 def list_models(path) -> list:
     """Model order of a score file (its ``models`` attribute, else sorted groups)."""
-    with _open(os.fspath(path)) as f:
+    with _reading(path) as f:
         return _file_models(f)
 
 
@@ -283,11 +302,14 @@ def load_calibration(path, models: Sequence[str]) -> "ScoreSet":
 def _open(path):
     """Open ``path`` read-only, turning every failure into a ScoreFileError naming the file."""
     import h5py
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ScoreFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ScoreFileError(f"{path}: is a directory, expected an HDF5 file")
+    path = input_path(path, "an HDF5 file")
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ScoreFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not regular:  # h5py reads a file several times: a pipe would be consumed by the first
+        raise ScoreFileError(f"{path}: not a regular file (a pipe?); an HDF5 score file must "
+                             f"be seekable: save it to a file first")
     try:
         ok = h5py.is_hdf5(path)
     except OSError as exc:
@@ -300,21 +322,70 @@ def _open(path):
         raise ScoreFileError(f"{path}: cannot open as HDF5 ({exc})") from None
 
 
-def _dataset_shapes(f, models: Sequence[str]) -> dict:
+@contextlib.contextmanager
+def _reading(path):
+    """The open file (as :func:`_open`); whatever h5py or numpy raise while it is read (a
+    truncated or corrupt file, a type h5py cannot convert, a shape too large for memory)
+    becomes one :class:`ScoreFileError` naming the file."""
+    source = os.fspath(path)
+    f = _open(source)
+    try:
+        with f:
+            yield f
+    except ScoreFileError:
+        raise
+    except MemoryError:
+        raise ScoreFileError(f"{source}: not enough memory to read it whole (evaluate it out "
+                             f"of core with --max-memory)") from None
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ScoreFileError(f"{source}: cannot read ({message})") from None
+
+
+# dtype kinds a key may hold: ids as the metrics API takes them (as_ids), matrices float only
+_ID_KINDS, _MATRIX_KINDS = "iubf", "f"
+
+
+def _checked_dataset(f, key: str, kinds: str, source: str):
+    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError."""
     import h5py
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise ScoreFileError(f"{source}: key '{key}' is a {type(obj).__name__.lower()}, "
+                             f"expected a dataset")
+    dt = obj.dtype
+    if dt.kind not in kinds or dt.names is not None or dt.subdtype is not None:
+        want = ("floating-point scores (float16/float32/float64; the metrics API refuses "
+                "other dtypes too)" if kinds == _MATRIX_KINDS
+                else "integer or integral float ids")
+        raise ScoreFileError(f"{source}: key '{key}' (shape {obj.shape}) has dtype {dt}, "
+                             f"expected {want}")
+    return obj
+
+
+def _dataset_shapes(f, models: Sequence[str]) -> dict:
+    """``{key: shape}`` of the file's datasets, each checked to be a dataset of its dtype."""
+    import h5py
+    source = f.filename
     shapes = {}
     for key in ID_KEYS:
         if key in f:
-            shapes[key] = tuple(f[key].shape)
+            shapes[key] = tuple(_checked_dataset(f, key, _ID_KINDS, source).shape)
     for m in models:
+        if m in f and not isinstance(f[m], h5py.Group):
+            raise ScoreFileError(f"{source}: key '{m}' is a dataset, expected the group of "
+                                 f"model {m!r}")
         for leaf in ("score_mat", "merge_score_mat"):
             key = f"{m}/{leaf}"
-            if key in f and isinstance(f[key], h5py.Dataset):
-                shapes[key] = tuple(f[key].shape)
+            if key in f:
+                shapes[key] = tuple(_checked_dataset(f, key, _MATRIX_KINDS, source).shape)
     if QUALITY_GROUP in f:
-        for name, ds in f[QUALITY_GROUP].items():
-            if isinstance(ds, h5py.Dataset):
-                shapes[f"{QUALITY_GROUP}/{name}"] = tuple(ds.shape)
+        if not isinstance(f[QUALITY_GROUP], h5py.Group):
+            raise ScoreFileError(f"{source}: key '{QUALITY_GROUP}' is a dataset, expected the "
+                                 f"group of quality features")
+        for name in f[QUALITY_GROUP]:
+            key = f"{QUALITY_GROUP}/{name}"
+            shapes[key] = tuple(_checked_dataset(f, key, _MATRIX_KINDS, source).shape)
     return shapes
 
 
@@ -386,7 +457,7 @@ def load_scores(path, models: Union[str, Sequence[str], None] = None,
         Missing file, not HDF5, missing key, length mismatch, non-integral or NaN ids.
     """
     source = os.fspath(path)
-    with _open(source) as f:
+    with _reading(source) as f:
         names = _resolve_models(f, models, source)
         _check_shapes(_dataset_shapes(f, names), names, source)
         read, _ = _row_reader(rows, f["q_pids"].shape[0], source)
@@ -411,7 +482,7 @@ def load_ids(path, models: Union[str, Sequence[str], None] = None) -> tuple:
     to its shape.
     """
     source = os.fspath(path)
-    with _open(source) as f:
+    with _reading(source) as f:
         names = _resolve_models(f, models, source)
         shapes = _dataset_shapes(f, names)
         _check_shapes(shapes, names, source)
@@ -429,11 +500,11 @@ def iter_row_blocks(path, model: str, block_rows: int,
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     source = os.fspath(path)
-    with _open(source) as f:
+    with _reading(source) as f:
         full = f"{model}/{key}"
         if full not in f:
             raise ScoreFileError(f"{source}: missing key '{full}'; models: {_file_models(f)}")
-        ds = f[full]
+        ds = _checked_dataset(f, full, _MATRIX_KINDS, source)
         if ds.ndim != 2:
             raise ScoreFileError(f"{source}: key '{full}' must be 2-D, got shape {ds.shape}")
         for start in range(0, ds.shape[0], block_rows):
@@ -441,47 +512,40 @@ def iter_row_blocks(path, model: str, block_rows: int,
             yield sl, np.asarray(ds[sl], dtype=np.float32)
 
 
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``.
-
-    On any error the temporary file is removed and ``path`` is left untouched, so a crash or
-    a full disk never leaves a half-written score file or checkpoint behind.
-    """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_scores(path, scoreset: ScoreSet) -> None:
     """Write ``scoreset`` in the SPEC §1 layout (plus the ``models`` attribute), atomically.
 
-    The data go to a temporary file in the destination directory, which replaces ``path`` only
-    once complete; on any error the temporary file is removed and ``path`` is untouched.
-    Arrays are written with their own dtypes, so ``load_scores(save_scores(s))`` is exact.
+    The file is built in memory and written by :func:`write_atomic`: a temporary file in the
+    destination folder replaces ``path`` only once complete and flushed; on any error (full
+    disk: :class:`OutputError`) the temporary is removed and ``path`` is byte-identical.
+    A new file gets the umask's mode, a replaced one keeps its mode. Arrays are written with
+    their own dtypes, so ``load_scores(save_scores(s))`` is exact.
     """
-    import h5py
     scoreset.validate()
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["models"] = ",".join(scoreset.models)
-        for m in scoreset.models:
-            f.create_dataset(f"{m}/score_mat", data=scoreset.score_mats[m])
-            if m in scoreset.merge_score_mats:
-                f.create_dataset(f"{m}/merge_score_mat", data=scoreset.merge_score_mats[m])
-        for key, value in scoreset.ids().items():
-            f.create_dataset(key, data=np.asarray(value))
-        for name, arr in scoreset.quality.items():
-            f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
+    write_atomic(path, hdf5_image(lambda f: _write_scoreset(f, scoreset)))
+
+
+def hdf5_image(fill, base: Optional[bytes] = None) -> bytes:
+    """The bytes of an HDF5 file built in memory by ``fill(h5py.File)``, starting empty or
+    from the file image ``base`` (opened read-write); for :func:`write_atomic`, so that h5py
+    never writes to (and crashes on) a failing disk. Needs memory for the whole file."""
+    import h5py
+    buf = _bytes_io.BytesIO(base or b"")
+    with h5py.File(buf, "r+" if base else "w") as f:
+        fill(f)
+    return buf.getvalue()
+
+
+def _write_scoreset(f, scoreset: ScoreSet) -> None:
+    f.attrs["models"] = ",".join(scoreset.models)
+    for m in scoreset.models:
+        f.create_dataset(f"{m}/score_mat", data=scoreset.score_mats[m])
+        if m in scoreset.merge_score_mats:
+            f.create_dataset(f"{m}/merge_score_mat", data=scoreset.merge_score_mats[m])
+    for key, value in scoreset.ids().items():
+        f.create_dataset(key, data=np.asarray(value))
+    for name, arr in scoreset.quality.items():
+        f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
 
 
 # genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.pair_files

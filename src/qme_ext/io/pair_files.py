@@ -16,24 +16,44 @@ Formats (``format="auto"`` picks one from the extension and the first data line)
               ``label`` fields, or a 1-D score list (then like ``scores``)
 
 Scores are returned as float64; higher = more alike (negate distances first).
+
+Reading (issue 23): every file is read once, into memory, and sniffed and parsed from that
+buffer, so a pipe or FIFO (``verify <(cat gen.txt) <(cat imp.txt)``) gives all its scores.
+Binary formats are told by their content (``.npy`` magic, zip, HDF5), text by the extension
+(``.csv``) and the first data line. Every problem is one :class:`ScoreFileError` naming the
+file: binary or UTF-16 text where text is expected, an HDF5 file (score matrices belong to
+``qme-ext evaluate``), unreadable, object-dtype or truncated numpy files, complex, bool or
+string score arrays (integer and float scores are accepted, as ``verification`` accepts
+them), a histogram count that is not a finite non-negative integer or a histogram of more
+than :data:`MAX_HISTOGRAM_SCORES` scores, and in a CSV file a score cell that is empty or
+missing (a short row): both are the same error naming the line, never a NaN score (write
+``nan`` to mean one).
 """
 from __future__ import annotations
 
 import csv
+import io
 import os
+import zipfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
-from .errors import ScoreFileError
+from .errors import ScoreFileError, input_path
 
 PAIR_FORMATS = ("auto", "bob4", "bob5", "scores", "csv", "npz", "npy")
 LABEL_COLUMNS = ("label", "genuine", "is_genuine", "labels")
 _TRUE = {"1", "true", "t", "yes", "y", "genuine", "1.0"}
 _FALSE = {"0", "false", "f", "no", "n", "impostor", "0.0", "-1"}
+# a histogram expands to this many float64 scores at most (8 GiB): larger totals are refused
+MAX_HISTOGRAM_SCORES = 2 ** 30
+_NPY_MAGIC, _HDF5_MAGIC = b"\x93NUMPY", b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_SCORE_KINDS = "iuf"  # what verification() takes as scores
 
-__all__ = ["Pairs", "load_pairs", "score_list_format", "PAIR_FORMATS"]
+__all__ = ["Pairs", "PairSource", "read_pair_source", "load_pairs", "score_list_format",
+           "PAIR_FORMATS", "MAX_HISTOGRAM_SCORES"]
 
 
 @dataclass
@@ -46,47 +66,107 @@ class Pairs:
     format: str
 
 
-def _data_lines(path: str, limit: Optional[int] = None):
-    with open(path) as fh:
-        for line in fh:
-            text = line.split("#", 1)[0].strip()
-            if text:
-                yield text
-                if limit is not None:
-                    limit -= 1
-                    if limit == 0:
-                        return
+@dataclass
+class PairSource:
+    """The bytes of one score file, read once (a pipe cannot be read twice)."""
+
+    path: str
+    data: bytes
 
 
-def _sniff(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".npz", ".npy", ".csv"):
-        return ext[1:]
-    first = next(_data_lines(path, 1), None)
-    if first is None:
-        raise ScoreFileError(f"{path}: no score in the file")
-    n = len(first.split())
+def read_pair_source(path) -> PairSource:
+    """Read ``path`` (a file, FIFO or ``/dev/fd/N``) whole; :class:`ScoreFileError` when it
+    cannot be read. :func:`load_pairs` and :func:`score_list_format` take the result in place
+    of a path."""
+    if isinstance(path, PairSource):
+        return path
+    path = input_path(path, "a score file")
+    try:
+        with open(path, "rb") as fh:
+            return PairSource(path, fh.read())
+    except OSError as exc:
+        raise ScoreFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise ScoreFileError(f"{path}: too large to read into memory") from None
+
+
+def _text(src: PairSource) -> str:
+    """The file as text: UTF-8 (a BOM is skipped); binary and UTF-16 files are refused."""
+    data, path = src.data, src.path
+    if data.startswith(_HDF5_MAGIC):
+        raise ScoreFileError(f"{path}: an HDF5 file, not a genuine/impostor score file (score "
+                             f"matrices are read by 'qme-ext evaluate')")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ScoreFileError(f"{path}: UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 "
+                             f"-t UTF-8)")
+    if b"\x00" in data:
+        raise ScoreFileError(f"{path}: a binary file (NUL bytes), expected a text score file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ScoreFileError(f"{path}: not UTF-8 text (byte {exc.start}); a binary file?") \
+            from None
+
+
+def _data_lines(src: PairSource, limit: Optional[int] = None) -> list:
+    out = []
+    for line in _text(src).splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            out.append(text)
+            if limit is not None and len(out) == limit:
+                break
+    return out
+
+
+def _binary_format(src: PairSource) -> Optional[str]:
+    if src.data.startswith(_NPY_MAGIC):
+        return "npy"
+    if src.data.startswith(_ZIP_MAGICS):
+        return "npz"
+    return None
+
+
+def _sniff(src: PairSource) -> str:
+    ext = os.path.splitext(src.path)[1].lower()
+    fmt = _binary_format(src)
+    if fmt is not None:
+        return fmt
+    if ext in (".npz", ".npy"):
+        raise ScoreFileError(f"{src.path}: not a numpy {ext} file (no {ext} header)")
+    if ext == ".csv":
+        return "csv"
+    lines = _data_lines(src, 1)
+    if not lines:
+        raise ScoreFileError(f"{src.path}: no score in the file")
+    n = len(lines[0].split())
     if n in (4, 5):
         return f"bob{n}"
     if n == 1:
         return "scores"
-    raise ScoreFileError(f"{path}: cannot tell the format from a line of {n} fields "
-                         f"({first[:60]!r}); expected 4 (bob) or 5 (bob 5-column) fields or "
+    raise ScoreFileError(f"{src.path}: cannot tell the format from a line of {n} fields "
+                         f"({lines[0][:60]!r}); expected 4 (bob) or 5 (bob 5-column) fields or "
                          f"one score per line")
 
 
-def score_list_format(path) -> bool:
-    """True when ``path`` is a one-score-per-line list (one side of a genuine/impostor pair)."""
-    path = os.fspath(path)
-    if path.lower().endswith(".npy"):
-        return np.load(path, mmap_mode="r").ndim == 1
-    return _sniff(path) == "scores"
+def score_list_format(path: Union[str, os.PathLike, PairSource]) -> bool:
+    """True when ``path`` (or a :class:`PairSource`) is a one-score-per-line list (one side of
+    a genuine/impostor pair), or a 1-D ``.npy`` score vector."""
+    src = read_pair_source(path)
+    fmt = _sniff(src)
+    if fmt == "npy":
+        return _npy_array(src.data, src.path).ndim == 1
+    return fmt == "scores"
 
 
 def _float(values, path: str) -> np.ndarray:
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is not None and (arr.dtype.kind not in _SCORE_KINDS or arr.dtype.names):
+        raise ScoreFileError(f"{path}: scores have dtype {arr.dtype}, expected integer or "
+                             f"floating-point numbers")
     try:
         return np.asarray(values, dtype=np.float64)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ScoreFileError(f"{path}: a score is not a number ({exc})") from None
 
 
@@ -94,10 +174,13 @@ def _bool_labels(values, path: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == np.bool_:
         return arr
-    if np.issubdtype(arr.dtype, np.number):
+    if arr.dtype.kind in "iuf":
         if not np.isin(arr, (0, 1, -1)).all():
             raise ScoreFileError(f"{path}: labels must be 1 (genuine) or 0/-1 (impostor)")
         return arr == 1
+    if arr.dtype.kind not in "US":
+        raise ScoreFileError(f"{path}: labels have dtype {arr.dtype}, expected bool, 1/0 or "
+                             f"true/false")
     text = np.char.lower(np.char.strip(arr.astype(str)))
     bad = ~np.isin(text, list(_TRUE | _FALSE))
     if bad.any():
@@ -109,19 +192,25 @@ def _split(scores: np.ndarray, genuine: np.ndarray, path: str, fmt: str, name) -
     return Pairs(scores[genuine], scores[~genuine], name, fmt)
 
 
-def _read_scores(path: str) -> np.ndarray:
-    return _float([line.split()[-1] for line in _data_lines(path)], path)
+def _read_scores(src: PairSource) -> np.ndarray:
+    return _float([line.split()[-1] for line in _data_lines(src)], src.path)
 
 
-def _read_histogram(path: str) -> np.ndarray:
-    counts = _float([line.split()[-1] for line in _data_lines(path)], path)
-    if (counts < 0).any() or (counts != np.round(counts)).any():
-        raise ScoreFileError(f"{path}: a histogram holds non-negative integer counts")
+def _read_histogram(src: PairSource) -> np.ndarray:
+    path = src.path
+    counts = _float([line.split()[-1] for line in _data_lines(src)], path)
+    if not np.isfinite(counts).all() or (counts < 0).any() or (counts != np.round(counts)).any():
+        raise ScoreFileError(f"{path}: a histogram holds finite non-negative integer counts")
+    total = float(counts.sum())
+    if total > MAX_HISTOGRAM_SCORES:
+        raise ScoreFileError(f"{path}: the histogram counts {total:.6g} scores, more than "
+                             f"{MAX_HISTOGRAM_SCORES} can be expanded in memory")
     return np.repeat(np.arange(counts.size, dtype=np.float64), counts.astype(np.int64))
 
 
-def _read_bob(path: str, columns: int) -> tuple:
-    rows = [line.split() for line in _data_lines(path)]
+def _read_bob(src: PairSource, columns: int) -> tuple:
+    path = src.path
+    rows = [line.split() for line in _data_lines(src)]
     bad = [i for i, r in enumerate(rows) if len(r) != columns]
     if bad:
         raise ScoreFileError(f"{path}: data line {bad[0] + 1} has {len(rows[bad[0]])} fields, "
@@ -132,46 +221,125 @@ def _read_bob(path: str, columns: int) -> tuple:
     return scores, genuine
 
 
-def _read_csv(path: str) -> tuple:
-    with open(path, newline="") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
+def _cells(rows: list, column: str, what: str, path: str) -> list:
+    """The ``column`` cells of CSV ``rows`` ([(line, dict)]); an empty cell and a cell missing
+    from a short row are the same error."""
+    out = []
+    for line, row in rows:
+        value = row.get(column)
+        if value is None or not value.strip():
+            hint = "; write nan for a missing score" if what == "score" else ""
+            raise ScoreFileError(f"{path}: line {line} has no {what} (an empty or missing "
+                                 f"'{column}' cell{hint})")
+        out.append(value)
+    return out
+
+
+def _read_csv(src: PairSource) -> tuple:
+    path = src.path
+    text = _text(src)
+    try:
         try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
         except csv.Error:
             dialect = csv.excel
-        reader = csv.DictReader(fh, dialect=dialect)
+        reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
         fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-        rows = list(reader)
+        rows = [(reader.line_num, r) for r in reader]
+    except csv.Error as exc:
+        raise ScoreFileError(f"{path}: not a readable CSV file ({exc})") from None
     if "score" not in fields:
         raise ScoreFileError(f"{path}: no 'score' column (columns: {list(fields)})")
-    scores = _float([r[fields["score"]] for r in rows], path)
+    scores = _float(_cells(rows, fields["score"], "score", path), path)
     label = next((c for c in LABEL_COLUMNS if c in fields), None)
     if label is not None:
-        return scores, _bool_labels([r[fields[label]] for r in rows], path)
+        return scores, _bool_labels(_cells(rows, fields[label], "label", path), path)
     if "claimed_id" in fields and "real_id" in fields:
-        return scores, np.array([r[fields["claimed_id"]] == r[fields["real_id"]] for r in rows])
+        claimed = _cells(rows, fields["claimed_id"], "claimed_id", path)
+        real = _cells(rows, fields["real_id"], "real_id", path)
+        return scores, np.array([c == r for c, r in zip(claimed, real)], dtype=bool)
     raise ScoreFileError(f"{path}: needs a label column ({', '.join(LABEL_COLUMNS)}) or "
                          f"claimed_id and real_id columns (columns: {list(fields)})")
 
 
-def _read_npz(path: str) -> tuple:
-    with np.load(path) as z:
-        keys = set(z.files)
-        if {"genuine", "impostor"} <= keys:
-            return _float(z["genuine"], path).reshape(-1), _float(z["impostor"], path).reshape(-1)
-        if {"scores", "labels"} <= keys:
-            s = _float(z["scores"], path).reshape(-1)
-            return _split(s, _bool_labels(z["labels"].reshape(-1), path), path, "npz", None)
+def _npy_array(data: bytes, path: str, key: Optional[str] = None) -> np.ndarray:
+    """The array of a ``.npy`` image; its header is checked against the bytes present
+    before numpy allocates the array (a corrupt header must not ask for terabytes)."""
+    where = f"{path}" + (f" (array '{key}')" if key else "")
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        if dtype.hasobject:
+            raise ScoreFileError(f"{where}: an object array (pickled Python objects), expected "
+                                 f"numbers; object arrays are never loaded")
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > len(data) - fp.tell():
+            raise ScoreFileError(f"{where}: truncated: the header announces shape {shape} "
+                                 f"({dtype}), {need} bytes, the file holds "
+                                 f"{len(data) - fp.tell()}")
+        fp.seek(0)
+        return np.load(fp, allow_pickle=False)
+    except ScoreFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy parses an untrusted header with ast and
+        # tokenize, whose errors (TokenError, SyntaxError, RecursionError...) are no
+        # ValueError; in this block every one of them means a corrupt file
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ScoreFileError(f"{where}: not a readable .npy array ({message})") from None
+
+
+def _npz_arrays(src: PairSource, keys: tuple) -> Optional[list]:
+    """The arrays ``keys`` of a ``.npz`` image, or None when it lacks one of them."""
+    path = src.path
+    try:
+        with zipfile.ZipFile(io.BytesIO(src.data)) as z:
+            names = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            if not set(keys) <= set(names):
+                return None
+            return [_npy_array(z.read(names[k]), path, k) for k in keys]
+    except ScoreFileError:
+        raise
+    except MemoryError:
+        raise ScoreFileError(f"{path}: an array of the .npz archive is too large for memory") \
+            from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ScoreFileError(f"{path}: not a readable .npz archive ({message})") from None
+
+
+def _read_npz(src: PairSource):
+    path = src.path
+    got = _npz_arrays(src, ("genuine", "impostor"))
+    if got is not None:
+        return _float(got[0], path).reshape(-1), _float(got[1], path).reshape(-1)
+    got = _npz_arrays(src, ("scores", "labels"))
+    if got is not None:
+        s = _float(got[0], path).reshape(-1)
+        labels = got[1].reshape(-1)
+        if labels.size != s.size:
+            raise ScoreFileError(f"{path}: {labels.size} labels for {s.size} scores")
+        return _split(s, _bool_labels(labels, path), path, "npz", None)
+    try:
+        with zipfile.ZipFile(io.BytesIO(src.data)) as z:
+            found = sorted(n[:-4] if n.endswith(".npy") else n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        found = []
     raise ScoreFileError(f"{path}: expected arrays 'genuine' and 'impostor' or 'scores' and "
-                         f"'labels', found {sorted(keys)}")
+                         f"'labels', found {found}")
 
 
-def _read_npy(path: str):
-    arr = np.load(path)
+def _read_npy(src: PairSource):
+    path = src.path
+    arr = _npy_array(src.data, path)
     if arr.dtype.names:
-        if not {"score", "label"} <= set(arr.dtype.names):
-            raise ScoreFileError(f"{path}: a structured array needs 'score' and 'label' fields")
+        if not {"score", "label"} <= set(arr.dtype.names) or arr.ndim != 1:
+            raise ScoreFileError(f"{path}: a structured array needs 'score' and 'label' fields "
+                                 f"(1-D), got fields {arr.dtype.names} and shape {arr.shape}")
         return _float(arr["score"], path), _bool_labels(arr["label"], path)
     if arr.ndim == 1:
         return _float(arr, path)
@@ -181,12 +349,12 @@ def _read_npy(path: str):
                          f"score list, got shape {arr.shape}")
 
 
-def _one_side(path: str, fmt: str) -> np.ndarray:
+def _one_side(src: PairSource, fmt: str) -> np.ndarray:
     if fmt == "histogram":
-        return _read_histogram(path)
-    got = _read_npy(path) if path.lower().endswith(".npy") else _read_scores(path)
+        return _read_histogram(src)
+    got = _read_npy(src) if _sniff(src) == "npy" else _read_scores(src)
     if isinstance(got, tuple):
-        raise ScoreFileError(f"{path}: holds labelled pairs, not a one-sided score list")
+        raise ScoreFileError(f"{src.path}: holds labelled pairs, not a one-sided score list")
     return got
 
 
@@ -197,35 +365,34 @@ def load_pairs(path, impostor=None, *, format: str = "auto", impostor_format: st
     ``load_pairs("scores-dev")`` (bob 4/5-column), ``load_pairs("pairs.csv")``,
     ``load_pairs("s.npz")``, ``load_pairs("gen.txt", impostor="imp.txt")`` (pyeer lists;
     ``impostor_format="histogram"`` for pyeer's histogram impostor file). ``name``: the
-    system's name (default: the file name). Raises :class:`~qme_ext.io.ScoreFileError`.
+    system's name (default: the file name). ``path`` and ``impostor`` may be paths or
+    :class:`PairSource` objects (a file already read). Each file is read once. Raises
+    :class:`~qme_ext.io.ScoreFileError`.
     """
-    path = os.fspath(path)
     if format not in PAIR_FORMATS:
         raise ValueError(f"format: expected one of {list(PAIR_FORMATS)}, got {format!r}")
     if impostor_format not in ("scores", "histogram"):
         raise ValueError(f"impostor_format: expected 'scores' or 'histogram', got "
                          f"{impostor_format!r}")
+    src = read_pair_source(path)
+    path = src.path
     name = name or os.path.basename(path)
-    if not os.path.exists(path):
-        raise ScoreFileError(f"{path}: no such file")
     if impostor is not None:
-        impostor = os.fspath(impostor)
-        if not os.path.exists(impostor):
-            raise ScoreFileError(f"{impostor}: no such file")
-        return Pairs(_one_side(path, "scores"), _one_side(impostor, impostor_format), name,
+        imp = read_pair_source(impostor)
+        return Pairs(_one_side(src, "scores"), _one_side(imp, impostor_format), name,
                      "scores" if impostor_format == "scores" else "scores+histogram")
-    fmt = _sniff(path) if format == "auto" else format
+    fmt = _sniff(src) if format == "auto" else format
     if fmt == "scores":
         raise ScoreFileError(f"{path}: one score per line is one side only; give the genuine "
                              f"and the impostor file (load_pairs(gen, impostor=imp))")
     if fmt in ("bob4", "bob5"):
-        got = _read_bob(path, int(fmt[-1]))
+        got = _read_bob(src, int(fmt[-1]))
     elif fmt == "csv":
-        got = _read_csv(path)
+        got = _read_csv(src)
     elif fmt == "npz":
-        got = _read_npz(path)
+        got = _read_npz(src)
     else:
-        got = _read_npy(path)
+        got = _read_npy(src)
         if not isinstance(got, tuple):
             raise ScoreFileError(f"{path}: a 1-D array is one side only; give the genuine "
                                  f"and the impostor file")
@@ -234,5 +401,7 @@ def load_pairs(path, impostor=None, *, format: str = "auto", impostor_format: st
         return got
     scores, second = got
     if second.dtype == np.bool_:
+        if second.size != scores.size:
+            raise ScoreFileError(f"{path}: {second.size} labels for {scores.size} scores")
         return _split(scores, second, path, fmt, name)
     return Pairs(scores, second, name, fmt)

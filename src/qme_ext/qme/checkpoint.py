@@ -12,18 +12,20 @@ File content (``torch.save`` of a plain dict, loadable with ``weights_only=True`
     config        TrainConfig as a dict
     extra         free dict (training state for resume: optimiser, scheduler, step, ...)
 
-Writes are atomic (temporary file in the destination directory, then ``os.replace``), so an
-interrupted save never leaves a truncated checkpoint under the final name.
+Writes are atomic (:func:`qme_ext.io.write_atomic`: the file is serialised in memory, written
+to a temporary in the destination directory, then renamed), so an interrupted save or a full
+disk never leaves a truncated checkpoint under the final name.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Optional
 
 import torch
 
-from ..io import atomic_output
+from ..io import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT"]
 
@@ -64,8 +66,9 @@ def save_checkpoint(path, model, qe, config, models, extra: Optional[dict] = Non
         "config": dict(config or {}),
         "extra": dict(extra or {}),
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path, map_location="cpu"):
