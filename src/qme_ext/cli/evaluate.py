@@ -67,6 +67,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="append", metavar="A,B", help="paired bootstrap "
                    "comparison of rows A and B (A - B, same replicate weights): difference, "
                    "interval and p-value per metric; repeatable; implies --ci 0.95")
+    p.add_argument("--distance", action="store_true", help="the score file holds distances "
+                   "(lower = more alike, e.g. torchreid's distmat): the report of their "
+                   "negation, thresholds in distance units (not with --fusion or --plots)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -183,7 +186,8 @@ def _streaming_results(args, items) -> dict:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteScoreWarning)
                 res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
-                                    seed=args.seed, device=args.device, **how, **boot)
+                                    seed=args.seed, device=args.device, **how, **boot,
+                                    larger_is_better=not args.distance)
             if plotting:
                 curves[row] = curves_file(args.file, max_memory=budget, device=args.device,
                                           **how, **boot)
@@ -236,6 +240,8 @@ def _write_plots(args, rows, scores, boot) -> None:
 
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
+    if getattr(args, "distance", False) and (items or args.plots):
+        raise UserError("--distance: not with --fusion or --plots (they read similarities)")
     if args.max_memory is not None:
         _print_results(args, *_streaming_results(args, items))
         return 0
@@ -257,7 +263,8 @@ def run_evaluate(args) -> int:
         progress(args, f"evaluating {row}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteScoreWarning)
-            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot)
+            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot,
+                           larger_is_better=not args.distance)
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
