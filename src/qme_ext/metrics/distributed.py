@@ -322,9 +322,15 @@ def evaluate_embeddings(probe_feats, gallery_feats, *, q_pids, q_camids, q_cloth
     Templates: each process scores the subjects of its own gallery entries
     (``unique_g_pids``: default, the distinct local ``g_pids``), so a subject's entries must
     all lie on one process (checked; else pass ``gallery_templates`` with your own
-    ``unique_g_pids`` per process). The report equals one process's on the whole gallery
-    when the shards hold ascending subject ranges (the template columns in ascending order).
-    Block size: the smallest any process's ``max_memory``/``block_rows`` gives.
+    ``unique_g_pids`` per process). Block size: the smallest any process's
+    ``max_memory``/``block_rows`` gives.
+
+    Exactness: the report is bit-identical to :func:`evaluate` with ``shard="columns"`` of
+    the matrices each process's :func:`~qme_ext.metrics.embedding_matrices` gives (the same
+    matmuls). Against one process scoring the whole gallery (shards holding ascending
+    subject ranges, so that the template columns keep their order) it agrees up to the
+    BLAS's rounding: a BLAS may round an element differently when the gallery tile it
+    sits in is cut at another column (seen with torch's CPU sgemm on small tiles).
     """
     from .embeddings import embedding_source
     red = TorchReducer(group)
