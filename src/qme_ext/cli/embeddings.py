@@ -55,6 +55,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
                    help="what the bootstrap resamples: probe subjects (default) or probes")
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    p.set_defaults(compare=None)  # the evaluate command's --compare: one row here
 
 
 class _Inputs:
@@ -88,8 +89,11 @@ class _Inputs:
 
     def arrays(self) -> dict:
         import numpy as np
-        out = {k: self.get(k) for k in FEATURE_KEYS + ID_KEYS + OPTIONAL_KEYS
+        out = {k: self.get(k) for k in FEATURE_KEYS + ("gallery_templates",)
                if k in self.items}
+        # id vectors are small: loaded whole (and writable, unlike a memory map)
+        out.update({k: np.array(self.get(k)) for k in ID_KEYS + ("unique_g_pids",)
+                    if k in self.items})
         P, G = len(out["q_pids"]), len(out["g_pids"])
         if "q_camids" not in out or "g_camids" not in out:
             out["q_camids"], out["g_camids"] = np.zeros(P, np.int64), np.ones(G, np.int64)
@@ -157,8 +161,6 @@ def _evaluate(args, inputs: _Inputs, row: str, boot: dict, plotting: bool) -> tu
     from ..metrics.orientation import NegatedSource
     a = inputs.arrays()
     bar, sources = _Bar(args), []
-    progress(args, f"evaluating {row}: {a['probe_feats'].shape[0]} probes x "
-                   f"{a['gallery_feats'].shape[0]} gallery, {args.metric}")
     try:
         res = evaluate_embeddings(
             a["probe_feats"], a["gallery_feats"], **{k: a[k] for k in ID_KEYS},
@@ -177,8 +179,11 @@ def _evaluate(args, inputs: _Inputs, row: str, boot: dict, plotting: bool) -> tu
         raise UserError(f"{args.file}: {exc}") from None
     finally:
         bar.end()
-    t = sources[0].timing if sources else {}
-    progress(args, f"{row}: scoring (matmuls) took {t.get('matmul', 0.0):.1f} s")
+    t = sources[0].timing
+    progress(args, f"evaluated {row}: {a['probe_feats'].shape[0]} probes x "
+                   f"{a['gallery_feats'].shape[0]} gallery, {args.metric}, "
+                   f"{sources[0].block_rows} probes per block; scoring (matmuls) took "
+                   f"{t['matmul']:.1f} s")
     return {row: res}, curves
 
 
