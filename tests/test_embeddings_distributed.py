@@ -1,16 +1,13 @@
 """distributed.evaluate_embeddings (issue 21): gallery shards over 2 gloo processes on the
 CPU give one process's report on every rank, bit for bit (cosine and euclidean, with
 intervals); a subject split over processes is refused on every rank."""
-import multiprocessing
 import os
-import time
 
 import numpy as np
-import pytest
 import torch
 
 from qme_ext import metrics
-from test_distributed import _free_port
+from test_distributed import run_gloo_workers
 from test_embeddings import feature_problem, positional
 
 
@@ -78,16 +75,7 @@ def _worker(rank, world, port):
 
 
 def test_gloo_gallery_shards_equal_one_process():
-    import torch.multiprocessing as mp
     q, g, ids = _sorted_problem()  # warm the ops in the parent before fork
     metrics.evaluate_embeddings(q, g, **ids)
     import torch.distributed  # noqa: F401
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_worker, args=(2, _free_port()), nprocs=2, join=False,
-                             start_method=method)
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("2 gloo workers did not finish in time")
+    run_gloo_workers(_worker, 2)

@@ -48,12 +48,8 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write every metric as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, det.png, cmc.png and "
                    "score_hist_<row>.png into DIR (two more passes; euclidean: of -d)")
-    p.add_argument("--ci", type=float, metavar="LEVEL", help="bootstrap percentile intervals "
-                   "at this level (e.g. 0.95) beside every metric")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
-                   help="what the bootstrap resamples: probe subjects (default) or probes")
+    from .evaluate import add_bootstrap_arguments
+    add_bootstrap_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(compare=None)  # the evaluate command's --compare: one row here
 

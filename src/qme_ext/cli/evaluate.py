@@ -57,13 +57,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", metavar="SIZE", help="evaluate out of core: read the file "
                    "in probe-row blocks whose matrices fit SIZE (e.g. 2GB, 512MiB; "
                    "see qme_ext.streaming)")
-    p.add_argument("--ci", type=float, metavar="LEVEL", help="bootstrap percentile intervals "
-                   "at this level (e.g. 0.95) beside every metric: table cells 88.60 [86.10, "
-                   "90.90], '<key>_ci': [lo, hi] in the JSON")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
-                   help="what the bootstrap resamples: probe subjects (default) or probes")
+    add_bootstrap_arguments(p)
     p.add_argument("--compare", action="append", metavar="A,B", help="paired bootstrap "
                    "comparison of rows A and B (A - B, same replicate weights): difference, "
                    "interval and p-value per metric; repeatable; implies --ci 0.95")
@@ -71,6 +65,17 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "(lower = more alike, e.g. torchreid's distmat): the report of their "
                    "negation, thresholds in distance units (not with --fusion or --plots)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def add_bootstrap_arguments(p: argparse.ArgumentParser) -> None:
+    """--ci, --n-boot, --boot-seed, --boot-unit (read by :func:`_boot_options`)."""
+    p.add_argument("--ci", type=float, metavar="LEVEL", help="bootstrap percentile intervals "
+                   "at this level (e.g. 0.95) beside every metric: table cells 88.60 [86.10, "
+                   "90.90], '<key>_ci': [lo, hi] in the JSON")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
+                   help="what the bootstrap resamples: probe subjects (default) or probes")
 
 
 def _boot_options(args) -> dict:

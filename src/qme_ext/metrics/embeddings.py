@@ -32,9 +32,15 @@ gives them instead (row i = subject ``unique_g_pids[i]``).
 Exactness
 ---------
 The report is bit-identical to :func:`~qme_ext.metrics.evaluate` of the matrices
-:func:`embedding_matrices` returns (the same tiles, the same matmuls). Those matrices equal
-``probe @ gallery.T`` as far as the BLAS computes each element independently of the tile
-shape (true of the CPU and cuBLAS kernels seen here, not promised by either library).
+:func:`embedding_matrices` returns (the same tiles, the same matmuls). A BLAS rounds an
+element differently with the shape of the product it sits in (torch's CPU sgemm does, by
+the number of probe rows and, for narrow tiles, of gallery columns), so the matmuls have
+fixed shapes: :data:`MATMUL_ROWS` probes at offsets that are multiples of it, times
+:data:`GALLERY_TILE` gallery rows at fixed offsets, and engine blocks are whole multiples of
+:data:`MATMUL_ROWS` rows. The report is therefore the same for every ``max_memory`` or
+``block_rows`` that holds :data:`MATMUL_ROWS` probe rows (below that, the matmuls have
+``block_rows`` rows, and another size may round differently). The scores agree with a
+plain ``probe @ gallery.T`` to float32 rounding, not bit for bit.
 
 Bad input
 ---------
