@@ -16,8 +16,9 @@ of gallery at full size), not part of the budget. Reported, from one run:
 * ``matmul_alone_s``: one walk of the same tiled matmuls over every probe block, nothing
   else (the floor any evaluation of these features pays once);
 * ``evaluate_s``: the whole ``evaluate_embeddings`` call, split into ``matmul_s`` (the
-  matmuls it ran, over every pass) and ``passes_s`` (the rest: the engine's ranking,
-  open-set and radix-select passes, candidates, template pass, finishing);
+  scoring it ran over every walk: reading and converting gallery tiles, normalising, the
+  matmuls) and ``passes_s`` (the rest: the engine's ranking, open-set and radix-select
+  passes, candidates, the input checks and template pass, finishing);
 * ``ratio_to_matmul``: ``evaluate_s / matmul_alone_s``.
 
 Nothing is asserted on time. Without --quick the run takes minutes on a few cores.

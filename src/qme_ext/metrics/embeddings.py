@@ -68,6 +68,7 @@ import torch
 
 from ..ops.inputs import as_ids, check_device
 from .accumulate import Block, BlockSource, check_block_rows
+from .core import DEFAULT_FARS
 from .streaming import (_handed_over, _max_group, bytes_per_row, fuse_rows, parse_memory,
                         rows_per_block)
 
@@ -249,8 +250,8 @@ class EmbeddingSource(BlockSource):
     """Row blocks of the (P, G) scores and (P, S) template scores of features, computed
     block by block (one model, or K models fused per block; see the module docstring).
 
-    ``timing`` accumulates the seconds spent scoring (``"matmul"``: the matmuls and
-    their elementwise work) and fusing (``"fusion"``); ``progress(pass, rows done, P)``
+    ``timing`` accumulates the seconds spent scoring (``"matmul"``: reading and converting
+    the gallery tiles, the matmuls and their elementwise work) and fusing (``"fusion"``); ``progress(pass, rows done, P)``
     is called after each block (``pass`` counts the walks over the probes, from 1)."""
 
     def __init__(self, models: Sequence[_Model], block_rows: int, fusion=None, ids=None,
@@ -363,6 +364,8 @@ def embedding_source(probe_feats, gallery_feats, *, g_pids, unique_g_pids=None,
         raise ValueError("probe_feats, gallery_feats: give both as arrays, or both as dicts "
                          f"with the same models; got {list(pf)} and {list(gf)}")
     fused = None not in pf and len(pf) > 1 or fusion is not None
+    if fusion is not None and None in pf:
+        raise ValueError("probe_feats, gallery_feats: fusion needs dicts {model: features}")
     if fused and fusion is None:
         raise ValueError("fusion: several models' features need a fitted FusionResult or a "
                          "QME model to fuse them")
@@ -443,7 +446,7 @@ def evaluate_embeddings(probe_feats, gallery_feats, *, q_pids, q_camids, q_cloth
                         g_pids, g_camids, g_clothes_ids,
                         unique_g_pids=None, gallery_templates=None, metric: str = "cosine",
                         larger_is_better: Optional[bool] = None, protocol: str = "qme",
-                        seed: int = 45, fars: Sequence[float] = (1e-4, 1e-3, 1e-2),
+                        seed: int = 45, fars: Sequence[float] = DEFAULT_FARS,
                         max_memory=None, block_rows: Optional[int] = None, device=None,
                         fusion=None, models: Optional[Sequence[str]] = None, quality=None,
                         m: float = 2.0, face: Optional[str] = None,
