@@ -233,19 +233,25 @@ def warm():
     import torch.distributed  # noqa: F401  (imported once in the parent, before fork)
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_gloo_processes_equal_one_process(warm, world):
+def run_gloo_workers(worker, world: int, timeout_s: float = 240) -> None:
+    """Run ``worker(rank, world, port)`` in ``world`` processes; fail on an error or
+    after ``timeout_s`` seconds."""
     import torch.multiprocessing as mp
     # fork: the workers inherit the warm interpreter (spawn would re-import torch in each)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_worker, args=(world, _free_port()), nprocs=world, join=False,
+    ctx = mp.start_processes(worker, args=(world, _free_port()), nprocs=world, join=False,
                              start_method=method)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"{world} gloo workers did not finish in time")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_gloo_processes_equal_one_process(warm, world):
+    run_gloo_workers(_worker, world)
 
 
 @requires_cuda

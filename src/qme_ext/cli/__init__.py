@@ -9,6 +9,9 @@ Subcommands
     report, bit for bit; what SIZE covers: :mod:`qme_ext.streaming`); fusion then needs
     ``--calibration TRAIN.h5``, and ``--plots`` draws ROC/DET sampled at 64 log-spaced
     FARs (each point exact) from further passes over the file.
+``evaluate-embeddings FEATURES``
+    The same report from probe and gallery features (cosine, dot or euclidean), scored tile
+    by tile in bounded memory (``--max-memory``); file layout: :mod:`qme_ext.cli.embeddings`.
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
@@ -40,6 +43,7 @@ import sys
 
 from .._version import __version__
 from .common import PROG, UserError
+from .embeddings import COMMANDS as _EMBEDDINGS_COMMANDS
 from .evaluate import COMMANDS as _EVALUATE_COMMANDS
 from .evaluate import TABLE_COLUMNS  # noqa: F401  (the evaluate table's columns)
 from .qme import COMMANDS as _QME_COMMANDS
@@ -55,6 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 COMMANDS = {
     **_EVALUATE_COMMANDS,
+    **_EMBEDDINGS_COMMANDS,
     **_QME_COMMANDS,
     **_VERIFY_COMMANDS,
 }

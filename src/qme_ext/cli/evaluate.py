@@ -57,6 +57,18 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", metavar="SIZE", help="evaluate out of core: read the file "
                    "in probe-row blocks whose matrices fit SIZE (e.g. 2GB, 512MiB; "
                    "see qme_ext.streaming)")
+    add_bootstrap_arguments(p)
+    p.add_argument("--compare", action="append", metavar="A,B", help="paired bootstrap "
+                   "comparison of rows A and B (A - B, same replicate weights): difference, "
+                   "interval and p-value per metric; repeatable; implies --ci 0.95")
+    p.add_argument("--distance", action="store_true", help="the score file holds distances "
+                   "(lower = more alike, e.g. torchreid's distmat): the report of their "
+                   "negation, thresholds in distance units (not with --fusion or --plots)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def add_bootstrap_arguments(p: argparse.ArgumentParser) -> None:
+    """--ci, --n-boot, --boot-seed, --boot-unit (read by :func:`_boot_options`)."""
     p.add_argument("--ci", type=float, metavar="LEVEL", help="bootstrap percentile intervals "
                    "at this level (e.g. 0.95) beside every metric: table cells 88.60 [86.10, "
                    "90.90], '<key>_ci': [lo, hi] in the JSON")
@@ -64,10 +76,6 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--boot-unit", default="subject", choices=("subject", "probe"),
                    help="what the bootstrap resamples: probe subjects (default) or probes")
-    p.add_argument("--compare", action="append", metavar="A,B", help="paired bootstrap "
-                   "comparison of rows A and B (A - B, same replicate weights): difference, "
-                   "interval and p-value per metric; repeatable; implies --ci 0.95")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def _boot_options(args) -> dict:
@@ -193,7 +201,8 @@ def _streaming_results(args, items) -> dict:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteScoreWarning)
                 res = evaluate_file(args.file, max_memory=budget, protocol=args.protocol,
-                                    seed=args.seed, device=args.device, **how, **boot)
+                                    seed=args.seed, device=args.device, **how, **boot,
+                                    larger_is_better=not args.distance)
             if plotting:
                 curves[row] = curves_file(args.file, max_memory=budget, device=args.device,
                                           **how, **boot)
@@ -246,6 +255,8 @@ def _write_plots(args, rows, scores, boot) -> None:
 
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
+    if getattr(args, "distance", False) and (items or args.plots):
+        raise UserError("--distance: not with --fusion or --plots (they read similarities)")
     if args.max_memory is not None:
         _print_results(args, *_streaming_results(args, items))
         return 0
@@ -267,7 +278,8 @@ def run_evaluate(args) -> int:
         progress(args, f"evaluating {row}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteScoreWarning)
-            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot)
+            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot,
+                           larger_is_better=not args.distance)
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)

@@ -57,6 +57,8 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write every metric of every system as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, det.png and "
                    "score_hist_<system>.png into DIR")
+    p.add_argument("--distance", action="store_true", help="the scores are distances (lower "
+                   "= more alike); thresholds are distances, accepting d <= t")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -115,7 +117,8 @@ def run_verify(args) -> int:
                        f"({s.format})")
         try:
             res = verification(s.genuine, s.impostor, fmrs, fnmrs, args.convention,
-                               device=args.device, warn=False)
+                               device=args.device, warn=False,
+                               larger_is_better=not args.distance)
         except ValueError as exc:
             raise UserError(f"{s.name}: {exc}") from None
         text = describe_nonfinite(res.num_nonfinite)

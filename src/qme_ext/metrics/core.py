@@ -49,6 +49,7 @@ from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryI
 from ..ops.inputs import as_ids, as_probabilities, as_score_matrix
 from .order_stats import ImpostorKeys, select_desc
 from .nonfinite import warn_nonfinite_matrices
+from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
 from .splits import numpy_splits, qme_splits
 
 MODES = ("general", "sc", "cc")
@@ -647,7 +648,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
              device=None, fars: Sequence[float] = DEFAULT_FARS,
              block_rows: Optional[int] = None, ci: Optional[float] = None,
              n_boot: int = 1000, boot_seed: int = 0,
-             boot_unit: str = "subject") -> dict[str, float]:
+             boot_unit: str = "subject", larger_is_better: bool = True) -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
     One ranking pass gives GR/SC/CC Rank-1/5/10/20 and mAP, the radix select gives
@@ -664,8 +665,13 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     from ``n_boot`` weighted bootstrap replicates over probe subjects (``boot_unit=
     "probe"``: probe rows), seeded by ``boot_seed``; the point values are unchanged and
     the result is a :class:`qme_ext.bootstrap.BootReport` (see :func:`compare`).
+
+    ``larger_is_better=False``: the matrices hold distances (lower = more alike, e.g.
+    torchreid's ``distmat``); the report is that of their negation, thresholds in
+    distance units (:mod:`qme_ext.metrics.orientation`).
     """
     _check_protocol(protocol)
+    check_larger_is_better(larger_is_better)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     S = as_score_matrix(score_mat, "score_mat", device)
     M = as_score_matrix(merge_score_mat, "merge_score_mat", S.device)
@@ -675,7 +681,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     warn_nonfinite_matrices(S, M)  # NonFiniteScoreWarning when NaN/inf entries were given
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
                             g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
-                            boot=boot)
+                            boot=boot, larger_is_better=larger_is_better)
 
 
 def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
@@ -683,9 +689,17 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
                      fars: Sequence[float] = DEFAULT_FARS, red: Reducer = LOCAL,
                      shard: str = "rows", col_offset: int = 0,
                      merge_col_offset: int = 0,
-                     boot: Optional[_bootstrap.Bootstrap] = None) -> dict[str, float]:
+                     boot: Optional[_bootstrap.Bootstrap] = None,
+                     larger_is_better: bool = True) -> dict[str, float]:
     """The report of :func:`evaluate` for a block source (ids are the local ones:
-    this process's probes and gallery columns; `red` combines processes)."""
+    this process's probes and gallery columns; `red` combines processes;
+    ``larger_is_better=False``: the source holds distances, negated block by block)."""
+    if not check_larger_is_better(larger_is_better):
+        out = _evaluate_source(NegatedSource(source), q_pids, q_camids, q_clothes_ids, g_pids,
+                               g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
+                               red=red, shard=shard, col_offset=col_offset,
+                               merge_col_offset=merge_col_offset, boot=boot)
+        return negate_report_thresholds(out)
     far_list = as_probabilities(fars, "fars")
     ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
                         q_camids, g_camids, q_clothes_ids, g_clothes_ids, MODES)

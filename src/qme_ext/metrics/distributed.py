@@ -58,7 +58,7 @@ from .accumulate import Reducer, TensorSource
 from ..ops.inputs import as_ids, as_probabilities, as_score_matrix
 from ..ops.common import DTYPE_CODES
 
-__all__ = ["evaluate", "topk", "TorchReducer", "nccl_device"]
+__all__ = ["evaluate", "evaluate_embeddings", "topk", "TorchReducer", "nccl_device"]
 
 SHARDS = ("rows", "columns")
 
@@ -197,7 +197,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
              device=None, fars: Sequence[float] = metrics.DEFAULT_FARS, *, group=None,
              shard: Optional[str] = None, block_rows: Optional[int] = None,
              ci: Optional[float] = None, n_boot: int = 1000, boot_seed: int = 0,
-             boot_unit: str = "subject") -> dict[str, float]:
+             boot_unit: str = "subject", larger_is_better: bool = True) -> dict[str, float]:
     """:func:`qme_ext.metrics.evaluate` of matrices sharded over the processes of
     ``group`` (default: the whole world); the same report on every process.
 
@@ -210,6 +210,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     process's shard and ids, as for :func:`qme_ext.metrics.evaluate`; ``block_rows``
     walks the local shard in row blocks. ``device="cuda"`` (no index) in an NCCL group
     means this process's GPU (:func:`nccl_device`), not ``cuda:0`` on every process.
+    ``larger_is_better=False``: the shards hold distances (as :func:`qme_ext.metrics.evaluate`).
     """
     red = TorchReducer(group)
     device = _own_gpu(red, device)
@@ -240,7 +241,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     return metrics._evaluate_source(
         source, q_pids, q_camids, q_clothes_ids, g_pids, g_camids, g_clothes_ids, unique_g_pids,
         seed=seed, fars=fars, red=red, shard=shard, col_offset=col_offset,
-        merge_col_offset=merge_col_offset, boot=boot)
+        merge_col_offset=merge_col_offset, boot=boot, larger_is_better=larger_is_better)
 
 
 _RAW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -302,3 +303,68 @@ def topk(scores, k: int, largest: bool = True, *, shard: str, group=None):
     if is_numpy:
         return TopK(values.cpu().numpy(), indices.cpu().numpy())
     return TopK(values.to(t.device), indices.to(t.device))
+
+
+def evaluate_embeddings(probe_feats, gallery_feats, *, q_pids, q_camids, q_clothes_ids,
+                        g_pids, g_camids, g_clothes_ids, unique_g_pids=None,
+                        gallery_templates=None, metric: str = "cosine",
+                        larger_is_better: Optional[bool] = None, protocol: str = "qme",
+                        seed: int = 45, fars: Sequence[float] = metrics.DEFAULT_FARS,
+                        max_memory=None, block_rows: Optional[int] = None, device=None,
+                        group=None, ci: Optional[float] = None, n_boot: int = 1000,
+                        boot_seed: int = 0, boot_unit: str = "subject") -> dict:
+    """:func:`qme_ext.metrics.evaluate_embeddings` of a gallery sharded over the processes of
+    ``group``: every process holds every probe (``probe_feats``, the ``q_*`` ids) and some
+    gallery entries (``gallery_feats`` and their ``g_*`` ids); the same report on every
+    process. It is the column-shard path of :func:`evaluate`: the global gallery order is the
+    processes' shards in rank order, and no score leaves its process.
+
+    Templates: each process scores the subjects of its own gallery entries
+    (``unique_g_pids``: default, the distinct local ``g_pids``), so a subject's entries must
+    all lie on one process (checked; else pass ``gallery_templates`` with your own
+    ``unique_g_pids`` per process). Block size: the smallest any process's
+    ``max_memory``/``block_rows`` gives.
+
+    Exactness: the report is bit-identical to :func:`evaluate` with ``shard="columns"`` of
+    the matrices each process's :func:`~qme_ext.metrics.embedding_matrices` gives (the same
+    matmuls). Against one process scoring the whole gallery (shards holding ascending
+    subject ranges, so that the template columns keep their order) it agrees up to the
+    BLAS's rounding: a BLAS may round an element differently when the gallery tile it
+    sits in is cut at another column (seen with torch's CPU sgemm on small tiles).
+    """
+    from .embeddings import embedding_source
+    red = TorchReducer(group)
+    device = _own_gpu(red, device)
+    error, source, boot, layout, uniq = None, None, None, None, None
+    try:
+        metrics._check_protocol(protocol)
+        boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
+        as_probabilities(fars, "fars")
+        source, uniq = embedding_source(probe_feats, gallery_feats, g_pids=g_pids,
+                                        unique_g_pids=unique_g_pids,
+                                        gallery_templates=gallery_templates, metric=metric,
+                                        max_memory=max_memory, block_rows=block_rows,
+                                        device=device)
+        metrics._validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
+                              q_camids, g_camids, q_clothes_ids, g_clothes_ids, metrics.MODES)
+        q_ids = [_as_numpy_ids(x) for x in (q_pids, q_camids, q_clothes_ids)]
+        g_ids = [_as_numpy_ids(x) for x in (g_pids, g_camids, g_clothes_ids, uniq)]
+        layout = (source.num_rows, source.num_cols, source.merge_cols,
+                  DTYPE_CODES[source.dtype], q_ids, g_ids)
+    except Exception as exc:  # reach _agree on every rank (module docstring)
+        error = exc
+    _agree(red, error)
+    _, col_offset, merge_col_offset = _layout(red, "columns", *layout)
+    if gallery_templates is None:
+        every = red.cat(np.asarray(uniq, dtype=np.int64))
+        if np.unique(every).size != every.size:
+            raise ValueError("g_pids: a subject's gallery entries lie on several processes, so "
+                             "no process can average its template; shard the gallery by "
+                             "subject or pass gallery_templates")
+    source.set_block_rows(int(red.stack(np.asarray([source.block_rows], np.int64))[:, 0].min()))
+    if larger_is_better is None:
+        larger_is_better = metric != "euclidean"
+    return metrics._evaluate_source(
+        source, q_pids, q_camids, q_clothes_ids, g_pids, g_camids, g_clothes_ids, uniq,
+        seed=seed, fars=fars, red=red, shard="columns", col_offset=col_offset,
+        merge_col_offset=merge_col_offset, boot=boot, larger_is_better=larger_is_better)

@@ -55,7 +55,7 @@ from .accumulate import Block, BlockSource, check_block_rows
 from ..io import ScoreSet, iter_row_blocks, load_calibration, load_ids
 
 __all__ = ["parse_memory", "bytes_per_row", "rows_per_block", "plan_block_rows", "FileSource",
-           "FusedFileSource", "evaluate_file", "curves_file", "CANDIDATE_BYTES",
+           "FusedFileSource", "fuse_rows", "evaluate_file", "curves_file", "CANDIDATE_BYTES",
            "FUSION_WORK_BYTES"]
 
 # index (8) + probe (8) + flags (1) + the genuine score (8) + torch temporaries of
@@ -185,7 +185,6 @@ class FusedFileSource(BlockSource):
                              if k.startswith("quality/") and k.endswith("_weights")]
 
     def blocks(self, scores=True, merge=False):
-        from ..fusion import apply_fusion
         readers = [(m, "score_mat") for m in self.models]
         if merge:
             readers += [(m, "merge_score_mat") for m in self.models]
@@ -194,21 +193,37 @@ class FusedFileSource(BlockSource):
         for parts in _in_step(its):
             sl = parts[0][0]
             got = {rk: arr for rk, (_, arr) in zip(readers, parts)}
-            block = ScoreSet(
-                models=list(self.models),
-                score_mats={m: got[(m, "score_mat")] for m in self.models},
-                merge_score_mats={m: got[(m, "merge_score_mat")] for m in self.models}
-                if merge else {},
-                quality={k: got[("quality", k)] for k in self.quality_keys},
-                **{k: (v[sl] if k.startswith("q_") else v) for k, v in self.ids.items()})
-            fused = apply_fusion(self.result, block, "_fused", device=self.device, m=self.m,
-                                 face=self.face)
-            del parts, got, block  # the models' rows: only their fusion goes on
-            to = (lambda a: torch.from_numpy(a).to(self.device))
-            blk = Block(sl, to(fused.score_mats["_fused"]) if scores else None,
-                        to(fused.merge_score_mats["_fused"]) if merge else None)
+            del parts
+            fused = fuse_rows(self.result, self.models, self.ids, sl,
+                              {m: got.pop((m, "score_mat")) for m in self.models},
+                              {m: got.pop((m, "merge_score_mat")) for m in self.models}
+                              if merge else None,
+                              {k: got.pop(("quality", k)) for k in self.quality_keys},
+                              self.device, self.m, self.face, scores)
+            blk = Block(sl, *fused)
             del fused
             yield from _handed_over(blk)
+
+
+def fuse_rows(result, models: Sequence[str], ids: dict, rows: slice, score_rows: dict,
+              merge_rows: Optional[dict], quality_rows: dict, device, m: float,
+              face: Optional[str], scores: bool = True) -> tuple:
+    """(fused (b, G) tensor or None, fused (b, S) tensor or None) of one block of probe
+    ``rows``: the K models' float32 rows (``{model: (b, G)}`` numpy, and the merge rows
+    when wanted) fused by the fitted ``result`` (:func:`qme_ext.fusion.apply_fusion`);
+    ``ids`` are the whole id vectors (the probes' are sliced to ``rows``)."""
+    from ..fusion import apply_fusion
+    block = ScoreSet(models=list(models), score_mats=score_rows,
+                     merge_score_mats=merge_rows if merge_rows is not None else {},
+                     quality=quality_rows,
+                     **{k: (v[rows] if k.startswith("q_") else v) for k, v in ids.items()})
+    del score_rows, merge_rows  # the models' rows: only their fusion goes on
+    fused = apply_fusion(result, block, "_fused", device=device, m=m, face=face)
+    del block
+    to = (lambda a: torch.from_numpy(a).to(device))
+    return (to(fused.score_mats["_fused"]) if scores else None,
+            to(fused.merge_score_mats["_fused"]) if "_fused" in fused.merge_score_mats
+            else None)
 
 
 def _max_group(g_pids: np.ndarray) -> int:
@@ -264,7 +279,8 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
                   block_rows: Optional[int] = None, protocol: str = "qme", seed: int = 45,
                   device="cpu", fars=None, weights=None, m: float = 2.0, fusion_seed: int = 0,
                   face: Optional[str] = None, ci: Optional[float] = None, n_boot: int = 1000,
-                  boot_seed: int = 0, boot_unit: str = "subject") -> dict:
+                  boot_seed: int = 0, boot_unit: str = "subject",
+                  larger_is_better: bool = True) -> dict:
     """The :func:`qme_ext.metrics.evaluate` report of ``model`` (or of ``fusion`` of
     ``models``, default all) in the score file ``path``, read in row blocks.
 
@@ -276,6 +292,7 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     ``ci``, ``n_boot``, ``boot_seed``, ``boot_unit``: bootstrap intervals as in
     :func:`qme_ext.metrics.evaluate`, bit-identical to it for any block size (the
     TAR replicates read the file once more, for the impostors above the select rank).
+    ``larger_is_better=False``: the file holds distances (as :func:`~qme_ext.metrics.evaluate`).
     """
     from . import bootstrap, core as metrics
     metrics._check_protocol(protocol)
@@ -285,7 +302,8 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     out = metrics._evaluate_source(
         source, ids["q_pids"], ids["q_camids"], ids["q_clothes_ids"], ids["g_pids"],
         ids["g_camids"], ids["g_clothes_ids"], ids["unique_g_pids"], seed=seed,
-        fars=metrics.DEFAULT_FARS if fars is None else fars, boot=boot)
+        fars=metrics.DEFAULT_FARS if fars is None else fars, boot=boot,
+        larger_is_better=larger_is_better)
     if isinstance(source, FileSource):  # NonFiniteScoreWarning, as metrics.evaluate gives
         from .nonfinite import warn_matrix_counts
         warn_matrix_counts(source.nonfinite)

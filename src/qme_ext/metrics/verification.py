@@ -168,7 +168,7 @@ def _sklearn_eer(fpr, fnr, thresholds) -> tuple:
 def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
                  fnmrs: Sequence[float] = DEFAULT_FNMRS, convention: str = "bob", *,
                  far_convention: str = "qme", device=None,
-                 warn: bool = True) -> VerificationResult:
+                 warn: bool = True, larger_is_better: bool = True) -> VerificationResult:
     """Verification metrics of genuine and impostor score vectors (higher = more alike).
 
     ``verification(genuine, impostor)`` takes two vectors; ``verification(scores, labels)``
@@ -179,7 +179,20 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     convention's EER is in ``eers``; ``far_convention``: the FNMR@FMR threshold rule of
     :func:`qme_ext.metrics.tar_at_far`. ``warn``: a :class:`NonFiniteScoreWarning` when
     scores hold NaN/inf (the counts are in ``num_nonfinite`` either way).
+    ``larger_is_better=False``: the scores are distances (lower = more alike); every rate
+    is that of their negation and every threshold (EERs, FNMR@FMR, FMR@FNMR, the ROC's
+    third array) is in distance units, accepting ``d <= t``
+    (:mod:`qme_ext.metrics.orientation`).
     """
+    from .orientation import check_larger_is_better
+    if not check_larger_is_better(larger_is_better):
+        neg = (lambda x: torch.neg(x) if isinstance(x, torch.Tensor)  # noqa: E731
+               else -np.asarray(x))
+        is_labels = isinstance(impostor, torch.Tensor) and impostor.dtype == torch.bool or \
+            isinstance(impostor, np.ndarray) and impostor.dtype == np.bool_
+        res = verification(neg(genuine), impostor if is_labels else neg(impostor), fars, fnmrs,
+                           convention, far_convention=far_convention, device=device, warn=warn)
+        return _negate_thresholds(res)
     from .core import _distinct_counts, _largest_k_at_most, eer, tar_at_far
     if convention not in EER_CONVENTIONS:
         raise ValueError(f"convention: expected one of {list(EER_CONVENTIONS)}, got "
@@ -233,3 +246,12 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
         auc=auc, d_prime=float(d_prime), num_genuine=N_gen, num_impostor=N_imp,
         num_nonfinite=nonfinite, far_convention=far_convention, roc=(fmr, tar, values),
         det=(fmr, 1.0 - tar))
+
+
+def _negate_thresholds(res: VerificationResult) -> VerificationResult:
+    """The result of negated distances read back in distance units (thresholds negated)."""
+    res.eer_threshold = -res.eer_threshold
+    res.eers = {k: (e, -t) for k, (e, t) in res.eers.items()}
+    res.fmr_threshold, res.fnmr_threshold = -res.fmr_threshold, -res.fnmr_threshold
+    res.roc = (res.roc[0], res.roc[1], -res.roc[2])
+    return res
