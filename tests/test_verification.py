@@ -84,11 +84,11 @@ def test_qme_convention_hand_computed():
     np.testing.assert_allclose(res.tar, [0, 2 / 3])
 
 
-def test_all_nan_matrix_takes_zero():
+def test_all_nan_matrix_is_refused():
+    """Issue 23: without a finite score the NaN rule alone would decide the TAR (100%)."""
     S = np.full((3, 4), np.nan, dtype=np.float32)
-    res = metrics.tar_at_far(S, [0, 1, 2], [0, 1, 5, 6], (0.5,))
-    ref = tar_at_far_ref(S, [0, 1, 2], [0, 1, 5, 6], (0.5,))
-    _check(res, ref)
+    with pytest.raises(ValueError, match="scores: no finite score"):
+        metrics.tar_at_far(S, [0, 1, 2], [0, 1, 5, 6], (0.5,))
 
 
 def test_errors_name_the_problem():

@@ -51,6 +51,10 @@ Choices
 -------
 - NaN scores are replaced like the QME reference's ``np.nan_to_num`` (NaN -> 0, +-inf -> the
   largest finite float32 of that sign) before any statistic and before transforming.
+- A model with no finite score (in the calibration set, or among the fused matrices of
+  :func:`fuse`), statistics that are not finite (or a zero scale), and weights that are not
+  finite are a ValueError naming the model: the NaN rule alone would decide every fused
+  score (a z-score row equal to another model's, an Asym-AO row all tied).
 - Merge matrices (probe vs subject templates) are transformed with the statistics fitted on the
   score matrices of the same model (``"self-score"`` or a calibration ScoreSet): templates are
   scored in the same domain, and a calibration split need not have merge matrices. Only
@@ -78,6 +82,7 @@ import torch
 
 from .ops.fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
                          fuse_scores, score_stats)
+from .ops.inputs import check_target_device, require_finite_score
 from .io import ScoreSet
 
 __all__ = [
@@ -172,6 +177,9 @@ class Normaliser:
         if isinstance(calibration, tuple):
             calibration, q_pids, g_pids = calibration
         s = _float_matrix(calibration, self.device)  # read in place by the one-pass kernel
+        # statistics of a matrix without a finite entry are those of the NaN rule's zeros:
+        # every fused score would be decided by it (issue 23), so it is refused
+        require_finite_score(s, f"{self.name} calibration scores")
         q = g = torch.empty(0, dtype=torch.int64, device=s.device)
         if self.needs_labels:
             if q_pids is None or g_pids is None:
@@ -185,6 +193,10 @@ class Normaliser:
         if self.needs_labels and stats.genuine[0] == 0:
             raise ValueError(f"normaliser {self.name!r}: calibration has no genuine pair")
         self._stats(stats)
+        _, shift, div = self._params()
+        if not (math.isfinite(shift) and math.isfinite(div) and div != 0.0):
+            raise ValueError(f"normaliser {self.name!r}: calibration statistics are not finite "
+                             f"(shift {shift}, scale {div}; scores too large for float64 sums?)")
         self.fitted = True
         self.self_calibrated = False
         return self
@@ -433,8 +445,8 @@ def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, devi
     k = len(models)
     if weights is not None:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights must be {k} non-negative numbers with a positive sum, "
+        if w.shape != (k,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be {k} finite non-negative numbers with a positive sum, "
                              f"got {weights!r}")
         return w / w.sum()
     if rule in ("mean", "farsight_style"):
@@ -555,6 +567,8 @@ def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "s
         paper_self = calibration == "self"
         calibration = scoreset
     models = calibrated_models(models, calibration)
+    for mm in models:  # a model without a finite score would enter every rule as a constant
+        require_finite_score(_tensor(scoreset.score_mats[mm]), f"{mm}/score_mat")
     result = fit_fusion(method, calibration, models, device=device, weights=weights, seed=seed)
     if paper_self and not NORMALISERS[norm_name].needs_labels and norm_name != "raw":
         # the paper's rule: each merge matrix normalised with its own statistics
@@ -594,12 +608,17 @@ def fit_fusion(method: str, calibration: ScoreSet, models: Optional[Sequence[str
     if missing:
         raise ValueError(f"calibration set lacks model(s) {missing}; it has "
                          f"{calibration.models}")
-    device = torch.device(device)
+    device = check_target_device(device) or torch.device("cpu")
     normalisers = {}
     for mm in models:
-        normalisers[mm] = get_normaliser(norm_name, device).fit(
-            (calibration.score_mats[mm], calibration.q_pids, calibration.g_pids))
+        try:
+            normalisers[mm] = get_normaliser(norm_name, device).fit(
+                (calibration.score_mats[mm], calibration.q_pids, calibration.g_pids))
+        except ValueError as exc:
+            raise ValueError(f"calibration model {mm!r}: {exc}") from None
     base = _fit_weights(rule, normalisers, calibration, models, weights, seed, device)
+    if base is not None and not np.isfinite(base).all():
+        raise ValueError(f"fusion {method!r}: fitted weights {base.tolist()} are not finite")
     return FusionResult(method, norm_name, rule, normalisers, base)
 
 
@@ -611,7 +630,7 @@ def apply_fusion(result: FusionResult, scoreset: ScoreSet, name: str, *,
     Element-wise per probe (``farsight_style`` reads the probe's quality row), so a
     block of probe rows fuses to the same values as the whole matrix's rows.
     """
-    device = torch.device(device)
+    device = check_target_device(device) or torch.device("cpu")
     models = list(result.normalisers)
     w_probe = result.weights
     if result.rule == "farsight_style":

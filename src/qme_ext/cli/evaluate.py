@@ -138,10 +138,25 @@ def _load_inputs(args, items):
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
     _check_outputs(args, list(scores.models) + items)
+    merge = scores.merge_score_mats[scores.models[0]]
+    _check_evaluation(args, scores.ids(), (scores.num_probes, scores.num_gallery), merge.shape[1])
     calibration = args.calibration if args.calibration in _SELF else "self"
     if items and args.calibration not in _SELF:
         calibration = load_calibration(args.calibration, scores.models)
     return scores, calibration
+
+
+def _check_evaluation(args, ids: dict, shape: tuple, num_subjects: int) -> None:
+    """The ids of ``args.file`` (P, G) = ``shape`` with ``num_subjects`` merge columns and
+    ``--seed``, checked by the one function the API's in-memory and out-of-core paths also
+    call (:func:`qme_ext.metrics.checks.check_evaluation`), before any matrix is used."""
+    from ..metrics.checks import check_evaluation
+    try:
+        check_evaluation(ids["q_pids"], ids["g_pids"], ids["unique_g_pids"], args.seed,
+                         tuple(shape), num_subjects)
+    except (ValueError, TypeError) as exc:
+        where = "" if str(exc).startswith("seed:") else f"{args.file}: "
+        raise UserError(where + str(exc).replace("seed:", "--seed:", 1)) from None
 
 
 def _check_rows(args, models, merge_models, items) -> None:
@@ -177,6 +192,8 @@ def _streaming_results(args, items) -> dict:
     models, ids, shapes = load_ids(args.file, args.models)
     _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
     _check_outputs(args, list(models) + items)
+    _check_evaluation(args, ids, shapes[f"{models[0]}/score_mat"],
+                      shapes[f"{models[0]}/merge_score_mat"][1])
     boot = _boot_options(args)
     pairs = _compare_pairs(args, list(models) + items)
     try:  # the largest row (a fusion item reads every model) must fit the budget
@@ -276,10 +293,13 @@ def run_evaluate(args) -> int:
     results = {}
     for row, (mat, merge) in rows.items():
         progress(args, f"evaluating {row}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NonFiniteScoreWarning)
-            res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot,
-                           larger_is_better=not args.distance)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonFiniteScoreWarning)
+                res = evaluate(mat, merge, *ids, protocol=args.protocol, seed=args.seed, **boot,
+                               larger_is_better=not args.distance)
+        except ValueError as exc:  # as the out-of-core path reports it
+            raise UserError(f"{row!r}: {exc}") from None
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)

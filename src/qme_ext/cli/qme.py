@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Optional
 
+import numpy as np
+
 from .common import (PROG, UserError, check_device, format_table, json_value, progress,
                      refuse_overwriting_inputs)
 
@@ -42,6 +44,42 @@ DEMO_SIZES = {
 def _positive(name: str, value) -> None:
     if value is not None and value < 1:
         raise UserError(f"{name} must be >= 1, got {value}")
+
+
+def _finite(path: str, ss):
+    """``ss`` with NaN/inf scores and quality features replaced by the documented rule
+    (:func:`qme_ext.qme.finite.replace_nonfinite`), and one warning line when any were."""
+    from ..qme.finite import replace_nonfinite
+    ss, counts = replace_nonfinite(ss)
+    if counts:
+        what = ", ".join(f"{n} in {key}" for key, n in counts.items())
+        print(f"{PROG}: warning: {path}: NaN/inf entries ({what}) replaced by the QME "
+              "reference's rule (NaN -> 0, +-inf -> the largest finite float32 of that sign)",
+              file=sys.stderr)
+    return ss
+
+
+def _load_checkpoint(path: str, device: str = "cpu"):
+    """(model, qe, meta) of a checkpoint checked against its schema; UserError otherwise."""
+    from ..qme.checkpoint import CheckpointError, load_checkpoint
+    try:
+        return load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _check_quality(path: str, ss, qe, meta) -> None:
+    """The checkpoint's quality estimator needs ``quality/<name>`` (P, dim) in ``ss``."""
+    if qe is None:
+        return
+    qname, dim = meta["quality"]["name"], meta["quality"]["dim"]
+    if qname not in ss.quality:
+        raise UserError(f"{path}: missing key 'quality/{qname}' (the checkpoint's quality "
+                        f"estimator needs it)")
+    got = ss.quality[qname].shape
+    if int(np.prod(got[1:])) != int(dim):
+        raise UserError(f"{path}: 'quality/{qname}' has shape {tuple(got)}, the checkpoint "
+                        f"expects (P, {dim})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,9 +135,20 @@ def _train_config(args):
     return cfg
 
 
+def _resume_config(args, cfg, qme_args: dict) -> None:
+    """The experts' shape of a resumed run is the checkpoint's: adopt it, or refuse an
+    ``--experts`` that differs (the saved weights and optimiser state would not fit)."""
+    if args.experts is not None and args.experts != qme_args["num_experts"]:
+        raise UserError(f"--experts {args.experts}: the checkpoint {args.resume} has "
+                        f"{qme_args['num_experts']} experts")
+    cfg.num_experts = int(qme_args["num_experts"])
+    cfg.ratio = int(qme_args["ratio"])
+    cfg.dropout = float(qme_args["dropout"])
+
+
 def run_train(args) -> int:
     from ..io import load_scores
-    from ..qme.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ..qme.checkpoint import save_checkpoint
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
@@ -108,6 +157,10 @@ def run_train(args) -> int:
     refuse_overwriting_inputs([args.train, args.val], [("--checkpoint", args.checkpoint)])
     train = load_scores(args.train, models=args.models)
     val = load_scores(args.val, models=train.models)
+    for path, ss in ((args.train, train), (args.val, val)):
+        if ss.num_probes == 0 or ss.num_gallery == 0:
+            raise UserError(f"{path}: no probe or no gallery entry ({ss.num_probes} x "
+                            f"{ss.num_gallery}); nothing to train on")
     for m in train.models:
         if m not in val.merge_score_mats:
             raise UserError(f"{args.val}: model {m!r} has no merge_score_mat (the validation "
@@ -128,24 +181,28 @@ def run_train(args) -> int:
                     f"centres, models {','.join(train.models)}; val {val.num_probes} probes")
     qe = None
     if args.resume:
-        try:
-            _, qe, meta = load_checkpoint(args.resume)
-        except (CheckpointError, ValueError) as exc:
-            raise UserError(str(exc)) from None
+        _, qe, meta = _load_checkpoint(args.resume)
         if list(meta["models"]) != list(train.models):
             raise UserError(f"{args.resume}: checkpoint models {meta['models']} differ from "
                             f"{args.train} models {train.models}")
-    elif not args.no_qe:
-        progress(args, "stage 1: quality estimator")
-        qe = fit_quality_estimator(train, val, cfg)
-    progress(args, "stage 2: QME experts")
+        if "train_state" not in meta["extra"]:
+            raise UserError(f"{args.resume}: checkpoint holds no training state to resume "
+                            "from (write one with --checkpoint)")
+        _resume_config(args, cfg, meta["qme_args"])
+        for path, ss in ((args.train, train), (args.val, val)):
+            _check_quality(path, ss, qe, meta)
+    train, val = _finite(args.train, train), _finite(args.val, val)
     try:
+        if not args.resume and not args.no_qe:
+            progress(args, "stage 1: quality estimator")
+            qe = fit_quality_estimator(train, val, cfg)
+        progress(args, "stage 2: QME experts")
         model = fit_qme(train, val, qe, cfg, resume=args.resume, checkpoint=args.checkpoint)
+        save_checkpoint(args.out, model, qe, cfg, train.models,
+                        {"best_step": model.best_step, "best_val_overall": model.best_overall,
+                         "history": model.history})
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    save_checkpoint(args.out, model, qe, cfg, train.models,
-                    {"best_step": model.best_step, "best_val_overall": model.best_overall,
-                     "history": model.history})
     progress(args, f"wrote {args.out} (best validation overall {model.best_overall:.4f} at "
                     f"step {model.best_step})")
     return 0
@@ -186,34 +243,28 @@ def _append_model(src: str, dst: str, name: str, score_mat, merge_score_mat, mod
 
 
 def run_fuse(args) -> int:
-    from ..io import load_scores
-    from ..qme.checkpoint import CheckpointError, load_checkpoint
+    from ..io import check_model_name, load_scores
     from ..qme.train import predict
     check_device(args.device)
     _positive("--batch", args.batch)
     refuse_overwriting_inputs([args.model], [("--out", args.out)])  # --out TEST.h5: in place
-    if not args.name or "/" in args.name or "," in args.name:
-        raise UserError(f"invalid --name {args.name!r}")
     try:
-        model, qe, meta = load_checkpoint(args.model, map_location=args.device)
-    except CheckpointError as exc:
+        check_model_name(args.name, "--name")
+    except ValueError as exc:
         raise UserError(str(exc)) from None
+    model, qe, meta = _load_checkpoint(args.model, args.device)
     scores = load_scores(args.scores)
+    if scores.num_probes == 0 or scores.num_gallery == 0:
+        raise UserError(f"{args.scores}: no probe or no gallery entry ({scores.num_probes} x "
+                        f"{scores.num_gallery}); nothing to fuse")
     want = list(meta["models"])
     if scores.models != want:
         raise UserError(f"{args.scores}: models {scores.models} differ from the checkpoint's "
                         f"{want} (same models, same order required)")
     if args.name in scores.models:
         raise UserError(f"{args.scores}: model {args.name!r} already exists")
-    if qe is not None:
-        qname, dim = meta["quality"]["name"], meta["quality"]["dim"]
-        if qname not in scores.quality:
-            raise UserError(f"{args.scores}: missing key 'quality/{qname}' (the checkpoint's "
-                            f"quality estimator needs it)")
-        got = scores.quality[qname].shape
-        if int(got[-1]) != int(dim):
-            raise UserError(f"{args.scores}: 'quality/{qname}' has shape {tuple(got)}, the "
-                            f"checkpoint expects (P, {dim})")
+    _check_quality(args.scores, scores, qe, meta)
+    scores = _finite(args.scores, scores)
     model.to(args.device)
     if qe is not None:
         qe.to(args.device)

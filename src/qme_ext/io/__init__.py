@@ -16,8 +16,8 @@ Choices
 - Model order: the ``models`` attribute when present, else the sorted names of the root groups
   that hold a ``score_mat``. :func:`save_scores` always writes the attribute.
 - Score and quality arrays are loaded as float32 (a float64 file is narrowed); ids as int64. Ids
-  stored as floats are accepted only when finite and integral, because a silent truncation would
-  merge subjects.
+  stored as floats are accepted only when finite and integral, and ids only within int64,
+  because a silent truncation or wrap would merge subjects.
 - Every problem with a file is one :class:`ScoreFileError` (a ``ValueError``) naming the file, the
   key and the shapes involved. The same shape checker serves :meth:`ScoreSet.validate` and
   :func:`load_scores` (which checks the dataset shapes before reading any data).
@@ -34,9 +34,10 @@ Choices
   types) is a :class:`ScoreFileError` naming the file. A score file must be a regular
   (seekable) file: a pipe is refused with a message rather than read twice.
 
-Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only); ``errors``,
-``pair_files`` and ``output`` (the one writer of every output file) are its parts; the layers
-above (fusion, metrics, qme, plots, cli) read and write files through it.
+Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only) but the numpy-only
+``ops.ids``; ``errors``, ``pair_files`` and ``output`` (the one writer of every output file)
+are its parts; the layers above (fusion, metrics, qme, plots, cli) read and write files
+through it.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ..ops.ids import beyond_int64, describe_beyond  # numpy only, like io
 from .errors import OutputError, ScoreFileError, input_path
 from .output import atomic_output, same_file, write_atomic
 
@@ -68,6 +70,7 @@ __all__ = [
     "write_atomic",
     "same_file",
     "hdf5_image",
+    "check_model_name",
 ]
 
 PROBE_ID_KEYS = ("q_pids", "q_camids", "q_clothes_ids")
@@ -80,6 +83,22 @@ Rows = Union[slice, Sequence[int], np.ndarray, None]
 
 def _where(source: Optional[str]) -> str:
     return f"{source}: " if source else ""
+
+
+def check_model_name(name, what: str = "model name") -> str:
+    """``name`` if it can be a model's group in a score file, else ValueError naming ``what``:
+    a non-empty string without ',' (the ``models`` attribute's separator), '/' (an HDF5
+    path), control characters or surrounding whitespace (which ``models`` lists strip),
+    and none of the file's own keys (the id vectors, ``quality``, '.', '..')."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"invalid {what} {name!r}: expected a non-empty name")
+    if name != name.strip() or any(c in name for c in ",/") or not name.isprintable():
+        raise ValueError(f"invalid {what} {name!r}: no ',', '/', control characters or "
+                         "surrounding whitespace")
+    if name in ID_KEYS + (QUALITY_GROUP, ".", ".."):
+        raise ValueError(f"invalid {what} {name!r}: a reserved key of the score file layout "
+                         f"({', '.join(ID_KEYS + (QUALITY_GROUP,))})")
+    return name
 
 
 def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = None) -> None:
@@ -113,8 +132,10 @@ def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = N
     if not models:
         raise ScoreFileError(f"{w}no model: no group holds a 'score_mat'")
     for m in models:
-        if not m or "," in m or "/" in m:
-            raise ScoreFileError(f"{w}invalid model name {m!r} (empty, ',' or '/')")
+        try:
+            check_model_name(m)
+        except ValueError as exc:
+            raise ScoreFileError(f"{w}{exc}") from None
         key = f"{m}/score_mat"
         if key not in shapes:
             raise ScoreFileError(f"{w}missing key '{key}'")
@@ -144,7 +165,7 @@ def _as_ids(values, key: str, source: Optional[str] = None) -> np.ndarray:
     """1-D int64 copy of ``values``; floats must be finite and integral (else ScoreFileError)."""
     arr = np.asarray(values)
     if arr.dtype.kind in "iub":
-        return arr.astype(np.int64)
+        return _int64(arr, key, source)
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if not bad.any():
@@ -154,9 +175,35 @@ def _as_ids(values, key: str, source: Optional[str] = None) -> np.ndarray:
             raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}, {arr.dtype}) "
                                  f"holds a non-integral or non-finite id {arr.flat[i]!r} at "
                                  f"index {i}")
-        return arr.astype(np.int64)
+        return _int64(arr, key, source)
     raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}) has dtype "
                          f"{arr.dtype}, expected integer or integral float ids")
+
+
+def _int64(arr: np.ndarray, key: str, source: Optional[str]) -> np.ndarray:
+    """int64 copy of integral ids; an id that int64 cannot hold is refused, not wrapped."""
+    i = beyond_int64(arr)
+    if i is not None:
+        raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}, {arr.dtype}): "
+                             f"{describe_beyond(arr, i)}")
+    return arr.astype(np.int64)
+
+
+def _float32(values, key: str, source: Optional[str]) -> np.ndarray:
+    """``values`` as float32; a finite value that float32 cannot hold (a float64 file's
+    score beyond +-3.4e38) is refused rather than narrowed to +-inf."""
+    arr = np.asarray(values)
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    if out.dtype != arr.dtype and not np.isfinite(out).all():
+        grew = np.isinf(out) & np.isfinite(arr)
+        if grew.any():
+            i = int(np.flatnonzero(grew.reshape(-1))[0])
+            raise ScoreFileError(
+                f"{_where(source)}key '{key}' ({arr.dtype}) holds {arr.reshape(-1)[i].item()!r} at flat "
+                f"index {i}, beyond float32's range (+-3.4e38): scores are read as float32 and "
+                "it would become +-inf; rescale the scores")
+    return out
 
 
 @dataclasses.dataclass
@@ -247,6 +294,7 @@ class ScoreSet:
 
     def with_model(self, name: str, score_mat, merge_score_mat=None) -> "ScoreSet":
         """A new ScoreSet with model ``name`` appended (float32 copies of the given matrices)."""
+        check_model_name(name)
         if name in self.models:
             raise ValueError(f"model {name!r} already exists in {self.models}")
         score_mats = dict(self.score_mats)
@@ -462,13 +510,15 @@ def load_scores(path, models: Union[str, Sequence[str], None] = None,
         _check_shapes(_dataset_shapes(f, names), names, source)
         read, _ = _row_reader(rows, f["q_pids"].shape[0], source)
         ids = _read_ids(f, read, source)
-        score_mats = {m: np.asarray(read(f[f"{m}/score_mat"]), dtype=np.float32) for m in names}
-        merge = {m: np.asarray(read(f[f"{m}/merge_score_mat"]), dtype=np.float32)
+        score_mats = {m: _float32(read(f[f"{m}/score_mat"]), f"{m}/score_mat", source)
+                      for m in names}
+        merge = {m: _float32(read(f[f"{m}/merge_score_mat"]), f"{m}/merge_score_mat", source)
                  for m in names if f"{m}/merge_score_mat" in f}
         quality = {}
         if QUALITY_GROUP in f:
             for name in f[QUALITY_GROUP]:
-                quality[name] = np.asarray(read(f[f"{QUALITY_GROUP}/{name}"]), dtype=np.float32)
+                key = f"{QUALITY_GROUP}/{name}"
+                quality[name] = _float32(read(f[key]), key, source)
     return ScoreSet(models=list(names), score_mats=score_mats, merge_score_mats=merge,
                     quality=quality, **ids).validate(source)
 
@@ -509,7 +559,7 @@ def iter_row_blocks(path, model: str, block_rows: int,
             raise ScoreFileError(f"{source}: key '{full}' must be 2-D, got shape {ds.shape}")
         for start in range(0, ds.shape[0], block_rows):
             sl = slice(start, min(start + block_rows, ds.shape[0]))
-            yield sl, np.asarray(ds[sl], dtype=np.float32)
+            yield sl, _float32(ds[sl], full, source)
 
 
 def save_scores(path, scoreset: ScoreSet) -> None:

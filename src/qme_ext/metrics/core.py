@@ -46,7 +46,8 @@ from ..ops import keys as _keys
 from . import bootstrap as _bootstrap
 from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryIndex, Ids,
                          OpenSetSetup, Plan, Reducer, TensorSource, accumulate)
-from ..ops.inputs import as_ids, as_probabilities, as_score_matrix
+from ..ops.inputs import as_ids, as_probabilities, as_score_matrix, require_finite_score
+from .checks import check_evaluation
 from .order_stats import ImpostorKeys, select_desc
 from .nonfinite import warn_nonfinite_matrices
 from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
@@ -54,6 +55,13 @@ from .splits import numpy_splits, qme_splits
 
 MODES = ("general", "sc", "cc")
 DEFAULT_FARS = (1e-4, 1e-3, 1e-2)
+
+
+def _scores(x, name: str, device=None) -> torch.Tensor:
+    """A metric's score matrix (:func:`as_score_matrix`), refused when no entry is finite."""
+    t = as_score_matrix(x, name, device)
+    require_finite_score(t, name)
+    return t
 
 
 def _same_pid_candidates(q_pids: torch.Tensor, g_pids: torch.Tensor) -> _Candidates:
@@ -151,7 +159,7 @@ def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes
     """
     max_rank = _check_max_rank(max_rank)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
-    S = as_score_matrix(scores, "scores")
+    S = _scores(scores, "scores")
     ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, q_clothes,
                         g_clothes, [mode])
     parts = accumulate(TensorSource(S), ids, Plan(modes=[mode]))
@@ -278,7 +286,7 @@ def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
     """
     far_list = as_probabilities(fars, "fars")
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
-    S = as_score_matrix(scores, "scores", device)
+    S = _scores(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
     parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True))
@@ -367,7 +375,7 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank: expected an integer >= 1, got {rank!r}")
-    M = as_score_matrix(merge_scores, "merge_scores", device)
+    M = _scores(merge_scores, "merge_scores", device)
     P, C = M.shape
     qp = as_ids(q_pids, "q_pids", P, M.device)
     setup = _openset_setup(subject_ids, C, splits, n_splits, keep_fraction, seed, split_rng)
@@ -436,7 +444,7 @@ class PairKeys(NamedTuple):
 
 
 def _pair_keys(scores, q_pids, g_pids, device=None) -> PairKeys:
-    S = as_score_matrix(scores, "scores", device)
+    S = _scores(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
     cand = _same_pid_candidates(qp, gp)
@@ -574,7 +582,7 @@ def curve_bands(scores, q_pids, g_pids, q_camids=None, g_camids=None, ci: float 
     CMC (``cmc_ci`` (20, 2), ranks 1..20, beside the point ``cmc``) of a (P, G) score
     matrix; the same replicates as :func:`evaluate` with these options."""
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
-    S = as_score_matrix(scores, "scores")
+    S = _scores(scores, "scores")
     ids = _validate_ids(*S.shape, S.device, q_pids, g_pids, q_camids, g_camids, None, None,
                         ("general",))
     source = TensorSource(S)
@@ -678,6 +686,8 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     if M.shape[0] != S.shape[0]:
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
+    check_evaluation(q_pids, g_pids, unique_g_pids, seed, tuple(S.shape), M.shape[1])
+    # NonFiniteScoreWarning for NaN/inf entries; ValueError for a matrix with no finite one
     warn_nonfinite_matrices(S, M)  # NonFiniteScoreWarning when NaN/inf entries were given
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
                             g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,

@@ -9,8 +9,10 @@ from typing import Optional
 
 import torch
 
+from ..ops.inputs import no_finite_message
+
 __all__ = ["NonFiniteScoreWarning", "count_nonfinite", "describe_nonfinite", "warn_nonfinite",
-           "warn_nonfinite_matrices", "warn_matrix_counts"]
+           "warn_nonfinite_matrices", "warn_matrix_counts", "require_finite_counts"]
 
 
 class NonFiniteScoreWarning(UserWarning):
@@ -60,11 +62,25 @@ def warn_nonfinite(counts: dict, what: str, stacklevel: int = 3) -> None:
 def warn_nonfinite_matrices(score_mat: torch.Tensor, merge_score_mat: torch.Tensor,
                             stacklevel: int = 3) -> dict:
     """Counts of both matrices of an evaluation ({"score_mat": ..., "merge_score_mat": ...});
-    one :class:`NonFiniteScoreWarning` naming what each non-finite entry became."""
+    one :class:`NonFiniteScoreWarning` naming what each non-finite entry became. A matrix
+    with no finite entry at all is a ValueError instead (:func:`require_finite_counts`)."""
     counts = {"score_mat": count_nonfinite(score_mat),
               "merge_score_mat": count_nonfinite(merge_score_mat)}
+    require_finite_counts(counts, {"score_mat": score_mat.shape,
+                                   "merge_score_mat": merge_score_mat.shape})
     warn_matrix_counts(counts, stacklevel + 1)
     return counts
+
+
+def require_finite_counts(counts: dict, shapes: dict) -> None:
+    """ValueError naming the matrix when ``counts[key]`` ({"nan", "posinf", "neginf"})
+    covers every entry of ``shapes[key]`` (a (rows, cols) shape): a matrix with no finite
+    score gives numbers decided by the NaN rule alone (TAR 100% at every FAR, FNMR 0),
+    which must never be reported."""
+    for key, shape in shapes.items():
+        n = int(shape[0]) * int(shape[1])
+        if n and sum(counts.get(key, {}).values()) >= n:
+            raise ValueError(no_finite_message(key, tuple(shape)))
 
 
 def warn_matrix_counts(counts: dict, stacklevel: int = 3) -> None:

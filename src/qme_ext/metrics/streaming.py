@@ -55,7 +55,8 @@ from .accumulate import Block, BlockSource, check_block_rows
 from ..io import ScoreSet, iter_row_blocks, load_calibration, load_ids
 
 __all__ = ["parse_memory", "bytes_per_row", "rows_per_block", "plan_block_rows", "FileSource",
-           "FusedFileSource", "fuse_rows", "evaluate_file", "curves_file", "CANDIDATE_BYTES",
+           "FusedFileSource", "fuse_rows", "evaluate_file", "curves_file", "check_file_ids",
+           "CANDIDATE_BYTES",
            "FUSION_WORK_BYTES"]
 
 # index (8) + probe (8) + flags (1) + the genuine score (8) + torch temporaries of
@@ -247,9 +248,20 @@ def plan_block_rows(names: Sequence[str], ids: dict, shapes: dict, fused: bool, 
     return min(P, rows_per_block(row, max_memory))
 
 
+def check_file_ids(names: Sequence[str], ids: dict, shapes: dict, seed: int = 0) -> None:
+    """:func:`qme_ext.metrics.checks.check_evaluation` of a score file's ids (as
+    :func:`qme_ext.io.load_ids` returns them) and ``seed``, before any matrix is read."""
+    from .checks import check_evaluation
+    merge = shapes.get(f"{names[0]}/merge_score_mat")
+    check_evaluation(ids["q_pids"], ids["g_pids"], ids["unique_g_pids"], seed,
+                     tuple(shapes[f"{names[0]}/score_mat"]),
+                     merge[1] if merge is not None else None)
+
+
 def _file_source(path, model, fusion, models, calibration, max_memory, block_rows, device,
-                 weights, m, fusion_seed, face):
-    """(block source of ``model`` or of ``fusion`` of ``models`` in ``path``, its ids)."""
+                 weights, m, fusion_seed, face, seed=0):
+    """(block source of ``model`` or of ``fusion`` of ``models`` in ``path``, its ids), after
+    :func:`qme_ext.metrics.checks.check_evaluation` of the file's ids and ``seed``."""
     from ..fusion import calibrated_models, fit_fusion
     if (model is None) == (fusion is None):
         raise ValueError("model, fusion: give exactly one (a model name, or a fusion method)")
@@ -258,6 +270,7 @@ def _file_source(path, model, fusion, models, calibration, max_memory, block_row
     if max_memory is not None:
         max_memory = parse_memory(max_memory)  # a bad value is reported before the file is read
     names, ids, shapes = load_ids(path, models if fusion else [model])
+    check_file_ids(names, ids, shapes, seed)
     if block_rows is None:
         block_rows = plan_block_rows(names, ids, shapes, fusion is not None, max_memory, path)
     if fusion is None:
@@ -298,14 +311,17 @@ def evaluate_file(path, model: Optional[str] = None, *, fusion: Optional[str] = 
     metrics._check_protocol(protocol)
     boot = bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     source, ids = _file_source(path, model, fusion, models, calibration, max_memory, block_rows,
-                               device, weights, m, fusion_seed, face)
+                               device, weights, m, fusion_seed, face, seed)
     out = metrics._evaluate_source(
         source, ids["q_pids"], ids["q_camids"], ids["q_clothes_ids"], ids["g_pids"],
         ids["g_camids"], ids["g_clothes_ids"], ids["unique_g_pids"], seed=seed,
         fars=metrics.DEFAULT_FARS if fars is None else fars, boot=boot,
         larger_is_better=larger_is_better)
-    if isinstance(source, FileSource):  # NonFiniteScoreWarning, as metrics.evaluate gives
-        from .nonfinite import warn_matrix_counts
+    if isinstance(source, FileSource):  # as metrics.evaluate: ValueError or a warning
+        from .nonfinite import require_finite_counts, warn_matrix_counts
+        require_finite_counts(source.nonfinite, {
+            "score_mat": (source.num_rows, source.num_cols),
+            "merge_score_mat": (source.num_rows, source.merge_cols)})
         warn_matrix_counts(source.nonfinite)
     return out
 

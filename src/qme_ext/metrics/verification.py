@@ -50,9 +50,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops.inputs import as_probabilities
+from ..ops.inputs import as_probabilities, check_target_device
 from .nonfinite import (NonFiniteScoreWarning, count_nonfinite, describe_nonfinite,
-                        warn_nonfinite)
+                        require_finite_counts, warn_nonfinite)
 
 EER_CONVENTIONS = ("bob", "pyeer", "sklearn")
 DEFAULT_FMRS = (1e-4, 1e-3, 1e-2)
@@ -110,20 +110,57 @@ class VerificationResult:
 
 
 def _vector(x, name: str) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    """(N,) tensor of a vector (detached: metrics take no gradient), numeric only."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected a numeric vector, got dtype {arr.dtype}")
+        t = torch.as_tensor(arr)
+    if t.is_complex():
+        raise TypeError(f"{name}: expected a real-valued vector, got {t.dtype}")
     return t.reshape(-1)
+
+
+def _as_labels(first: torch.Tensor, second: torch.Tensor) -> Optional[torch.Tensor]:
+    """(N,) int64 labels when ``second`` is the label vector of ``verification(scores,
+    labels)``, None when it is an impostor score vector; ValueError for a label vector
+    that is not 0/1.
+
+    Labels: a bool vector; or a vector as long as the scores holding only 0 and 1 (any
+    numeric dtype: 0/1 ints and floats are labels, never impostor scores); or an integer
+    vector as long as the scores (integer labels other than 0/1, e.g. -1/+1, are refused
+    rather than read as impostor scores; integer impostor scores of exactly that length
+    must be passed as floats).
+    """
+    if second.dtype != torch.bool and second.numel() != first.numel():
+        return None
+    if second.dtype != torch.bool and second.numel() == 0:
+        return None
+    if second.dtype != torch.bool:
+        binary = bool(((second == 0) | (second == 1)).all())
+        if not binary:
+            if second.is_floating_point():
+                return None  # impostor scores that happen to be as many as the genuine ones
+            values = torch.unique(second.cpu())[:5].tolist()
+            raise ValueError(f"labels: expected bool or 0/1 labels (1 = genuine), got integer "
+                             f"values {values}; integer impostor scores of the same length "
+                             "as the genuine ones must be passed as floats")
+    if second.numel() != first.numel():
+        raise ValueError(f"labels: expected {first.numel()} labels (one per score), got "
+                         f"{second.numel()}")
+    return second.to(first.device, torch.int64)
 
 
 def _one_row(genuine, impostor, device) -> tuple:
     """((1, N) score tensor, (N,) int64 labels 1 = genuine) of either calling form."""
+    device = check_target_device(device)
     first = _vector(genuine, "genuine")
     second = _vector(impostor, "impostor")
-    if second.dtype == torch.bool or (isinstance(impostor, np.ndarray)
-                                      and impostor.dtype == np.bool_):
-        if second.numel() != first.numel():
-            raise ValueError(f"labels: expected {first.numel()} labels (one per score), got "
-                             f"{second.numel()}")
-        scores, labels = first, second.to(first.device, torch.int64)
+    labels = _as_labels(first, second)
+    if labels is not None:
+        scores = first
     else:
         if not first.is_floating_point():
             first = first.to(torch.float64)
@@ -172,7 +209,9 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     """Verification metrics of genuine and impostor score vectors (higher = more alike).
 
     ``verification(genuine, impostor)`` takes two vectors; ``verification(scores, labels)``
-    a score vector and a boolean label vector (True = genuine pair). Vectors are numpy
+    a score vector and a label vector (True or 1 = genuine pair): bool, or 0/1 of any
+    numeric dtype as long as the scores (a second vector of exactly that length holding
+    only 0 and 1 is always read as labels; integer labels other than 0/1 are refused). Vectors are numpy
     arrays, lists or torch tensors (CPU or CUDA), any float dtype. ``fars``: the FMRs at
     which FNMR is reported; ``fnmrs``: the FNMRs at which FMR is reported; ``convention``:
     the EER convention of :attr:`VerificationResult.eer` (module docstring), every
@@ -200,6 +239,7 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     fnmr_list = as_probabilities(fnmrs, "fnmrs")
     S, labels = _one_row(genuine, impostor, device)
     nonfinite = count_nonfinite(S)
+    require_finite_counts({"scores": nonfinite}, {"scores": S.shape})  # before any warning
     if warn:
         warn_nonfinite(nonfinite, "verification scores")
     one = torch.ones(1, dtype=torch.int64, device=S.device)

@@ -26,14 +26,10 @@ from typing import Optional
 import torch
 
 from ..io import write_atomic
+from .checkpoint_schema import FORMAT, CheckpointError, check_payload
+from .finite import require_finite_weights
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT"]
-
-FORMAT = "qme_ext.qme/1"
-
-
-class CheckpointError(ValueError):
-    """A file is not a readable QME checkpoint."""
 
 
 def _qme_args(model) -> dict:
@@ -49,6 +45,8 @@ def save_checkpoint(path, model, qe, config, models, extra: Optional[dict] = Non
     """Write ``model`` (QME), ``qe`` (QualityEstimator or None), ``config`` and ``models``.
 
     ``config`` is a TrainConfig (or a dict); ``extra`` a dict of tensors / numbers / lists.
+    Weights holding NaN or inf are refused (:class:`~qme_ext.qme.finite.NonFiniteWeightsError`)
+    and nothing is written.
     """
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
@@ -66,6 +64,11 @@ def save_checkpoint(path, model, qe, config, models, extra: Optional[dict] = Non
         "config": dict(config or {}),
         "extra": dict(extra or {}),
     }
+    for key in ("qme_state", "qe_state"):  # never a checkpoint of NaN weights
+        require_finite_weights(payload[key], f"{os.fspath(path)}: {key}")
+    state = payload["extra"].get("train_state")
+    if isinstance(state, dict):
+        require_finite_weights(state.get("best_state"), f"{os.fspath(path)}: best_state")
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_atomic(path, buf.getvalue())
@@ -76,7 +79,9 @@ def load_checkpoint(path, map_location="cpu"):
 
     ``model`` is a QME in eval mode, ``qe`` a QualityEstimator in eval mode or None, ``meta``
     the rest of the file (``models``, ``quality``, ``config``, ``extra``, ``format``).
-    Raises :class:`CheckpointError` for a missing or foreign file.
+    Raises :class:`CheckpointError` for a missing or foreign file, and for one that does not
+    fit the schema of :mod:`qme_ext.qme.checkpoint_schema` (keys, types, shapes, finite
+    weights, the ``--resume`` training state).
     """
     from .modules import QME, QualityEstimator
     path = os.fspath(path)
@@ -87,10 +92,7 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
         raise CheckpointError(f"{path}: not a QME checkpoint ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a QME checkpoint (format "
-                              f"{data.get('format') if isinstance(data, dict) else None!r}, "
-                              f"expected {FORMAT!r})")
+    check_payload(data, path)  # keys, types, shapes, finite weights: before any use
     models = list(data["models"])
     model = QME(models, **data["qme_args"])
     model._qme_args = dict(data["qme_args"])

@@ -245,6 +245,7 @@ def fit_quality_estimator(train, val=None, config: Optional[TrainConfig] = None)
 
     Returns the QE in eval mode, with ``history`` = dict(step, train_loss, val_loss lists).
     """
+    from .finite import require_finite_weights
     from .losses import pseudo_quality_loss
     config = config or TrainConfig()
     dev = torch.device(config.device)
@@ -281,6 +282,7 @@ def fit_quality_estimator(train, val=None, config: Optional[TrainConfig] = None)
         if (step + 1) % config.eval_every == 0 or last:
             tr = float(np.mean(running))
             running = []
+            require_finite_weights(qe, f"quality estimator at training step {step + 1}")
             vl = (_pseudo_loss_eval(qe, *val_data, config, dev) if val_data is not None
                   else float("nan"))
             hist["step"].append(step + 1)
@@ -417,6 +419,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
     train_loss, val_overall lists), ``best_step``, ``best_overall`` and ``warm_start_fit``.
     """
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .finite import require_finite_weights
     from .losses import score_triplet_loss
     config = config or TrainConfig()
     dev = torch.device(config.device)
@@ -521,6 +524,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         if step % config.eval_every == 0 or step == config.max_steps:
             tr = float(np.mean(running)) if running else float("nan")
             running = []
+            require_finite_weights(model, f"QME experts at training step {step}")
             ov, res = _validate(model, qe, val, config, dev)
             if on_eval is not None:
                 on_eval(step, model)
