@@ -142,7 +142,7 @@ def run_train(args) -> int:
         raise UserError(str(exc)) from None
     save_checkpoint(args.out, model, qe, cfg, train.models,
                     {"best_step": model.best_step, "best_val_overall": model.best_overall,
-                     "history": model.history})
+                     "history": model.history, "safety_net": model.safety_net})
     progress(args, f"wrote {args.out} (best validation overall {model.best_overall:.4f} at "
                     f"step {model.best_step})")
     return 0
