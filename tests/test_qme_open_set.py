@@ -225,3 +225,22 @@ def test_safety_net_keeps_a_start_that_training_spoilt(small):
     paper = T.fit_qme(small["train"], small["val"], qe, T.TrainConfig(
         qe_steps=40, max_steps=40, eval_every=20, quiet=True, recipe="paper"))
     assert paper.safety_net is None and getattr(paper, "open_set", None) is None
+
+
+def test_cli_train_writes_the_safety_net_and_offsets(small, tmp_path, capsys):
+    from qme_ext.cli import main
+    from qme_ext.io import save_scores
+    paths = {}
+    for split in ("train", "val"):
+        paths[split] = str(tmp_path / f"{split}.h5")
+        save_scores(paths[split], small[split])
+    out = str(tmp_path / "m.pt")
+    assert main(["train", paths["train"], "--val", paths["val"], "--out", out, "--steps", "20",
+                 "--qe-steps", "20", "--eval-every", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "LSO-FNIR" in err and "stratum offsets:" in err
+    model, _, meta = load_checkpoint(out)
+    net = meta["extra"]["safety_net"]
+    assert set(net) >= {"kept_start", "val_selected", "val_starts", "offsets", "val_offsets"}
+    assert model.open_set["quality_model"] == "face"
+    assert (model.open_set["calibration"] is None) == (net["offsets"] == "none")
