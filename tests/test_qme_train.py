@@ -161,14 +161,16 @@ def test_quality_weighted_candidate_and_the_validated_choice(tiny):
     cfg = _cfg(max_steps=50, qe_steps=60, eval_every=50)
     qe = fit_quality_estimator(train, val, cfg)
     model = fit_qme(train, val, qe, cfg)
-    qt = train_mod._quality_of(qe, train, cfg.quality, cfg.const_quality, torch.device("cpu"))
-    qt = np.asarray(qt)
+    # the training scores as the experts see them (absent face rows replaced, issue 19)
+    view = train_mod._TrainView(train, train.models, qe, cfg, torch.device("cpu"))
+    x, qt = view.x_np, np.asarray(view.q_np)
     fits = [fit_gated_logistic(x, qt, genuine, seed=cfg.seed),
             fit_quality_weighted(x, qt, genuine, face, seed=cfg.seed)]
     crit = []
     for fit in fits:
         m = make_qme(train.models, cfg)
         set_linear_experts(m, fit, x)
+        view.calibrate(m)   # validated with the stratum offsets fitted on training (issue 19)
         crit.append(train_mod._validate(m, qe, val, cfg, torch.device("cpu"))[0])
     chosen = fits[1] if crit[1] > crit[0] else fits[0]
     np.testing.assert_array_equal(model.warm_start_fit.weights, chosen.weights)

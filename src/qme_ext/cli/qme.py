@@ -200,11 +200,15 @@ def run_train(args) -> int:
         model = fit_qme(train, val, qe, cfg, resume=args.resume, checkpoint=args.checkpoint)
         save_checkpoint(args.out, model, qe, cfg, train.models,
                         {"best_step": model.best_step, "best_val_overall": model.best_overall,
-                         "history": model.history})
+                         "history": model.history, "safety_net": model.safety_net})
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    net = model.safety_net or {}
     progress(args, f"wrote {args.out} (best validation overall {model.best_overall:.4f} at "
-                    f"step {model.best_step})")
+                    f"step {model.best_step}"
+             + (f"; safety net: kept the start, {net['kept_start']}" if net.get("kept_start")
+                else "") + (f"; stratum offsets: {net['offsets']}" if net.get("offsets")
+                            else "") + ")")
     return 0
 
 
@@ -437,7 +441,8 @@ def run_demo(args) -> int:
                "overall": {r: json_value(v) for r, v in res["overall"].items()},
                "rows": {r: {k: json_value(v) for k, v in m.items()} for r, m in res["rows"].items()},
                "training": {r: {"best_step": m.best_step, "best_val_overall": m.best_overall,
-                                "history": m.history} for r, m in res["models"].items()},
+                                "history": m.history, "safety_net": m.safety_net}
+                            for r, m in res["models"].items()},
                "qe_history": getattr(res["qe"], "history", None)}
     path = os.path.join(args.out, "results.json")
     from ..io import write_atomic

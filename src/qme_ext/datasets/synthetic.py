@@ -43,6 +43,12 @@ face ``0.55 cos + 0.05 + N(0, 0.01)`` (roughly in [-0.2, 0.9]; a probe without f
 ``merge_score_mat`` scores the probe against one template per gallery subject: the
 normalised mean of that subject's gallery features.
 
+*Quality-dependent score scale* (``score_drift`` d, default 0): a probe's body scores are
+raised by ``d (1 - q_eff)`` and its gait scores by ``0.05 d (1 - q_eff)`` against every
+column, ``q_eff`` = q* with a face and 0 without (far, back-facing, low-resolution probes
+look alike to body and gait matchers: their impostor scores run high). Ranks within a row are
+unchanged; the probes without a face get the highest scale, as in issue 19's score files.
+
 *Quality features.* ``quality["face"]`` (P, 64): ``tanh(W phi(q*) + b + 0.25 eps)`` with
 ``phi(q) = (q, q^2, sin 3q, sqrt q)`` and a fixed random ``W`` (64 x 4), ``b``; all zeros
 when the probe has no face (the QE must map those to q = 0). ``quality["face_weights"]``
@@ -141,8 +147,9 @@ def _enrol(world, rng, pids, outfits, body_w, repeats=1):
     return {m: _normalise(acc[m]) for m in MODELS}
 
 
-def _scores(probe_feat, has_face, gallery_feat, rng) -> dict:
-    """Raw (P, G) float32 score matrices of the three matchers (their own domains)."""
+def _scores(probe_feat, has_face, gallery_feat, rng, drift=None) -> dict:
+    """Raw (P, G) float32 score matrices of the three matchers (their own domains);
+    ``drift`` (P,) raises a probe's body and gait scores (module docstring)."""
     out = {}
     cos = probe_feat["face"] @ gallery_feat["face"].T
     face = 0.55 * cos + 0.05 + rng.normal(0.0, 0.01, cos.shape)
@@ -150,6 +157,9 @@ def _scores(probe_feat, has_face, gallery_feat, rng) -> dict:
     out["face"] = np.where(has_face[:, None], face, noface)
     out["body"] = 3.0 * (probe_feat["body"] @ gallery_feat["body"].T) + 2.0
     out["gait"] = 0.15 * (probe_feat["gait"] @ gallery_feat["gait"].T) + 0.4
+    if drift is not None:
+        out["body"] = out["body"] + drift[:, None]
+        out["gait"] = out["gait"] + 0.05 * drift[:, None]
     return {m: v.astype(np.float32) for m, v in out.items()}
 
 
@@ -171,12 +181,20 @@ def _probes(world, rng, pids, regime, num_outfits, num_cameras, body_w):
     return s, outfits, cams, q, has_face
 
 
+def _drift(score_drift: float, q, has_face):
+    """(P,) body-score shift ``score_drift * (1 - q_eff)``, q_eff = 0 without a face; None
+    when ``score_drift`` is 0 (the scores are then exactly those of earlier versions)."""
+    if not score_drift:
+        return None
+    return float(score_drift) * (1.0 - np.where(has_face, q, 0.0))
+
+
 def _clothes_id(pids, outfits):
     return pids.astype(np.int64) * 10 + outfits
 
 
 def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_per_subject,
-                gallery_per_subject, num_outfits, num_cameras, body_w):
+                gallery_per_subject, num_outfits, num_cameras, body_w, score_drift=0.0):
     """A val/test ScoreSet: gallery of ``gallery_subjects`` + probes of both subject sets."""
     g_pids = np.repeat(gallery_subjects, gallery_per_subject)
     # gallery entries alternate between the first two outfits (outfit >= 2 is never enrolled)
@@ -194,8 +212,9 @@ def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_p
         acc = np.zeros((unique.size, world.dim))
         np.add.at(acc, col, g_feat[m])
         templates[m] = _normalise(acc)
-    score = _scores(probe.feat, has_face, g_feat, rng)
-    merge = _scores(probe.feat, has_face, templates, rng)
+    drift = _drift(score_drift, q, has_face)
+    score = _scores(probe.feat, has_face, g_feat, rng, drift)
+    merge = _scores(probe.feat, has_face, templates, rng, drift)
     qx, qw = _quality_features(world, rng, q, has_face)
     ss = ScoreSet(models=list(MODELS), score_mats=score, merge_score_mats=merge,
                   q_pids=q_pids.astype(np.int64), q_camids=q_cams.astype(np.int64),
@@ -207,7 +226,7 @@ def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_p
 
 
 def _make_train(world, rng, subjects, regime, probes_per_subject, num_outfits, num_cameras,
-                body_w):
+                body_w, score_drift=0.0):
     """Training probes vs training centres: one centre per (pid, camera, clothes) seen."""
     q_pids = np.repeat(subjects, probes_per_subject)
     probe, q_out, q_cams, q, has_face = _probes(world, rng, q_pids, regime, num_outfits,
@@ -215,7 +234,7 @@ def _make_train(world, rng, subjects, regime, probes_per_subject, num_outfits, n
     combos = np.unique(np.stack([q_pids, q_cams, q_out], axis=1), axis=0)
     c_pids, c_cams, c_out = combos[:, 0], combos[:, 1], combos[:, 2]
     c_feat = _enrol(world, rng, c_pids, c_out, body_w, repeats=3)
-    score = _scores(probe.feat, has_face, c_feat, rng)
+    score = _scores(probe.feat, has_face, c_feat, rng, _drift(score_drift, q, has_face))
     qx, qw = _quality_features(world, rng, q, has_face)
     ss = ScoreSet(models=list(MODELS), score_mats=score, merge_score_mats={},
                   q_pids=q_pids.astype(np.int64), q_camids=q_cams.astype(np.int64),
@@ -233,7 +252,7 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
                         train_probes_per_subject: int = 6, gallery_per_subject: int = 4,
                         num_cameras: int = 4, num_outfits: int = 3, dim: int = 32,
                         lookalike: float = 0.55, cluster_size: int = 3,
-                        body_identity_weight: float = 0.35) -> dict:
+                        body_identity_weight: float = 0.35, score_drift: float = 0.0) -> dict:
     """Generate train / val / test ScoreSets of face, body and gait matchers (module docstring).
 
     Parameters
@@ -246,6 +265,8 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
     probes_per_subject, train_probes_per_subject, gallery_per_subject : sizes per subject.
     num_cameras, num_outfits, dim, lookalike, cluster_size, body_identity_weight : model
         parameters (see the module docstring).
+    score_drift : quality-dependent score scale (module docstring); 0 (default) leaves the
+        scores exactly as without it.
 
     Returns
     -------
@@ -277,7 +298,7 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
     cuts = np.cumsum([num_train_subjects, num_val_subjects, n_val_unknown, num_subjects])
     tr, va, va_unk, te, te_unk = (np.sort(a) for a in np.split(order, cuts))
     common = dict(num_outfits=num_outfits, num_cameras=num_cameras,
-                  body_w=body_identity_weight)
+                  body_w=body_identity_weight, score_drift=score_drift)
     train, m_tr = _make_train(world, rng, tr, regime, train_probes_per_subject, **common)
     val, m_va = _make_split(world, rng, va, va_unk, regime, probes_per_subject,
                             gallery_per_subject, **common)

@@ -10,7 +10,9 @@ File content (``torch.save`` of a plain dict, loadable with ``weights_only=True`
     qe_state      QualityEstimator state_dict or None (no-QE ablation)
     quality       dict(name, dim): the quality feature group ``quality/{name}`` (P, dim)
     config        TrainConfig as a dict
-    extra         free dict (training state for resume: optimiser, scheduler, step, ...)
+    extra         free dict (training state for resume: optimiser, scheduler, step, ...;
+                  ``open_set``: the absent-modality rule and per-stratum offsets that
+                  ``predict`` applies, ``safety_net``: whether a warm start was kept)
 
 Writes are atomic (:func:`qme_ext.io.write_atomic`: the file is serialised in memory, written
 to a temporary in the destination directory, then renamed), so an interrupted save or a full
@@ -64,6 +66,8 @@ def save_checkpoint(path, model, qe, config, models, extra: Optional[dict] = Non
         "config": dict(config or {}),
         "extra": dict(extra or {}),
     }
+    if getattr(model, "open_set", None):   # missing-modality rule and stratum offsets
+        payload["extra"].setdefault("open_set", model.open_set)
     for key in ("qme_state", "qe_state"):  # never a checkpoint of NaN weights
         require_finite_weights(payload[key], f"{os.fspath(path)}: {key}")
     state = payload["extra"].get("train_state")
@@ -97,6 +101,7 @@ def load_checkpoint(path, map_location="cpu"):
     model = QME(models, **data["qme_args"])
     model._qme_args = dict(data["qme_args"])
     model.load_state_dict(data["qme_state"])
+    model.open_set = (data.get("extra") or {}).get("open_set")
     model.eval()
     qe = None
     if data.get("qe_state") is not None:

@@ -67,6 +67,8 @@ class TrainConfig:
     warm_start: Optional[bool] = None  # start the experts from the gated linear fit
     val_margin: Optional[float] = None  # robust selection: keep the last weights unless a
     #                                    validated earlier state is ahead by more than this
+    open_set: Optional[bool] = None    # absent modalities imputed, per-stratum offsets,
+    #                                    leave-subject-out validation, safety net (issue 19)
     num_experts: int = 2
     ratio: int = 3
     dropout: float = 0.1
@@ -106,9 +108,17 @@ class TrainConfig:
 #           FAR/FPIR 0.1%, 1%, 10%). Measured on dev seeds: at real dataset sizes the
 #           validation overall on ~60-100 probes moved by < 1 point while the test overall rose by
 #           2-15 points over training, i.e. one-point selection is noise there.
+#           open_set (issue 19, qme.missing / qme.calibration / qme.openset): absent
+#           modalities are missing, not scores; per-stratum offsets fitted on the training
+#           impostor maxima put every probe on one scale; the criterion's FNIR is the
+#           leave-subject-out one (every validation probe also a non-mated search); and a
+#           warm-start candidate ahead of the trained state by more than val_margin is kept
+#           (the safety net, logged and written to the checkpoint).
 RECIPES = {
-    "paper": dict(max_steps=3000, eval_every=100, patience=10, warm_start=False, val_margin=0.0),
-    "robust": dict(max_steps=2100, eval_every=300, patience=0, warm_start=True, val_margin=0.02),
+    "paper": dict(max_steps=3000, eval_every=100, patience=10, warm_start=False, val_margin=0.0,
+                  open_set=False),
+    "robust": dict(max_steps=2100, eval_every=300, patience=0, warm_start=True, val_margin=0.02,
+                   open_set=True),
 }
 SMOOTH_FARS = (0.001, 0.01, 0.1)
 
@@ -131,10 +141,11 @@ def overall_score(metrics: dict) -> float:
                  - metrics["FNIR@1.00%FPIR"])
 
 
-def smoothed_overall(metrics: dict, fars=SMOOTH_FARS) -> float:
-    """Rank1 + mAP + mean TAR - mean FNIR over several FAR/FPIR points (less noisy selection)."""
+def smoothed_overall(metrics: dict, fars=SMOOTH_FARS, fnir_prefix: str = "") -> float:
+    """Rank1 + mAP + mean TAR - mean FNIR over several FAR/FPIR points (less noisy selection);
+    ``fnir_prefix="LSO_"`` takes the leave-subject-out FNIR (:mod:`qme_ext.qme.openset`)."""
     tar = np.mean([metrics[f"TAR@{100 * f:.2f}%FAR"] for f in fars])
-    fnir = np.mean([metrics[f"FNIR@{100 * f:.2f}%FPIR"] for f in fars])
+    fnir = np.mean([metrics[f"{fnir_prefix}FNIR@{100 * f:.2f}%FPIR"] for f in fars])
     return float(metrics["GR_top1"] + metrics["GR_mAP"] + tar - fnir)
 
 
@@ -319,34 +330,64 @@ def _quality_of(qe, scoreset, config_or_name, const: float, device) -> np.ndarra
     return estimate_quality(qe, _features(scoreset, name))
 
 
+def _absent(scoreset, models, x, spec) -> Optional[np.ndarray]:
+    """(P, K) absent models of ``scoreset`` (:mod:`.missing`) under the model's open-set
+    ``spec``; None without one (paper recipe, older checkpoints: only NaN is replaced)."""
+    from .missing import absent_modalities
+    if not spec:
+        return None
+    qm, qn = spec.get("quality_model"), spec.get("quality_name")
+    idx = models.index(qm) if qm in models else None
+    feats = scoreset.quality.get(qn) if (idx is not None and qn) else None
+    return absent_modalities(x, feats, idx if feats is not None else None)
+
+
+def _forward(model, x: np.ndarray, q: torch.Tensor, batch: int, dev) -> np.ndarray:
+    """Eval-mode fused scores (P, G) float32 of raw scores x (P, K, G), quality q (P,)."""
+    res = np.empty((x.shape[0], x.shape[2]), dtype=np.float32)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            xb = torch.as_tensor(x[s:s + batch], device=dev)
+            res[s:s + batch] = model(xb, q[s:s + batch].to(dev)).float().cpu().numpy()
+    model.train(was)
+    return res
+
+
 def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optional[str] = None,
             const_quality: float = 0.5):
     """Fused matrices of ``scoreset`` (experts in eval mode, batched over probes).
 
     Returns ``(score_mat (P, G) float32, merge_score_mat (P, S) float32 or None)``; the merge
     matrix is None when a model lacks one. ``qe`` None gives every probe ``const_quality``.
+    NaN scores are replaced by the channel's training mean; a model trained with the
+    ``open_set`` option (``model.open_set``, the robust recipe) also treats absent modalities
+    as missing (:mod:`.missing`) and adds its per-stratum offsets (:mod:`.calibration`).
     """
+    from .calibration import StratumOffsets
+    from .missing import impute_absent
     models = list(getattr(model, "models", scoreset.models))
     missing = [m for m in models if m not in scoreset.models]
     if missing:
         raise ValueError(f"scoreset lacks model(s) {missing}; the fusion needs {models}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    q = torch.as_tensor(_quality_of(qe, scoreset, quality or "face", const_quality, dev))
-    was = model.training
-    model.eval()
+    q_np = _quality_of(qe, scoreset, quality or "face", const_quality, dev)
+    q = torch.as_tensor(q_np)
+    spec = getattr(model, "open_set", None)
+    mean = model.experts[0].running_mean.detach().cpu().numpy()
+    x = _stack(scoreset, models)
+    absent = _absent(scoreset, models, x, spec)
+    cal = StratumOffsets.from_dict(spec.get("calibration")) if spec else None
+    offset = cal.offset(q_np, absent).astype(np.float32)[:, None] if cal is not None else 0.0
     outs = []
     for key in ("score_mats", "merge_score_mats"):
         if any(m not in getattr(scoreset, key) for m in models):
             outs.append(None)
             continue
-        x = _stack(scoreset, models, key)
-        res = np.empty((x.shape[0], x.shape[2]), dtype=np.float32)
-        with torch.no_grad():
-            for s in range(0, x.shape[0], batch):
-                xb = torch.as_tensor(x[s:s + batch], device=dev)
-                res[s:s + batch] = model(xb, q[s:s + batch].to(dev)).float().cpu().numpy()
-        outs.append(res)
-    model.train(was)
+        if key != "score_mats":
+            x = _stack(scoreset, models, key)
+        outs.append(_forward(model, impute_absent(x, absent, mean), q, batch, dev) + offset)
     return outs[0], outs[1]
 
 
@@ -359,7 +400,11 @@ def fuse_scoreset(model, qe, scoreset, name: str = "qme", batch: int = 256, devi
 
 
 def _validate(model, qe, val, config, dev) -> tuple:
+    """(criterion, metrics) of ``model`` on the validation split; the metrics also hold the
+    leave-subject-out FNIRs ``LSO_FNIR@...`` (every probe also a non-mated search), which
+    the criterion uses with the ``open_set`` option."""
     from ..metrics.core import evaluate
+    from .openset import lso_fnir
     s, m = predict(model, qe, val, device=dev, quality=config.quality,
                    const_quality=config.const_quality)
     robust = config.recipe == "robust"
@@ -367,7 +412,54 @@ def _validate(model, qe, val, config, dev) -> tuple:
     res = evaluate(s, m, val.q_pids, val.q_camids, val.q_clothes_ids, val.g_pids, val.g_camids,
                    val.g_clothes_ids, val.unique_g_pids, seed=config.eval_seed,
                    **({"fars": fars} if fars else {}))
-    return (smoothed_overall(res) if robust else overall_score(res)), res
+    res = dict(res)
+    res.update({"LSO_" + k: v for k, v in lso_fnir(m, val.q_pids, val.unique_g_pids,
+                                                     SMOOTH_FARS).items()})
+    if robust:
+        crit = smoothed_overall(res, fnir_prefix="LSO_" if config.open_set else "")
+    else:
+        crit = overall_score(res)
+    return crit, res
+
+
+class _TrainView:
+    """The training split as the experts see it: raw scores with absent modalities and NaN
+    replaced (:mod:`.missing`), probe quality, and what the open-set calibration needs."""
+
+    def __init__(self, train, models, qe, config, dev):
+        from .missing import impute_absent, present_means
+        self.train, self.dev = train, dev
+        self.spec = None
+        if config.open_set:
+            face = config.face_model or config.quality
+            self.spec = {"quality_model": face if face in models else None,
+                         "quality_name": config.quality if config.quality in train.quality
+                         else None}
+        raw = _stack(train, models)
+        self.absent = _absent(train, models, raw, self.spec)
+        mask = self.absent if self.absent is not None else np.zeros(raw.shape[:2], bool)
+        self.x_np = impute_absent(raw, self.absent, present_means(raw, mask))
+        self.q_np = _quality_of(qe, train, config.quality, config.const_quality, dev)
+        qm = self.spec["quality_model"] if self.spec else None
+        self.quality_index = models.index(qm) if qm is not None else None
+
+    def calibrate(self, model, method: str = "log-odds") -> Optional[float]:
+        """Fit the per-stratum offsets of ``model`` (:mod:`.calibration`, ``method``) on the
+        training open-set searches; return the training leave-subject-out FNIR@1%FPIR
+        (None without the open_set option)."""
+        from .calibration import StratumOffsets
+        from .openset import impostor_maxima, lso_fnir, subject_maxima
+        if self.spec is None:
+            return None
+        tr = self.train
+        fused = _forward(model, self.x_np, torch.as_tensor(self.q_np), 256, self.dev)
+        cal = StratumOffsets.fit(impostor_maxima(fused, tr.q_pids, tr.g_pids, genuine=True),
+                                 impostor_maxima(fused, tr.q_pids, tr.g_pids), self.q_np,
+                                 self.absent, self.quality_index, method=method)
+        model.open_set = {**self.spec, "calibration": cal.as_dict(), "method": method}
+        fused += cal.offset(self.q_np, self.absent).astype(np.float32)[:, None]
+        merge, subjects = subject_maxima(fused, tr.g_pids)
+        return lso_fnir(merge, tr.q_pids, subjects, (0.01,))["FNIR@1.00%FPIR"]
 
 
 @contextlib.contextmanager
@@ -430,17 +522,25 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         qe = qe.to(dev).eval()
         for p in qe.parameters():
             p.requires_grad_(False)
-    x = torch.as_tensor(_stack(train, models), device=dev)            # (P, K, N)
-    q = torch.as_tensor(_quality_of(qe, train, config.quality, config.const_quality, dev),
-                        device=dev)
+    view = _TrainView(train, models, qe, config, dev)
+    x = torch.as_tensor(view.x_np, device=dev)                         # (P, K, N)
+    q = torch.as_tensor(view.q_np, device=dev)
     q_pids = torch.as_tensor(train.q_pids, device=dev)
     g_pids = torch.as_tensor(train.g_pids, device=dev)
     torch.manual_seed(config.seed)
     model = make_qme(models, config, num_experts)
     warm_val = None  # the validation criterion of the chosen warm start, once measured
+    starts = []      # (name, fit, criterion) of every validated warm-start candidate
+
+    def validate(m):
+        """Calibrate on the training impostors, then validate: (criterion, metrics)."""
+        tr_fnir = view.calibrate(m)
+        ov, res = _validate(m, qe, val, config, dev)
+        res["train_LSO_FNIR@1.00%FPIR"] = tr_fnir
+        return ov, res
     if warm_start is None and config.warm_start and resume is None:
         from .warm_start import fit_gated_logistic, fit_quality_weighted, set_linear_experts
-        x_np = x.cpu().numpy()
+        x_np = view.x_np
         gated = qe is not None and model.num_experts >= 2
         genuine = train.q_pids[:, None] == train.g_pids[None, :]
         q_np = q.cpu().numpy()
@@ -457,7 +557,9 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
             scores = []
             for fit in (warm_start, alt):
                 set_linear_experts(model, fit, x_np)
-                scores.append(_validate(model.to(dev), qe, val, config, dev)[0])
+                scores.append(validate(model.to(dev))[0])
+            starts = [("gated linear fit", warm_start, scores[0]),
+                      ("quality-weighted mean", alt, scores[1])]
             if scores[1] > scores[0]:
                 warm_start = alt
             warm_val = max(scores)
@@ -465,7 +567,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
                 f"{scores[1]:.4f}; chose {'the mean' if scores[1] > scores[0] else 'the fit'}")
     if warm_start is not None:
         from .warm_start import set_linear_experts
-        set_linear_experts(model, warm_start, x.cpu().numpy())
+        set_linear_experts(model, warm_start, view.x_np)
     model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0,
@@ -492,7 +594,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         log(f"resumed from {resume} at step {step}")
     if warm_start is not None and step == 0:
         # the warm start is a candidate of its own: training must earn its changes
-        ov = warm_val if warm_val is not None else _validate(model, qe, val, config, dev)[0]
+        ov = warm_val if warm_val is not None else validate(model)[0]
         hist["step"].append(0)
         hist["train_loss"].append(float("nan"))
         hist["val_overall"].append(ov)
@@ -525,7 +627,7 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
             tr = float(np.mean(running)) if running else float("nan")
             running = []
             require_finite_weights(model, f"QME experts at training step {step}")
-            ov, res = _validate(model, qe, val, config, dev)
+            ov, res = validate(model)
             if on_eval is not None:
                 on_eval(step, model)
             hist["step"].append(step)
@@ -538,8 +640,11 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
                 bad += 1
             log(f"step {step}/{config.max_steps} score-triplet loss {tr:.4f} val overall "
                 f"{ov:.4f} (R1 {res['GR_top1']:.3f} mAP {res['GR_mAP']:.3f} TAR "
-                f"{res['TAR@1.00%FAR']:.3f} FNIR {res['FNIR@1.00%FPIR']:.3f}) best {best:.4f}"
-                f"@{best_step}")
+                f"{res['TAR@1.00%FAR']:.3f} FNIR {res['FNIR@1.00%FPIR']:.3f} LSO-FNIR "
+                f"{res['LSO_FNIR@1.00%FPIR']:.3f} over {res['LSO_num_nonmated']} non-mated"
+                + (f", train LSO-FNIR {res['train_LSO_FNIR@1.00%FPIR']:.3f}"
+                   if res['train_LSO_FNIR@1.00%FPIR'] is not None else "")
+                + f") best {best:.4f}@{best_step}")
             if bad >= patience:
                 log(f"early stop at step {step} (best val overall {best:.4f} at {best_step})")
                 stop = True
@@ -557,6 +662,36 @@ def fit_qme(train, val, quality_estimator, config: Optional[TrainConfig] = None,
         best_state, best_step, best = None, step, last      # keep the trained weights
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.safety_net = None
+    if view.spec is not None:
+        final = validate(model)[0]
+        model.safety_net = {"kept_start": None, "val_selected": final,
+                            "val_starts": {n: c for n, _, c in starts}}
+        if best_step == 0 and warm_start is not None:
+            model.safety_net["kept_start"] = "chosen warm start"
+        ahead = max(starts, key=lambda t: t[2]) if starts else None
+        if ahead is not None and ahead[2] - final > max(config.val_margin, 0.0):
+            # the safety net: training (or the other candidate) lost to a start on validation
+            from .warm_start import set_linear_experts
+            set_linear_experts(model, ahead[1], view.x_np)
+            final = validate(model)[0]
+            warm_start, best_step, best = ahead[1], 0, final
+            model.safety_net.update(kept_start=ahead[0], val_selected=final)
+        # which stratum offsets (calibration.METHODS, or none): the validation decides
+        options = {"log-odds": (final, model.open_set)}
+        view.calibrate(model, "tails")
+        options["tails"] = (_validate(model, qe, val, config, dev)[0], model.open_set)
+        model.open_set = {**model.open_set, "calibration": None, "method": None}
+        options["none"] = (_validate(model, qe, val, config, dev)[0], model.open_set)
+        chosen = max(options, key=lambda k: options[k][0])     # ties: the first, log-odds
+        final, model.open_set = options[chosen]
+        model.safety_net.update(val_selected=final, offsets=chosen,
+                                val_offsets={k: v[0] for k, v in options.items()})
+        log("stratum offsets: val criterion " + ", ".join(
+            f"{k} {v[0]:.4f}" for k, v in options.items()) + f"; chose {chosen}")
+        if model.safety_net["kept_start"] is not None:
+            log(f"safety net: validation prefers the start ({model.safety_net['kept_start']}, "
+                f"criterion {final:.4f}) to the trained QME; keeping the start")
     model.history = hist
     model.best_step, model.best_overall = best_step, best
     model.warm_start_fit = warm_start
