@@ -251,8 +251,9 @@ class EmbeddingSource(BlockSource):
     block by block (one model, or K models fused per block; see the module docstring).
 
     ``timing`` accumulates the seconds spent scoring (``"matmul"``: reading and converting
-    the gallery tiles, the matmuls and their elementwise work) and fusing (``"fusion"``); ``progress(pass, rows done, P)``
-    is called after each block (``pass`` counts the walks over the probes, from 1)."""
+    the gallery tiles, the matmuls and their elementwise work) and fusing (``"fusion"``);
+    ``progress(pass, rows done, P)`` is called after each block (``pass`` counts the walks
+    over the probes, from 1)."""
 
     def __init__(self, models: Sequence[_Model], block_rows: int, fusion=None, ids=None,
                  quality=None, m: float = 2.0, face: Optional[str] = None,
@@ -312,7 +313,8 @@ class EmbeddingSource(BlockSource):
 
     def _fuse(self, r0, r1, rows, mrows, scores) -> tuple:
         if hasattr(self.fusion, "normalisers"):  # a fitted FusionResult
-            np_rows = lambda ts: {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}  # noqa: E731
+            def np_rows(ts):
+                return {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}
             q = {k: v[r0:r1] for k, v in (self.quality or {}).items()}
             return fuse_rows(self.fusion, self.names, self.ids, slice(r0, r1), np_rows(rows),
                              np_rows(mrows) if mrows is not None else None, q, self.device,
