@@ -142,14 +142,18 @@ def _first_bad(bad: torch.Tensor, offset: int, found: list) -> None:
         found.append(n)
 
 
-def _bad_rows(feats: FeatureArray, metric: str, device, rows: int = GALLERY_TILE):
-    """Raise ValueError for NaN/inf rows or (cosine) zero-norm rows of ``feats``."""
+def _bad_rows(feats: FeatureArray, metric: str, device, each=None, rows: int = GALLERY_TILE):
+    """Raise ValueError for NaN/inf rows or (cosine) zero-norm rows of ``feats``, after
+    handing each tile to ``each(a, t)`` (rows a.., one read of the features for both)."""
     nonfinite, zero = [], []
     for a in range(0, feats.num, rows):
         t = feats.rows(a, min(a + rows, feats.num), device)
         _first_bad(~torch.isfinite(t).all(dim=1), a, nonfinite)
         if metric == "cosine":
             _first_bad((t == 0).all(dim=1), a, zero)
+        if each is not None:
+            each(a, t)
+        del t
     for what, found in (("non-finite (NaN/inf) values", nonfinite),
                         ("zero norm, for which a cosine is undefined", zero)):
         if found:
@@ -184,12 +188,12 @@ class _Model:
         self.gallery, self.metric, self.device = gallery, metric, device
         self.dtype = torch.promote_types(probes.compute_dtype, gallery.compute_dtype)
         _bad_rows(probes, metric, device)
-        _bad_rows(gallery, metric, device)
         self.probes = _prepare(probes.rows(0, probes.num, device).to(self.dtype), metric)
         self.p_sq = (self.probes * self.probes).sum(1) if metric == "euclidean" else None
         if templates is None:
             self.templates = self._mean_templates(g_pids, uniq)
         else:
+            _bad_rows(gallery, metric, device)
             tf = FeatureArray(templates, "gallery_templates")
             if tf.num != uniq.size or tf.dim != probes.dim:
                 raise ValueError(f"gallery_templates: expected shape ({uniq.size}, {probes.dim}) "
@@ -200,7 +204,8 @@ class _Model:
         self.t_sq = (self.templates ** 2).sum(1) if metric == "euclidean" else None
 
     def _mean_templates(self, g_pids: np.ndarray, uniq: np.ndarray) -> torch.Tensor:
-        """(S, D) per-subject means of the (cosine: normalised) gallery rows, float64 sums."""
+        """(S, D) per-subject means of the (cosine: normalised) gallery rows, float64 sums
+        in gallery order, in the pass that checks the gallery (:func:`_bad_rows`)."""
         col = np.searchsorted(uniq, g_pids).clip(max=uniq.size - 1)
         member = uniq[col] == g_pids
         counts = np.bincount(col[member], minlength=uniq.size)
@@ -210,10 +215,14 @@ class _Model:
                              f"(first: {missing[0]}), so no template; pass gallery_templates")
         sums = torch.zeros(uniq.size, self.gallery.dim, dtype=torch.float64, device=self.device)
         col_t = torch.from_numpy(np.where(member, col, -1)).to(self.device)
-        for a, b in self._tiles():
-            g = _prepare(self.gallery.rows(a, b, self.device).to(self.dtype), self.metric)
-            keep = col_t[a:b] >= 0
-            sums.index_add_(0, col_t[a:b][keep], g[keep].to(torch.float64))
+
+        def add(a: int, t: torch.Tensor) -> None:
+            cols = col_t[a:a + t.shape[0]]
+            keep = cols >= 0
+            g = _prepare(t.to(self.dtype), self.metric)
+            sums.index_add_(0, cols[keep], g[keep].to(torch.float64))
+
+        _bad_rows(self.gallery, self.metric, self.device, add)
         return (sums / torch.from_numpy(counts).to(self.device, torch.float64)[:, None]).to(
             self.dtype)
 
@@ -251,8 +260,9 @@ class EmbeddingSource(BlockSource):
     block by block (one model, or K models fused per block; see the module docstring).
 
     ``timing`` accumulates the seconds spent scoring (``"matmul"``: reading and converting
-    the gallery tiles, the matmuls and their elementwise work) and fusing (``"fusion"``); ``progress(pass, rows done, P)``
-    is called after each block (``pass`` counts the walks over the probes, from 1)."""
+    the gallery tiles, the matmuls and their elementwise work) and fusing (``"fusion"``);
+    ``progress(pass, rows done, P)`` is called after each block (``pass`` counts the walks
+    over the probes, from 1)."""
 
     def __init__(self, models: Sequence[_Model], block_rows: int, fusion=None, ids=None,
                  quality=None, m: float = 2.0, face: Optional[str] = None,
@@ -312,7 +322,8 @@ class EmbeddingSource(BlockSource):
 
     def _fuse(self, r0, r1, rows, mrows, scores) -> tuple:
         if hasattr(self.fusion, "normalisers"):  # a fitted FusionResult
-            np_rows = lambda ts: {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}  # noqa: E731
+            def np_rows(ts):
+                return {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}
             q = {k: v[r0:r1] for k, v in (self.quality or {}).items()}
             return fuse_rows(self.fusion, self.names, self.ids, slice(r0, r1), np_rows(rows),
                              np_rows(mrows) if mrows is not None else None, q, self.device,
