@@ -5,9 +5,11 @@ intervals and paired comparisons, out-of-core and sharded evaluation.
 Layer: above ``qme_ext.ops`` (the custom ops), ``qme_ext.io`` and ``qme_ext.fusion``
 (a fused file is evaluated out of core); below ``plots``, ``qme``, ``reference`` and
 ``cli``. Inside, lowest first: ``nonfinite``, ``splits`` (enrolment splits),
-``order_stats`` (radix select), ``accumulate`` (the blockwise passes), ``bootstrap``,
-``core`` (the metric functions), ``verification``, ``streaming`` (score files larger
-than memory), ``distributed`` (``torch.distributed`` shards). Each imports only those
+``order_stats`` (radix select), ``accumulate`` (the blockwise passes), ``minp``,
+``bootstrap``, ``core`` (the metric functions), ``calibration`` (Cllr, minDCF),
+``verification``, ``dev_eval`` (dev thresholds on eval, EPC), ``erc`` (error versus
+reject), ``streaming`` (score files larger than memory), ``distributed``
+(``torch.distributed`` shards). Each imports only those
 before it; this file imports them all and defines nothing.
 """
 from .core import (DEFAULT_FARS, MODES, PROTOCOLS, OpenSetResult, RankResult, TarResult,
