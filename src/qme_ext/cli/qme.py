@@ -27,7 +27,8 @@ __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "COMMANDS", "BASELINES", "DEMO_SIZES"]
 
 # baselines of the demo: fusion methods of qme_ext.fusion, calibrated on the training split
-BASELINES = ("zscore", "minmax", "rhe", "mean", "weighted", "asym_ao", "bssf", "farsight_style")
+BASELINES = ("zscore", "minmax", "rhe", "mean", "weighted", "asym_ao", "bssf", "farsight_style",
+             "llr")
 # synthetic_wholebody sizes and training budgets of the demo
 DEMO_SIZES = {
     "default": dict(data=dict(num_subjects=100, num_train_subjects=100, num_val_subjects=60,
