@@ -10,11 +10,14 @@ Layer: above ``qme_ext.ops`` (the custom ops), ``qme_ext.io`` and ``qme_ext.fusi
 ``verification``, ``dev_eval`` (dev thresholds on eval, EPC), ``erc`` (error versus
 reject), ``streaming`` (score files larger than memory), ``distributed``
 (``torch.distributed`` shards). Each imports only those
-before it; this file imports them all and defines nothing.
+before it; this file imports them all and defines nothing (``metrics.erc``,
+``metrics.dev_eval`` are the functions; their modules stay importable by full name).
 """
 from .core import (DEFAULT_FARS, MODES, PROTOCOLS, OpenSetResult, RankResult, TarResult,
                    cmc_curve, compare, curve_bands, det, eer, evaluate, fnir_at_fpir,
                    histogram_edges, rank_metrics, roc, roc_far_grid, tar_at_far)
+from .dev_eval import dev_eval, epc
+from .erc import erc, erc_pairs
 from .nonfinite import NonFiniteScoreWarning
 from .streaming import evaluate_file
 from .verification import VerificationResult, verification
@@ -22,4 +25,5 @@ from .verification import VerificationResult, verification
 __all__ = ["DEFAULT_FARS", "MODES", "PROTOCOLS", "OpenSetResult", "RankResult", "TarResult",
            "cmc_curve", "compare", "curve_bands", "det", "eer", "evaluate", "evaluate_file",
            "fnir_at_fpir", "histogram_edges", "rank_metrics", "roc", "roc_far_grid",
-           "tar_at_far", "NonFiniteScoreWarning", "VerificationResult", "verification"]
+           "tar_at_far", "NonFiniteScoreWarning", "VerificationResult", "verification",
+           "dev_eval", "epc", "erc", "erc_pairs"]
