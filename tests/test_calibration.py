@@ -196,6 +196,7 @@ def test_cli_dev_eval(tmp_path, capsys):
     (["--dev", "A"], "--dev and --eval go together"),
     (["--p-target", "0"], "p-target"),
     ([], "give score FILEs"),
+    (["--epc-points", "1", "--dev", "A", "--eval", "B"], "--epc-points"),
 ])
 def test_cli_dev_eval_errors(tmp_path, capsys, args, needle):
     assert cli.main(["verify", *args]) == 2

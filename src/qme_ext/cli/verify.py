@@ -151,6 +151,8 @@ def run_verify(args) -> int:
     costs = _options(args)
     if (args.dev is None) != (args.eval is None):
         raise UserError("--dev and --eval go together")
+    if args.epc_points < 2:
+        raise UserError(f"--epc-points: expected an integer >= 2, got {args.epc_points}")
     if args.dev is not None:
         if args.files:
             raise UserError("give either FILE... or --dev/--eval, not both")
@@ -202,8 +204,6 @@ def run_verify(args) -> int:
 def _dev_eval(args, systems, fmrs, far_convention, costs):
     """Print the dev -> eval table; return the DevEvalResult."""
     from ..metrics.dev_eval import dev_eval
-    if not isinstance(args.epc_points, int) or args.epc_points < 2:
-        raise UserError(f"--epc-points: expected an integer >= 2, got {args.epc_points}")
     dev, ev = systems
     de = dev_eval(dev.genuine, dev.impostor, ev.genuine, ev.impostor, fmrs,
                   far_convention=far_convention, epc_points=args.epc_points,
