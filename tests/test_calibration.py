@@ -190,6 +190,10 @@ def test_cli_dev_eval(tmp_path, capsys):
     assert data["epc"]["eval_HTER"] == list(want.epc[1])
     assert data["dev"]["minCllr"] == want.dev.min_cllr
     assert data["eval"]["Cllr"] == want.eval.cllr
+    pytest.importorskip("matplotlib")
+    assert cli.main(["verify", "--dev", *dev, "--eval", *ev, "--plots", str(tmp_path / "p"),
+                     "--epc-points", "5", "--quiet"]) == 0
+    assert (tmp_path / "p" / "epc.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args,needle", [
