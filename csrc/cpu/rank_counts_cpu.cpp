@@ -90,12 +90,14 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
       int64_t before = 0, i_m = 0;
       double sum = 0.0;
       a.first_pos[out] = -1;
+      a.last_pos[out] = -1;
       for (int64_t u = 0; u < n; ++u) {
         // entries counted at u and below (in rank) precede union[u]
         before += counts[u] + junk_fix[m][u];
         if (!(goods[u].flags & good_m)) continue;
         const int64_t pos = before;
         if (i_m == 0) a.first_pos[out] = pos;
+        a.last_pos[out] = pos;
         sum += static_cast<double>(i_m + 1) / static_cast<double>(pos + 1);
         ++i_m;
       }

@@ -39,6 +39,18 @@ Rules combine the K normalised matrices (models in ScoreSet order):
   and the other models share the remaining 1 - w_face * q_p in proportion to their base weights.
   APPROXIMATION: the FarSight paper's exact quality-fusion rule was not available; this is a
   plausible rule with the described behaviour (trust the face less when its quality is low).
+- ``llr``: linear logistic-regression fusion (the LogisticRegression of bob.fusion.base;
+  Brümmer's FoCal / BOSARIS linear fusion): fused = b + sum_k w_k s_k over the normalised
+  scores (zscore by default; the fit is affine-invariant, the normaliser only conditions
+  it), (w, b) maximising the prior-weighted log-likelihood of the calibration pairs (all
+  genuine, at most ``MAX_CALIBRATION_IMPOSTORS`` impostor pairs), genuine and impostor
+  pairs each weighted to total 1/2, with a 1e-6 L2 penalty on w (finite weights on
+  separable data); Newton iterations in float64 to convergence. With the prior of 1/2
+  the fused score is a natural-log likelihood ratio, so ``verification(...).cllr`` of it
+  is meaningful. CHOICE: bob.fusion.base fits scikit-learn's unweighted
+  ``LogisticRegression`` (its output is the log posterior odds at the training prior,
+  i.e. the LLR plus ln(N_gen / N_imp) up to the fit); the balanced weighting here is
+  ``class_weight="balanced"`` in scikit-learn's terms.
 
 Method strings for :func:`fuse`: a normaliser name (normalise each model, then ``mean``: the
 paper's "Z-score", "Min-max", "RHE" rows), a rule name (with its default normaliser:
@@ -331,9 +343,12 @@ def asym_ao(a: torch.Tensor, b: torch.Tensor, m: float = 2.0) -> torch.Tensor:
 
 
 RULES = ("mean", "min", "max", "weighted", "asym_ao", "bssf", "farsight_style")
+# rules with a fitted affine model and an offset (not a weighted sum of convex weights)
+TRAINED_RULES = ("llr",)
 DEFAULT_NORMALISER = {"mean": "raw", "min": "raw", "max": "raw", "weighted": "zscore",
-                      "asym_ao": "minmax", "bssf": "zscore", "farsight_style": "zscore"}
-_RULE_BY_CANON = {_canon(r): r for r in RULES}
+                      "asym_ao": "minmax", "bssf": "zscore", "farsight_style": "zscore",
+                      "llr": "zscore"}
+_RULE_BY_CANON = {_canon(r): r for r in RULES + TRAINED_RULES}
 
 
 def parse_method(method: str) -> tuple:
@@ -344,7 +359,8 @@ def parse_method(method: str) -> tuple:
         norm, _, rule = method.partition(":")
         get_normaliser(norm)  # validates
         if _canon(rule) not in _RULE_BY_CANON:
-            raise ValueError(f"unknown fusion rule {rule!r} in {method!r}; rules: {list(RULES)}")
+            raise ValueError(f"unknown fusion rule {rule!r} in {method!r}; rules: "
+                             f"{list(RULES + TRAINED_RULES)}")
         key = _canon(norm)
         return ("raw" if key == "none" else key), _RULE_BY_CANON[_canon(rule)]
     key = _canon(method)
@@ -354,8 +370,8 @@ def parse_method(method: str) -> tuple:
         rule = _RULE_BY_CANON[key]
         return DEFAULT_NORMALISER[rule], rule
     raise ValueError(f"unknown fusion method {method!r}; use a normaliser "
-                     f"{sorted(k for k in NORMALISERS if k != 'raw')}, a rule {list(RULES)} "
-                     f"or 'norm:rule'")
+                     f"{sorted(k for k in NORMALISERS if k != 'raw')}, a rule "
+                     f"{list(RULES + TRAINED_RULES)} or 'norm:rule'")
 
 
 def _split_eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
@@ -438,6 +454,7 @@ class FusionResult:
     # normalisers of the merge matrices where they differ from ``normalisers`` (calibration
     # "self": zscore/minmax fitted on each merge matrix itself); None: the same ones
     merge_normalisers: Optional[dict] = None
+    offset: float = 0.0  # added to the weighted sum (``llr``: the logistic intercept)
 
 
 def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, device):
@@ -453,14 +470,7 @@ def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, devi
         return np.full(k, 1.0 / k)
     if rule not in ("weighted", "bssf"):
         return None
-    gen_idx, imp_idx = _calibration_pairs(calib.q_pids, calib.g_pids, seed)
-    gen = np.empty((k, gen_idx.size))
-    imp = np.empty((k, imp_idx.size))
-    for i, m in enumerate(models):
-        # a tensor in, so the normalised scores stay a tensor on `device`
-        s = normalisers[m].transform(_float_matrix(calib.score_mats[m], device)).reshape(-1)
-        gen[i] = s[torch.as_tensor(gen_idx, device=s.device)].cpu().numpy()
-        imp[i] = s[torch.as_tensor(imp_idx, device=s.device)].cpu().numpy()
+    gen, imp = _calibration_inputs(normalisers, calib, models, seed, device)
     if rule == "weighted":
         eers = np.array([_split_eer(gen[i], imp[i]) for i in range(k)])
         # a perfect matcher (EER 0) would get an infinite weight: floor the EER
@@ -468,6 +478,47 @@ def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, devi
         return inv / inv.sum()
     u = _bssf_search(gen, imp, seed)
     return u / u.sum()
+
+
+def _calibration_inputs(normalisers, calib: ScoreSet, models, seed, device) -> tuple:
+    """(genuine (K, Ng), impostor (K, Ni)) float64 normalised calibration scores of the
+    pairs of :func:`_calibration_pairs`."""
+    gen_idx, imp_idx = _calibration_pairs(calib.q_pids, calib.g_pids, seed)
+    k = len(models)
+    gen = np.empty((k, gen_idx.size))
+    imp = np.empty((k, imp_idx.size))
+    for i, m in enumerate(models):
+        # a tensor in, so the normalised scores stay a tensor on `device`
+        s = normalisers[m].transform(_float_matrix(calib.score_mats[m], device)).reshape(-1)
+        gen[i] = s[torch.as_tensor(gen_idx, device=s.device)].cpu().numpy()
+        imp[i] = s[torch.as_tensor(imp_idx, device=s.device)].cpu().numpy()
+    return gen, imp
+
+
+def fit_llr(gen: np.ndarray, imp: np.ndarray, l2: float = 1e-6,
+            max_iter: int = 100) -> tuple[np.ndarray, float]:
+    """((K,) weights, offset) of the prior-weighted (1/2 each class) linear logistic
+    regression of genuine (K, Ng) against impostor (K, Ni) scores (module docstring),
+    by Newton's method on the convex objective."""
+    k = gen.shape[0]
+    x = np.concatenate([gen, imp], axis=1).T  # (N, K)
+    x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)  # intercept column
+    y = np.concatenate([np.ones(gen.shape[1]), np.zeros(imp.shape[1])])
+    c = np.concatenate([np.full(gen.shape[1], 0.5 / gen.shape[1]),
+                        np.full(imp.shape[1], 0.5 / imp.shape[1])])
+    reg = np.full(k + 1, l2)
+    reg[-1] = 0.0  # the offset is not penalised
+    theta = np.zeros(k + 1)
+    for _ in range(max_iter):
+        z = x @ theta
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic sigmoid, overflow-free
+        grad = x.T @ (c * (p - y)) + reg * theta
+        hess = (x * (c * p * (1.0 - p))[:, None]).T @ x + np.diag(reg + 1e-12)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.max(np.abs(step)) < 1e-12 * max(1.0, np.max(np.abs(theta))):
+            break
+    return theta[:k], float(theta[k])
 
 
 def _face_quality(scoreset: ScoreSet, models, face: Optional[str]) -> tuple:
@@ -517,8 +568,11 @@ def _fuse_matrices(result: "FusionResult", normalisers: dict, mats: dict, scores
     rule = _RULE_CODE.get(result.rule, RULE_SUM)
     w = torch.as_tensor(np.asarray(weights if rule == RULE_SUM else np.ones(len(models)),
                                    dtype=np.float64))
-    return fuse_scores(tensors, [p[0] for p in params], [p[1] for p in params],
-                       [p[2] for p in params], rule, w, float(m), torch.float32)
+    # an offset is added in float64 before the one rounding to float32
+    out = fuse_scores(tensors, [p[0] for p in params], [p[1] for p in params],
+                      [p[2] for p in params], rule, w, float(m),
+                      torch.float64 if result.offset else torch.float32)
+    return out.add_(result.offset).to(torch.float32) if result.offset else out
 
 
 def fuse(scoreset: ScoreSet, method: str, calibration: Union[str, ScoreSet] = "self",
@@ -616,6 +670,15 @@ def fit_fusion(method: str, calibration: ScoreSet, models: Optional[Sequence[str
                 (calibration.score_mats[mm], calibration.q_pids, calibration.g_pids))
         except ValueError as exc:
             raise ValueError(f"calibration model {mm!r}: {exc}") from None
+    if rule == "llr":
+        if weights is not None:
+            raise ValueError("weights: the llr rule fits its own weights; pass weights=None")
+        base, offset = fit_llr(*_calibration_inputs(normalisers, calibration, models, seed,
+                                                    device))
+        if not (np.isfinite(base).all() and np.isfinite(offset)):
+            raise ValueError(f"fusion {method!r}: fitted weights {base.tolist()} and offset "
+                             f"{offset} are not all finite")
+        return FusionResult(method, norm_name, rule, normalisers, base, offset=offset)
     base = _fit_weights(rule, normalisers, calibration, models, weights, seed, device)
     if base is not None and not np.isfinite(base).all():
         raise ValueError(f"fusion {method!r}: fitted weights {base.tolist()} are not finite")

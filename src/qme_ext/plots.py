@@ -14,7 +14,8 @@ import numpy as np
 
 __all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist",
            "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "curves_of_matrix",
-           "write_curve_plots", "write_comparison_plots", "save_figure", "curve_plot_names"]
+           "write_curve_plots", "write_comparison_plots", "save_figure", "curve_plot_names",
+           "plot_epc", "plot_erc"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5
@@ -228,3 +229,28 @@ def write_comparison_plots(out_dir, mats: dict, ids, hist_rows=None,
     """
     return write_curve_plots(out_dir, {row: curves_of_matrix(mat, ids, boot=boot)
                                        for row, mat in mats.items()}, hist_rows)
+
+
+def plot_epc(alpha, hter, path, label: str = "eval") -> None:
+    """EPC (bob.measure): eval HTER (A,) fractions against alpha (A,), the weight of FMR in
+    the dev threshold's criterion alpha FMR + (1 - alpha) FNMR."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(np.asarray(alpha, dtype=np.float64), 100 * np.asarray(hter, dtype=np.float64),
+            label=label)
+    ax.set_xlabel("alpha (weight of FMR on dev)")
+    ax.set_ylabel("HTER on eval (%)")
+    _finish(fig, ax, "Expected performance curve", path, grid="major")
+
+
+def plot_erc(curves: dict, path, title: str = "Error versus reject") -> None:
+    """ERC: ``curves[quality name] = (rejected fraction (R,), FNMR (R,))`` fractions, one
+    line per quality measure (:func:`qme_ext.metrics.erc.erc`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, (rej, fnmr) in curves.items():
+        ax.plot(100 * np.asarray(rej, dtype=np.float64), 100 * np.asarray(fnmr, dtype=np.float64),
+                label=name)
+    ax.set_xlabel("Rejected lowest-quality pairs (%)")
+    ax.set_ylabel("FNMR (%)")
+    _finish(fig, ax, title, path, grid="major")

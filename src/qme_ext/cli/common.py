@@ -98,15 +98,21 @@ def _interval(ci) -> str:
 def format_table(results: dict, columns) -> str:
     """Fixed-width text table, one line per row, values in percent.
 
-    ``results[row]`` is a metrics dict; ``columns`` holds ``(header, key, std_key or None)``;
-    a missing key prints as ``nan``; a key with a bootstrap interval ``<key>_ci`` prints
-    as ``88.60 [86.10, 90.90]``.
+    ``results[row]`` is a metrics dict; ``columns`` holds ``(header, key, std_key or None)``
+    or ``(header, key, None, "plain")`` for a value that is not a rate (printed as is, 4
+    decimals: Cllr in bits, a normalised cost); a missing key prints as ``nan``; a key with
+    a bootstrap interval ``<key>_ci`` prints as ``88.60 [86.10, 90.90]``.
     """
     headers = ["Row"] + [c[0] for c in columns]
     body = []
     for row, res in results.items():
         cells = [row]
-        for _, key, std_key in columns:
+        for col in columns:
+            key, std_key = col[1], col[2]
+            if col[3:] == ("plain",):
+                v = res.get(key, float("nan"))
+                cells.append(f"{v:.4f}" if v is not None and math.isfinite(v) else "nan")
+                continue
             text = _percent(res.get(key, float("nan")),
                             res.get(std_key, float("nan")) if std_key else None)
             if key + "_ci" in res:
@@ -126,7 +132,7 @@ def format_comparison(title: str, comparison: dict, columns, n_boot: int) -> str
         return f"<{1 / n_boot:.2g}" if p == 0 else f"{p:.4f}"
 
     body = []
-    for header, key, _ in columns:
+    for header, key, *_ in columns:
         if key in comparison:
             c = comparison[key]
             diff = c["diff"]

@@ -26,10 +26,12 @@ from .common import (PROG, UserError, check_device, format_table, json_value, pr
                      refuse_overwriting_inputs)
 
 __all__ = ["UserError", "run_train",
-           "run_fuse", "run_demo", "demo_pipeline", "COMMANDS", "BASELINES", "DEMO_SIZES"]
+           "run_fuse", "run_demo", "demo_pipeline", "demo_erc", "COMMANDS", "BASELINES",
+           "DEMO_SIZES"]
 
 # baselines of the demo: fusion methods of qme_ext.fusion, calibrated on the training split
-BASELINES = ("zscore", "minmax", "rhe", "mean", "weighted", "asym_ao", "bssf", "farsight_style")
+BASELINES = ("zscore", "minmax", "rhe", "mean", "weighted", "asym_ao", "bssf", "farsight_style",
+             "llr")
 # synthetic_wholebody sizes and training budgets of the demo
 DEMO_SIZES = {
     "default": dict(data=dict(num_subjects=100, num_train_subjects=100, num_val_subjects=60,
@@ -390,6 +392,20 @@ def _face_rank(test) -> "tuple":
     return rank, mated
 
 
+def demo_erc(res: dict, fmr: float = 1e-3) -> dict:
+    """{quality name: ErcResult} of the test split's face scores: the QE's output against
+    the face model's own quality (``quality/face_weights``), fixed-threshold definition
+    (:mod:`qme_ext.metrics.erc`; probe quality = pair quality)."""
+    from ..metrics.erc import erc
+    test = res["data"]["test"]
+    S = test.score_mats["face"]
+    out = {"QE": erc(S, test.q_pids, test.g_pids, res["quality_test"], fmr=fmr)}
+    if "face_weights" in test.quality:
+        out["face quality"] = erc(S, test.q_pids, test.g_pids, test.quality["face_weights"],
+                                  fmr=fmr)
+    return out
+
+
 def _demo_plots(out: str, res: dict) -> list:
     from .. import plots
     if not plots.available():
@@ -419,6 +435,11 @@ def _demo_plots(out: str, res: dict) -> list:
     fig.tight_layout()
     plots.save_figure(fig, os.path.join(out, "quality_vs_face_rank.png"))
     written.append("quality_vs_face_rank.png")
+    if res.get("erc"):
+        plots.plot_erc({n: (r.rejected, r.fnmr) for n, r in res["erc"].items()},
+                       os.path.join(out, "erc.png"),
+                       title="ERC of the face scores, FNMR at FMR 0.1% (fixed threshold)")
+        written.append("erc.png")
     return written
 
 
@@ -435,6 +456,14 @@ def run_demo(args) -> int:
           f"{res['data']['test'].unique_g_pids.size} gallery subjects); values in %, "
           f"overall = Rank-1 + mAP + TAR@1%FAR - FNIR@1%FPIR")
     print(demo_table(res["rows"], res["overall"]))
+    res["erc"] = demo_erc(res)
+    shown = (0.0, 0.1, 0.2, 0.3)
+    print("ERC of the face scores (FNMR % at FMR 0.1%, threshold fixed before rejection), "
+          "rejecting the lowest-quality " + "/".join(f"{r:.0%}" for r in shown) + " of probes' "
+          "genuine pairs:")
+    for name, r in res["erc"].items():
+        cells = [f"{100 * r.fnmr[list(r.rejected).index(x)]:.2f}" for x in shown]
+        print(f"  {name:<13} " + "  ".join(cells) + f"   (area to 95%: {r.auc:.4f})")
 
     payload = {"regime": args.regime, "seed": args.seed, "quick": bool(args.quick),
                "config": res["config"], "timings_s": res["timings"],
@@ -443,7 +472,8 @@ def run_demo(args) -> int:
                "training": {r: {"best_step": m.best_step, "best_val_overall": m.best_overall,
                                 "history": m.history, "safety_net": m.safety_net}
                             for r, m in res["models"].items()},
-               "qe_history": getattr(res["qe"], "history", None)}
+               "qe_history": getattr(res["qe"], "history", None),
+               "erc": {n: r.as_dict() for n, r in res["erc"].items()}}
     path = os.path.join(args.out, "results.json")
     from ..io import write_atomic
     write_atomic(path, json.dumps(payload, indent=2, default=lambda o: float(o) if isinstance(

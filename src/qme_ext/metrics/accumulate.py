@@ -232,7 +232,7 @@ class Plan:
 class Partials:
     """Reduced states, identical in every process, ready for the finishing code."""
 
-    rank: Optional[tuple] = None  # (first_pos, ap, num_good), each (n_modes, P)
+    rank: Optional[tuple] = None  # (first_pos, ap, num_good, last_pos), each (n_modes, P)
     impostors: Optional[ImpostorKeys] = None
     num_genuine: int = 0
     openset: Optional[tuple] = None  # (max_other (NS, P), num_ge (NS, P), gen (P,), gcol (P,))
@@ -242,7 +242,7 @@ class Partials:
 # ranking
 # ---------------------------------------------------------------------------
 class _RankRows:
-    """Per-probe first hit, AP and #good from ``rank_counts``; concatenated."""
+    """Per-probe first hit, AP, #good and last hit from ``rank_counts``; concatenated."""
 
     def __init__(self, ids: Ids, modes):
         self.ids, self.modes, self.parts = ids, list(modes), []
@@ -257,7 +257,7 @@ class _RankRows:
 
     def reduce(self, red: Reducer, source: BlockSource) -> tuple:
         return tuple(red.cat(np.concatenate([p[k] for p in self.parts], axis=1))
-                     for k in range(3))
+                     for k in range(4))
 
 
 class _RankColumns:
@@ -308,13 +308,14 @@ class _RankColumns:
 
 def _per_probe_from_ranks(probe: np.ndarray, flags: np.ndarray, total: np.ndarray, P: int,
                           M: int) -> tuple:
-    """(first_pos, ap, num_good), each (M, P), as ``rank_counts`` returns them, from every
+    """(first_pos, ap, num_good, last_pos), each (M, P), as ``rank_counts`` returns them, from every
     candidate in rank order within its probe: ``probe`` (nnz,) sorted, ``flags`` (nnz,),
     ``total`` (nnz,) entries of the whole row ranked before each good candidate."""
     seg_start = np.searchsorted(probe, np.arange(P))
     fp = np.full((M, P), -1, dtype=np.int64)
     ap = np.zeros((M, P), dtype=np.float64)
     ng = np.zeros((M, P), dtype=np.int64)
+    lp = np.full((M, P), -1, dtype=np.int64)
     for m in range(M):
         good = (flags >> np.uint8(2 * m)) & np.uint8(1)
         junk = ((flags >> np.uint8(2 * m + 1)) & np.uint8(1)).astype(np.int64)
@@ -327,10 +328,12 @@ def _per_probe_from_ranks(probe: np.ndarray, flags: np.ndarray, total: np.ndarra
         ng[m] = np.bincount(gp, minlength=P)
         first = i_m == 1
         fp[m, gp[first]] = pos[first]
+        last = i_m == ng[m, gp]
+        lp[m, gp[last]] = pos[last]
         ap[m] = _segment_sequential_sum(i_m / (pos + 1.0), gp, P)
         has = ng[m] > 0
         ap[m, has] /= ng[m, has]
-    return fp, ap, ng
+    return fp, ap, ng, lp
 
 
 def _rows(t: Optional[torch.Tensor], rows: slice):

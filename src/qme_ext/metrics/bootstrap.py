@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ..ops import keys as _keys
+from .minp import inp_of
 from .order_stats import ImpostorKeys, select_desc
 
 UNITS = ("subject", "probe")
@@ -231,17 +232,22 @@ def _bucket_window(Wu: np.ndarray, units: np.ndarray, edges: np.ndarray, j: np.n
 # ranking
 # ---------------------------------------------------------------------------
 def rank_replicates(W: Weights, first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarray,
-                    ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """((len(ranks), n_boot) Rank-k rates, (n_boot,) mAP) of one protocol."""
+                    ranks: Sequence[int], inp: Optional[np.ndarray] = None):
+    """((len(ranks), n_boot) Rank-k rates, (n_boot,) mAP) of one protocol, and (n_boot,)
+    mINP as a third element when the per-probe ``inp`` (P,) is given (0 where skipped)."""
     valid = (num_good > 0).astype(np.float64)
     n_valid = W.unit_totals(valid)
     with np.errstate(invalid="ignore", divide="ignore"):
         hits = np.stack([W.unit_totals(valid * (first_pos < k)) for k in ranks]) / n_valid
         mAP = W.weighted_sums(np.where(num_good > 0, ap, 0.0)) / n_valid
+        mINP = None if inp is None else W.weighted_sums(np.where(num_good > 0, inp, 0.0)) / n_valid
     bad = n_valid == 0
     hits[:, bad] = np.nan
     mAP[bad] = np.nan
-    return hits, mAP
+    if mINP is None:
+        return hits, mAP
+    mINP[bad] = np.nan
+    return hits, mAP, mINP
 
 
 # ---------------------------------------------------------------------------
@@ -533,12 +539,14 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
         W = Weights.of(boot, red.cat(q_local))
         n_gen_probe = red.cat(n_gen_probe)
     reps: dict = {}
-    fp, ap, ng = parts.rank
+    fp, ap, ng, lp = parts.rank
     for m, name in enumerate(("GR", "SC", "CC")):
-        hits, mAP = rank_replicates(W, fp[m], ap[m], ng[m], (1, 5, 10, 20))
+        hits, mAP, mINP = rank_replicates(W, fp[m], ap[m], ng[m], (1, 5, 10, 20),
+                                          inp_of(lp[m], ng[m]))
         for i, k in enumerate((1, 5, 10, 20)):
             reps[f"{name}_top{k}"] = hits[i]
         reps[f"{name}_mAP"] = mAP
+        reps[f"{name}_mINP"] = mINP
     tars, thr = tar_replicates(W, source, ids, parts.impostors, n_gen_probe, far_list,
                                num_cols, red, row_offset, gen_units)
     fnir, tpir, othr = openset_replicates(W, parts.openset, setup.enrolled, far_list, 1)
@@ -567,13 +575,15 @@ def _pairs(boot: Bootstrap, reps: np.ndarray) -> np.ndarray:
 
 
 def rank_intervals(res, counts: tuple, q_pids: np.ndarray, max_rank: int, boot: Bootstrap):
-    """Set ``cmc_ci`` (max_rank, 2) and ``mAP_ci`` (lo, hi) on RankResult `res`."""
+    """Set ``cmc_ci`` (max_rank, 2), ``mAP_ci`` and ``mINP_ci`` (lo, hi) on RankResult `res`."""
     W = Weights.of(boot, q_pids)
-    fp, ap, ng = (c[0] for c in counts)
-    hits, mAP = rank_replicates(W, fp, ap, ng, range(1, max_rank + 1))
+    fp, ap, ng, lp = (c[0] for c in counts)
+    hits, mAP, mINP = rank_replicates(W, fp, ap, ng, range(1, max_rank + 1), inp_of(lp, ng))
     res.cmc_ci, res.mAP_ci = _pairs(boot, hits), tuple(_pairs(boot, mAP).tolist())
-    res.replicates = {"cmc": hits, "mAP": mAP}
+    res.mINP_ci = tuple(_pairs(boot, mINP).tolist())
+    res.replicates = {"cmc": hits, "mAP": mAP, "mINP": mINP}
     return res
+
 
 
 def tar_intervals(res, source, ids, imp: ImpostorKeys, far_list, boot: Bootstrap):

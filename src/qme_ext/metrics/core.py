@@ -48,6 +48,7 @@ from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryI
                          OpenSetSetup, Plan, Reducer, TensorSource, accumulate)
 from ..ops.inputs import as_ids, as_probabilities, as_score_matrix, require_finite_score
 from .checks import check_evaluation
+from .minp import inp_of
 from .order_stats import ImpostorKeys, select_desc
 from .nonfinite import warn_nonfinite_matrices
 from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
@@ -85,13 +86,17 @@ class RankResult:
     cmc_ci: Optional[np.ndarray] = None  # (max_rank, 2) bootstrap interval (ci=...)
     mAP_ci: Optional[tuple] = None
     replicates: Optional[dict] = None  # bootstrap replicates (ci=...)
+    mINP: float = 0.0  # mean INP over valid probes (metrics.minp)
+    inp: Optional[np.ndarray] = None  # (P,) per-probe INP, NaN where skipped (per_probe)
+    mINP_ci: Optional[tuple] = None
 
     def __getitem__(self, key):  # dict-style access for convenience
         return getattr(self, key)
 
 
 def _rank_from_counts(first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarray,
-                      max_rank: int, per_probe: bool) -> RankResult:
+                      max_rank: int, per_probe: bool,
+                      last_pos: Optional[np.ndarray] = None) -> RankResult:
     valid = num_good > 0
     n_valid = int(valid.sum())
     n_skip = int(valid.size - n_valid)
@@ -104,6 +109,11 @@ def _rank_from_counts(first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarra
         cmc = np.zeros(max_rank, dtype=np.float64)
         mAP = 0.0
     res = RankResult(cmc, mAP, n_valid, n_skip)
+    if last_pos is not None:
+        inp = inp_of(last_pos, num_good)
+        res.mINP = float(np.sum(inp[valid]) / n_valid) if n_valid else 0.0
+        if per_probe:
+            res.inp = np.where(valid, inp, np.nan)
     if per_probe:
         res.ap = np.where(valid, ap, np.nan)
         res.first_pos = np.where(valid, first_pos, -1)
@@ -138,9 +148,10 @@ def _check_max_rank(max_rank) -> int:
 
 
 def _rank_results(counts: tuple, max_rank: int, per_probe: bool) -> list[RankResult]:
-    """One RankResult per mode from the per-probe (first_pos, ap, num_good) arrays."""
-    fp, ap, ng = counts
-    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe)
+    """One RankResult per mode from the per-probe (first_pos, ap, num_good, last_pos)
+    arrays, each (n_modes, P)."""
+    fp, ap, ng, lp = counts
+    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe, lp[m])
             for m in range(fp.shape[0])]
 
 
@@ -154,8 +165,10 @@ def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes
     mode: "general" (good = same pid, other camera; junk = same pid, same camera),
     "cc" (clothes-changing) or "sc" (same clothes). Without camera ids every
     same-pid entry is good and nothing is junk. Probes with no good entry are
-    skipped and counted in ``num_skipped``. ``ci=0.95`` also sets ``cmc_ci`` and
-    ``mAP_ci``: bootstrap percentile intervals (see :func:`evaluate`).
+    skipped and counted in ``num_skipped``. ``mINP`` is the mean inverse negative
+    penalty of fast-reid (per valid probe ``n_good / (p_n + 1)``, ``p_n`` the 0-based
+    position after junk removal of the last good entry). ``ci=0.95`` also sets ``cmc_ci``,
+    ``mAP_ci`` and ``mINP_ci``: bootstrap percentile intervals (see :func:`evaluate`).
     """
     max_rank = _check_max_rank(max_rank)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
@@ -506,6 +519,26 @@ class EerResult(tuple):
         return self
 
 
+def midpoint_candidates(values: np.ndarray, n_gen: np.ndarray, n_imp: np.ndarray) -> tuple:
+    """bob.measure's candidate thresholds of distinct scores ``values`` (T,) descending
+    with counts ``n_gen``, ``n_imp`` (T,): (thresholds (T+1,), #{impostor >= t} (T+1,),
+    #{genuine < t} (T+1,)), ascending."""
+    asc = values[::-1]
+    N_gen = int(n_gen.sum())
+    # candidates in ascending order: just below the minimum, midpoints (or the upper value
+    # where the midpoint is not strictly between, e.g. next to an infinity), just above
+    # the maximum; each carries #{impostor >= t} and #{genuine < t}
+    lo, hi = asc[:-1], asc[1:]
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = lo + (hi - lo) / 2.0
+    mid = np.where(np.isfinite(mid) & (lo < mid) & (mid <= hi), mid, hi)
+    cand_t = np.concatenate([[np.nextafter(asc[0], -np.inf)], mid,
+                             [np.nextafter(asc[-1], np.inf)]])
+    cand_imp = np.concatenate([np.cumsum(n_imp)[::-1], [0]])
+    cand_gen = np.concatenate([[0], N_gen - np.cumsum(n_gen)[::-1][1:], [N_gen]])
+    return cand_t, cand_imp, cand_gen
+
+
 def eer(scores, q_pids, g_pids, device=None, ci: Optional[float] = None, n_boot: int = 1000,
         boot_seed: int = 0, boot_unit: str = "subject") -> tuple[float, float]:
     """Equal error rate, bob.measure style: among midpoint thresholds, the one with
@@ -519,19 +552,8 @@ def eer(scores, q_pids, g_pids, device=None, ci: Optional[float] = None, n_boot:
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     pk = _pair_keys(scores, q_pids, g_pids, device)
     values, n_gen, n_imp = _counts_of_keys(pk)
-    asc = values[::-1]
     N_gen, N_imp = int(n_gen.sum()), int(n_imp.sum())
-    # candidates in ascending order: just below the minimum, midpoints (or the upper value
-    # where the midpoint is not strictly between, e.g. next to an infinity), just above
-    # the maximum; each carries #{impostor >= t} and #{genuine < t}
-    lo, hi = asc[:-1], asc[1:]
-    with np.errstate(over="ignore", invalid="ignore"):
-        mid = lo + (hi - lo) / 2.0
-    mid = np.where(np.isfinite(mid) & (lo < mid) & (mid <= hi), mid, hi)
-    cand_t = np.concatenate([[np.nextafter(asc[0], -np.inf)], mid,
-                             [np.nextafter(asc[-1], np.inf)]])
-    cand_imp = np.concatenate([np.cumsum(n_imp)[::-1], [0]])
-    cand_gen = np.concatenate([[0], N_gen - np.cumsum(n_gen)[::-1][1:], [N_gen]])
+    cand_t, cand_imp, cand_gen = midpoint_candidates(values, n_gen, n_imp)
     far, frr = cand_imp / N_imp, cand_gen / N_gen
     # |FAR - FRR| compared exactly (integers) among the near-minimal candidates, so that
     # float rounding never decides a tie: ties go to the lowest threshold
@@ -659,7 +681,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
              boot_unit: str = "subject", larger_is_better: bool = True) -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
-    One ranking pass gives GR/SC/CC Rank-1/5/10/20 and mAP, the radix select gives
+    One ranking pass gives GR/SC/CC Rank-1/5/10/20, mAP and mINP, the radix select gives
     TAR@{0.01,0.1,1}%FAR and thresholds, one open-set pass gives FNIR/TPIR@FPIR
     over 10 enrolment splits (mean, ``_std`` with ddof 1) and the thresholds.
 
@@ -729,6 +751,7 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
         for k in (1, 5, 10, 20):
             out[f"{name}_top{k}"] = float(res.cmc[k - 1])
         out[f"{name}_mAP"] = res.mAP
+        out[f"{name}_mINP"] = res.mINP
     tr = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, "qme")
     for f, t in zip(far_list, tr.tar):
         out[_pct_key("TAR", f, "FAR")] = float(t)

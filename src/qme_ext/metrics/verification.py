@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ..ops.inputs import as_probabilities, check_target_device
+from . import calibration as _cal
 from .nonfinite import (NonFiniteScoreWarning, count_nonfinite, describe_nonfinite,
                         require_finite_counts, warn_nonfinite)
 
@@ -86,6 +87,13 @@ class VerificationResult:
     far_convention: str = "qme"
     roc: tuple = ()  # (fmr (T,), tar (T,), thresholds (T,)) at every distinct score
     det: tuple = ()  # (fmr (T,), fnmr (T,))
+    # calibration and detection cost (metrics.calibration; Cllr reads scores as ln LLRs)
+    cllr: float = float("nan")  # bits
+    min_cllr: float = float("nan")  # bits, after PAV recalibration
+    min_dcf: float = float("nan")  # normalised by min(c_miss p_target, c_fa (1 - p_target))
+    min_dcf_threshold: float = float("nan")
+    act_dcf: float = float("nan")  # at the Bayes threshold of LLR scores
+    dcf_costs: tuple = (0.01, 1.0, 1.0)  # (p_target, c_miss, c_fa)
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -106,6 +114,8 @@ class VerificationResult:
         out.update(ZeroFMR=self.zero_fmr, ZeroFNMR=self.zero_fnmr, AUC=self.auc,
                    d_prime=self.d_prime, num_genuine=float(self.num_genuine),
                    num_impostor=float(self.num_impostor))
+        out.update(Cllr=self.cllr, minCllr=self.min_cllr, minDCF=self.min_dcf,
+                   minDCF_threshold=self.min_dcf_threshold, actDCF=self.act_dcf)
         return out
 
 
@@ -205,7 +215,8 @@ def _sklearn_eer(fpr, fnr, thresholds) -> tuple:
 def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
                  fnmrs: Sequence[float] = DEFAULT_FNMRS, convention: str = "bob", *,
                  far_convention: str = "qme", device=None,
-                 warn: bool = True, larger_is_better: bool = True) -> VerificationResult:
+                 warn: bool = True, p_target: float = 0.01, c_miss: float = 1.0,
+                 c_fa: float = 1.0, larger_is_better: bool = True) -> VerificationResult:
     """Verification metrics of genuine and impostor score vectors (higher = more alike).
 
     ``verification(genuine, impostor)`` takes two vectors; ``verification(scores, labels)``
@@ -219,9 +230,13 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     :func:`qme_ext.metrics.tar_at_far`. ``warn``: a :class:`NonFiniteScoreWarning` when
     scores hold NaN/inf (the counts are in ``num_nonfinite`` either way).
     ``larger_is_better=False``: the scores are distances (lower = more alike); every rate
-    is that of their negation and every threshold (EERs, FNMR@FMR, FMR@FNMR, the ROC's
-    third array) is in distance units, accepting ``d <= t``
-    (:mod:`qme_ext.metrics.orientation`).
+    is that of their negation and every threshold (EERs, FNMR@FMR, FMR@FNMR, minDCF, the
+    ROC's third array) is in distance units, accepting ``d <= t``
+    (:mod:`qme_ext.metrics.orientation`); ``cllr``/``act_dcf`` then read the negated
+    distances as LLRs.
+    ``p_target``, ``c_miss``, ``c_fa``: the detection cost parameters of ``min_dcf`` and
+    ``act_dcf``; ``cllr``, ``min_cllr``: :mod:`qme_ext.metrics.calibration` (``cllr``
+    reads the scores as natural-log likelihood ratios).
     """
     from .orientation import check_larger_is_better
     if not check_larger_is_better(larger_is_better):
@@ -230,9 +245,11 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
         is_labels = isinstance(impostor, torch.Tensor) and impostor.dtype == torch.bool or \
             isinstance(impostor, np.ndarray) and impostor.dtype == np.bool_
         res = verification(neg(genuine), impostor if is_labels else neg(impostor), fars, fnmrs,
-                           convention, far_convention=far_convention, device=device, warn=warn)
+                           convention, far_convention=far_convention, device=device, warn=warn,
+                           p_target=p_target, c_miss=c_miss, c_fa=c_fa)
         return _negate_thresholds(res)
     from .core import _distinct_counts, _largest_k_at_most, eer, tar_at_far
+    _cal.check_costs(p_target, c_miss, c_fa)
     if convention not in EER_CONVENTIONS:
         raise ValueError(f"convention: expected one of {list(EER_CONVENTIONS)}, got "
                          f"{convention!r}")
@@ -278,6 +295,13 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
         vi = float((n_imp * (values - mi) ** 2).sum() / N_imp)
         d_prime = abs(mg - mi) / np.sqrt(0.5 * (vg + vi)) if vg + vi > 0 else float("inf")
     e, t = eers[convention]
+    costs = (p_target, c_miss, c_fa)
+    min_dcf, min_dcf_thr = _cal.min_dcf_of_counts(values, n_gen, n_imp, *costs)
+    cal = dict(cllr=_cal.cllr_of_counts(values, n_gen, n_imp),
+               min_cllr=_cal.min_cllr_of_counts(values, n_gen, n_imp), min_dcf=min_dcf,
+               min_dcf_threshold=min_dcf_thr,
+               act_dcf=_cal.act_dcf_of_counts(values, n_gen, n_imp, *costs),
+               dcf_costs=tuple(float(c) for c in costs))
     return VerificationResult(
         eer=e, eer_threshold=t, convention=convention, eers=eers, fmrs=tr.fars,
         fnmr_at_fmr=1.0 - tr.tar, fmr_threshold=tr.threshold, achieved_fmr=tr.achieved_far,
@@ -285,7 +309,7 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
         fnmr_threshold=np.asarray(fnmr_thr), zero_fmr=float(zero_fmr), zero_fnmr=zero_fnmr,
         auc=auc, d_prime=float(d_prime), num_genuine=N_gen, num_impostor=N_imp,
         num_nonfinite=nonfinite, far_convention=far_convention, roc=(fmr, tar, values),
-        det=(fmr, 1.0 - tar))
+        det=(fmr, 1.0 - tar), **cal)
 
 
 def _negate_thresholds(res: VerificationResult) -> VerificationResult:
@@ -293,5 +317,6 @@ def _negate_thresholds(res: VerificationResult) -> VerificationResult:
     res.eer_threshold = -res.eer_threshold
     res.eers = {k: (e, -t) for k, (e, t) in res.eers.items()}
     res.fmr_threshold, res.fnmr_threshold = -res.fmr_threshold, -res.fnmr_threshold
+    res.min_dcf_threshold = -res.min_dcf_threshold
     res.roc = (res.roc[0], res.roc[1], -res.roc[2])
     return res

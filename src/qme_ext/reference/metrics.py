@@ -196,7 +196,9 @@ def rank_metrics_ref(
       ``mAP``: float, mean AP over valid probes (0.0 if none);
       ``num_valid``, ``num_skipped``: int probe counts (skipped = no good entry);
       ``ap``: float64 ``(P,)``, NaN for skipped probes;
-      ``first_pos``: int64 ``(P,)``, 0-based ``p_1``, -1 for skipped probes.
+      ``first_pos``: int64 ``(P,)``, 0-based ``p_1``, -1 for skipped probes;
+      ``inp``: float64 ``(P,)``, ``n / (p_n + 1)`` (fast-reid's INP), NaN for skipped probes;
+      ``mINP``: float, mean INP over valid probes (0.0 if none).
     """
     if mode not in ("general", "cc", "sc"):
         raise ValueError(f"mode must be 'general', 'cc' or 'sc', got {mode!r}")
@@ -224,6 +226,7 @@ def rank_metrics_ref(
 
     ap = np.full(P, np.nan, dtype=np.float64)
     first_pos = np.full(P, -1, dtype=np.int64)
+    inp = np.full(P, np.nan, dtype=np.float64)
     for i in range(P):
         good, junk = _good_junk_masks(
             i, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode
@@ -233,6 +236,7 @@ def rank_metrics_ref(
         pos = good_positions(S[i], good, junk)
         ap[i] = average_precision(pos)
         first_pos[i] = pos[0]
+        inp[i] = len(pos) / (pos[-1] + 1.0)
 
     valid = first_pos >= 0
     num_valid = int(valid.sum())
@@ -241,11 +245,14 @@ def rank_metrics_ref(
         for k in range(1, max_rank + 1):
             cmc[k - 1] = np.sum(first_pos[valid] < k) / num_valid
         mAP = float(np.sum(ap[valid]) / num_valid)
+        mINP = float(np.sum(inp[valid]) / num_valid)
     else:
-        mAP = 0.0
+        mAP = mINP = 0.0
     return {
         "cmc": cmc,
         "mAP": mAP,
+        "mINP": mINP,
+        "inp": inp,
         "num_valid": num_valid,
         "num_skipped": int(P - num_valid),
         "ap": ap,
@@ -578,6 +585,7 @@ def evaluate_ref(
         for k in (1, 5, 10, 20):
             out[f"{prefix}_top{k}"] = float(r["cmc"][k - 1])
         out[f"{prefix}_mAP"] = float(r["mAP"])
+        out[f"{prefix}_mINP"] = float(r["mINP"])
 
     v = tar_at_far_ref(score_mat, q_pids, g_pids, DEFAULT_FARS, convention="qme")
     for j, far in enumerate(DEFAULT_FARS):
