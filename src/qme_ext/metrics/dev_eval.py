@@ -35,7 +35,7 @@ __all__ = ["dev_eval", "epc", "DevEvalResult", "OperatingPoint", "rates_at"]
 
 def _counts(genuine, impostor, name: str):
     """(values desc (T,), n_gen (T,), n_imp (T,)) of one set's score vectors."""
-    S, labels = _one_row(genuine, impostor, None)
+    S, labels = _one_row(genuine, impostor, None, sniff_labels=False)
     if not bool(labels.any()) or bool(labels.all()):
         raise ValueError(f"{name}: need at least one genuine and one impostor score")
     one = torch.ones(1, dtype=torch.int64, device=S.device)

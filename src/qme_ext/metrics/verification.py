@@ -163,12 +163,14 @@ def _as_labels(first: torch.Tensor, second: torch.Tensor) -> Optional[torch.Tens
     return second.to(first.device, torch.int64)
 
 
-def _one_row(genuine, impostor, device) -> tuple:
-    """((1, N) score tensor, (N,) int64 labels 1 = genuine) of either calling form."""
+def _one_row(genuine, impostor, device, sniff_labels: bool = True) -> tuple:
+    """((1, N) score tensor, (N,) int64 labels 1 = genuine) of either calling form;
+    ``sniff_labels=False``: ``impostor`` is always a score vector (internal callers that
+    hold both vectors, where a 0/1 impostor vector as long as the genuine one is scores)."""
     device = check_target_device(device)
     first = _vector(genuine, "genuine")
     second = _vector(impostor, "impostor")
-    labels = _as_labels(first, second)
+    labels = _as_labels(first, second) if sniff_labels else None
     if labels is not None:
         scores = first
     else:
