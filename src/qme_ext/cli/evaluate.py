@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Optional
 
+from . import ranked_lists
 from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
                      progress)
 
@@ -68,6 +69,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "comparison of rows A and B (A - B, same replicate weights): difference, "
                    "interval and p-value per metric; repeatable; implies --ci 0.95")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ranked_lists.add_arguments(p)
 
 
 def _boot_options(args) -> dict:
@@ -237,6 +239,8 @@ def _write_plots(args, rows, scores, boot) -> None:
 def run_evaluate(args) -> int:
     items = _fusion_items(args.fusion)
     if args.max_memory is not None:
+        if args.ranked_lists is not None:
+            raise UserError("--ranked-lists needs the whole matrix: not with --max-memory")
         _print_results(args, *_streaming_results(args, items))
         return 0
     scores, calibration = _load_inputs(args, items)
@@ -249,6 +253,7 @@ def run_evaluate(args) -> int:
                         f"{calibration.num_gallery} gallery")
     from ..metrics.core import evaluate
     from ..metrics.nonfinite import NonFiniteScoreWarning
+    ranked_lists.check(args, list(scores.models) + items, scores)
     rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
@@ -264,6 +269,7 @@ def run_evaluate(args) -> int:
     _print_results(args, results, pairs)
     if args.plots:
         _write_plots(args, rows, scores, boot)
+    ranked_lists.write(args, rows, scores)
     return 0
 
 
