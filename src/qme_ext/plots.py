@@ -257,18 +257,17 @@ def ranked_lists(scores, q_pids, g_pids, q_camids=None, g_camids=None, n: int = 
     entries).
     """
     from .metrics.core import rank_metrics
+    from .ops.inputs import as_count
     from .top_k import topk
     if by not in RANKED_BY:
         raise ValueError(f"by: expected one of {RANKED_BY}, got {by!r}")
-    for name, v in (("n", n), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    n, k = as_count(n, "n"), as_count(k, "k")
     if hasattr(scores, "detach"):
         scores = scores.detach().cpu().numpy()
     scores = np.asarray(scores)
     res = rank_metrics(scores, q_pids, g_pids, q_camids, g_camids, max_rank=1, per_probe=True)
     qp, gp = np.asarray(q_pids).astype(np.int64), np.asarray(g_pids).astype(np.int64)
-    chosen = _select_probes(res.ap, res.first_pos, int(n), by)
+    chosen = _select_probes(res.ap, res.first_pos, n, by)
     if not chosen:
         raise ValueError("ranked_lists: no probe has a genuine gallery entry")
     rows = np.array([p for _, p in chosen])
@@ -276,7 +275,7 @@ def ranked_lists(scores, q_pids, g_pids, q_camids=None, g_camids=None, n: int = 
     junk = same & ((np.asarray(q_camids)[rows, None] == np.asarray(g_camids)[None, :])
                    if q_camids is not None else False)
     G = scores.shape[1]
-    kk = min(G, int(k) + int(junk.sum(axis=1).max()))
+    kk = min(G, k + int(junk.sum(axis=1).max()))
     _, idx = topk(np.ascontiguousarray(scores[rows]), kk)
     out, counts = [], {}
     for r, (group, p) in enumerate(chosen):
@@ -289,7 +288,7 @@ def ranked_lists(scores, q_pids, g_pids, q_camids=None, g_camids=None, n: int = 
     if csv_path is not None:
         _write_ranked_csv(csv_path, out)
     if png_path is not None:
-        _plot_ranked(png_path, out, int(k), probe_images, gallery_images, title)
+        _plot_ranked(png_path, out, k, probe_images, gallery_images, title)
     return out
 
 

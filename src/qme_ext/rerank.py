@@ -29,24 +29,16 @@ order of a few float64 sums differs.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
-from .ops.inputs import as_score_matrix
+from .ops.inputs import as_count, as_score_matrix
 from .ops.rerank import rerank_jaccard
 from .top_k import topk
 
 __all__ = ["k_reciprocal", "average_query_expansion"]
 
 _BLOCK_ELEMENTS = 1 << 23  # float64 elements of one transient block of distance rows
-
-
-def _positive_int(x, name: str) -> int:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral) or int(x) < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {x!r}")
-    return int(x)
 
 
 def _matrix(x, name: str, shape: tuple, device) -> torch.Tensor:
@@ -227,8 +219,8 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
     qq = _matrix(probe_scores, "probe_scores", (P, P), dev)
     gg = _matrix(gallery_scores, "gallery_scores", (G, G), dev)
     N = P + G
-    k1 = _positive_int(k1, "k1")
-    k2 = _positive_int(k2, "k2")
+    k1 = as_count(k1, "k1")
+    k2 = as_count(k2, "k2")
     if k1 >= N:
         raise ValueError(f"k1: expected k1 < P + G = {N}, got {k1}")
     if k2 > k1 + 1:
@@ -297,7 +289,7 @@ def average_query_expansion(scores, gallery_scores, k: int = 10, alpha: float = 
     P, G = qg0.shape
     qg = _matrix(scores, "scores", (P, G), qg0.device)
     gg = _matrix(gallery_scores, "gallery_scores", (G, G), qg0.device)
-    k = _positive_int(k, "k")
+    k = as_count(k, "k")
     alpha = float(alpha)
     if not alpha >= 0.0:
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")

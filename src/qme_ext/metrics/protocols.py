@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from ..ops.inputs import as_ids, as_score_matrix
+from ..ops.inputs import as_count, as_ids, as_score_matrix
 from ..ops.keys import keys64
 from .core import RankResult, _check_max_rank, rank_metrics
 
@@ -131,9 +131,7 @@ def single_gallery_shot(scores, q_pids, g_pids, q_camids=None, g_camids=None,
     open-reid and deep-person-reid. Memory: a few (block_rows, G) arrays.
     """
     max_rank = _check_max_rank(max_rank)
-    for name, v in (("repeats", repeats), ("block_rows", block_rows)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    repeats, block_rows = as_count(repeats, "repeats"), as_count(block_rows, "block_rows")
     S = as_score_matrix(scores, "scores")
     P, G = S.shape
     if (q_camids is None) != (g_camids is None):
