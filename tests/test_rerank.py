@@ -153,3 +153,12 @@ def test_inputs_not_modified():
     rerank.average_query_expansion(qg, gg, k=3)
     for a, b in zip((qg, qq, gg), copies):
         assert (a == b).all()
+
+
+def test_rerank_jaccard_op_zero_size():
+    z = torch.zeros(1, dtype=torch.int64)
+    e = torch.zeros(0, dtype=torch.int64)
+    out = rerank_jaccard(z, e, e.double(), torch.zeros(4, dtype=torch.int64), e, e.double(), 5)
+    assert out.shape == (0, 5)
+    out = rerank_jaccard(torch.zeros(3, dtype=torch.int64), e, e.double(), z, e, e.double(), 0)
+    assert out.shape == (2, 0)

@@ -42,20 +42,24 @@ _BLOCK_ELEMENTS = 1 << 23  # float64 elements of one transient block of distance
 
 
 def _matrix(x, name: str, shape: tuple, device) -> torch.Tensor:
-    t = as_score_matrix(x, name)
+    """The input as a tensor in its own dtype (blocks are widened to float64 when read,
+    so a (G, G) float32 input is never copied whole)."""
+    t = as_score_matrix(x, name).detach()
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
     if device is not None and t.device != device:
         raise ValueError(f"{name}: must be on the device of scores ({device}), got {t.device}")
-    t = t.detach().to(torch.float64)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: re-ranking needs finite scores (NaN or inf found)")
+    step = max(1, _BLOCK_ELEMENTS // max(1, shape[1]))
+    for a in range(0, shape[0], step):
+        if not bool(torch.isfinite(t[a:a + step]).all()):
+            raise ValueError(f"{name}: re-ranking needs finite scores (NaN or inf found)")
     return t
 
 
 def _squared_distance(s: torch.Tensor) -> torch.Tensor:
-    # (..) cosine similarities -> squared Euclidean distances of unit vectors
-    return (2.0 - 2.0 * s).clamp_min(0.0)
+    # (..) cosine similarities, any float dtype -> float64 squared Euclidean distances of
+    # unit vectors (widening is exact, so the result is that of the float64 inputs)
+    return (2.0 - 2.0 * s.to(torch.float64)).clamp_min(0.0)
 
 
 class _Distances:
@@ -254,10 +258,13 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
     pend = int(offsets[P])
     temp_min = rerank_jaccard(offsets[:P + 1].contiguous(), cols[:pend], vals[:pend],
                               inv_offsets, inv_rows, inv_vals, G)
-    jaccard = 1.0 - temp_min / (2.0 - temp_min)
-    original = _squared_distance(qg) / dist.colmax[:P, None]
-    final = jaccard * (1.0 - lam) + original * lam
-    out = -final
+    # final = (1 - lam) * (1 - t / (2 - t)) + lam * original, in place: the (P, G) buffers
+    # are the only ones of output size
+    out = torch.sub(2.0, temp_min)
+    torch.div(temp_min, out, out=out)
+    out.neg_().add_(1.0).mul_(1.0 - lam)
+    original = _squared_distance(qg).div_(dist.colmax[:P, None]).mul_(lam)
+    out.add_(original).neg_()
     return out.cpu().numpy() if is_numpy else out
 
 
@@ -294,11 +301,12 @@ def average_query_expansion(scores, gallery_scores, k: int = 10, alpha: float = 
     if not alpha >= 0.0:
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
     vals, idx = topk(qg, k)
-    w = vals.clamp_min(0.0) ** alpha  # (P, k); 0 ** 0 = 1
-    out = torch.empty_like(qg)
+    w = vals.to(torch.float64).clamp_min(0.0) ** alpha  # (P, k); 0 ** 0 = 1
+    out = torch.empty(qg.shape, dtype=torch.float64, device=qg.device)
     block = max(1, _BLOCK_ELEMENTS // (k * G))
     for a in range(0, P, block):
         b = min(P, a + block)
-        neighbours = (w[a:b, :, None] * gg[idx[a:b]]).sum(dim=1)
-        out[a:b] = (qg[a:b] + neighbours) / (1.0 + w[a:b].sum(dim=1, keepdim=True))
+        neighbours = (w[a:b, :, None] * gg[idx[a:b]].to(torch.float64)).sum(dim=1)
+        out[a:b] = ((qg[a:b].to(torch.float64) + neighbours)
+                    / (1.0 + w[a:b].sum(dim=1, keepdim=True)))
     return out.cpu().numpy() if is_numpy else out
