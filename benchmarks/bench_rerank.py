@@ -88,8 +88,10 @@ def child(method: str, P: int, G: int, k1: int, k2: int, device: str) -> dict:
     return res
 
 
-def run_child(method, P, G, k1, k2, device, out_path=None) -> dict:
+def run_child(method, P, G, k1, k2, device, out_path=None, threads=None) -> dict:
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["QME_NUM_THREADS"] = str(threads)
     if out_path:
         env["QME_BENCH_OUT"] = out_path
     r = subprocess.run([sys.executable, __file__, "--child", method, "--sizes", f"{P}x{G}",
@@ -107,7 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("--k1", type=int, default=20)
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dense-max-gib", type=float, default=4.0)
+    ap.add_argument("--dense-max-gib", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of both children (on a "
+                    "shared, loaded machine 1 avoids thread oversubscription)")
     ap.add_argument("--json", help="write the rows as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for P, G in cells:
             sp = os.path.join(tmp, "sparse.npy")
-            r = run_child("sparse", P, G, a.k1, a.k2, a.device, sp)
+            r = run_child("sparse", P, G, a.k1, a.k2, a.device, sp, a.threads)
             rows.append(r)
             print(f"{P:>6} {G:>6} {'sparse':>7} {r['seconds']:>9.3f} {r['peak_mib']:>9.1f}"
                   + (f"  (cuda peak {r['cuda_peak_mib']:.1f} MiB)" if "cuda_peak_mib" in r else ""))
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
                 print(f"{P:>6} {G:>6} {'dense':>7}   skipped (> {a.dense_max_gib} GiB)")
                 continue
             dp = os.path.join(tmp, "dense.npy")
-            r = run_child("dense", P, G, a.k1, a.k2, "cpu", dp)
+            r = run_child("dense", P, G, a.k1, a.k2, "cpu", dp, a.threads)
             r["max_abs_diff"] = float(np.abs(np.load(sp) - np.load(dp)).max())
             rows.append(r)
             print(f"{P:>6} {G:>6} {'dense':>7} {r['seconds']:>9.3f} {r['peak_mib']:>9.1f}  "

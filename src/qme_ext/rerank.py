@@ -38,7 +38,7 @@ from .top_k import topk
 
 __all__ = ["k_reciprocal", "average_query_expansion"]
 
-_BLOCK_ELEMENTS = 1 << 23  # float64 elements of one transient block of distance rows
+_BLOCK_ELEMENTS = 1 << 20  # float64 elements of one transient block of distance rows
 
 
 def _matrix(x, name: str, shape: tuple, device) -> torch.Tensor:
@@ -171,9 +171,16 @@ def _query_expand(offsets, cols, vals, neighbours: torch.Tensor, N: int):
     key = owner * (N + 1) + cols[pos]
     order = torch.sort(key, stable=True).indices  # stable: neighbour order kept per key
     key, v = key[order], vals[pos][order]
-    ukey, inverse = torch.unique_consecutive(key, return_inverse=True)
-    summed = torch.zeros(ukey.shape[0], dtype=torch.float64, device=cols.device)
-    summed.index_add_(0, inverse, v)
+    ukey, inverse, runs = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    # each key has at most k2 terms: lay them out as (keys, k2) and add the columns in
+    # neighbour order (deterministic on every device, unlike an atomic index_add_)
+    run_start = torch.zeros_like(runs)
+    run_start[1:] = runs.cumsum(0)[:-1]
+    terms = torch.zeros((ukey.shape[0], k2), dtype=torch.float64, device=cols.device)
+    terms[inverse, torch.arange(total, device=cols.device) - run_start[inverse]] = v
+    summed = terms[:, 0].clone()
+    for j in range(1, k2):
+        summed += terms[:, j]  # + 0.0 where a neighbour lacks the column: exact
     row = ukey // (N + 1)
     new_offsets = torch.zeros(R + 1, dtype=torch.int64, device=cols.device)
     new_offsets[1:] = torch.bincount(row, minlength=R).cumsum(0)

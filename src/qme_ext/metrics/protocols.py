@@ -66,19 +66,26 @@ def multi_query(scores, q_pids, q_camids, q_clothes=None, reduce: str = "max") -
         cols.append(as_ids(q_clothes, "q_clothes", P, cpu).numpy())
     keys, groups = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
     groups = groups.reshape(-1)
-    idx = torch.as_tensor(groups, device=S.device)
-    x = S.detach().to(torch.float64)
-    nan = torch.isnan(x)
-    Q = keys.shape[0]
-    counts = torch.zeros((Q, x.shape[1]), dtype=torch.float64, device=S.device)
-    counts.index_add_(0, idx, (~nan).to(torch.float64))
-    if reduce == "max":
-        pooled = torch.full_like(counts, -torch.inf)
-        pooled.scatter_reduce_(0, idx[:, None].expand_as(x), x.masked_fill(nan, -torch.inf),
-                               "amax")
-    else:
-        pooled = torch.zeros_like(counts)
-        pooled.index_add_(0, idx, x.masked_fill(nan, 0.0))
+    # member j of every pool is added at step j (probe order): a fixed order on every
+    # device, no atomics
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    Q, G = keys.shape[0], S.shape[1]
+    counts = torch.zeros((Q, G), dtype=torch.float64, device=S.device)
+    pooled = torch.full((Q, G), -torch.inf if reduce == "max" else 0.0, dtype=torch.float64,
+                        device=S.device)
+    for j in range(int(sizes.max())):
+        have = np.flatnonzero(sizes > j)
+        rows = S[torch.as_tensor(order[starts[have] + j], device=S.device)].to(torch.float64)
+        nan = torch.isnan(rows)
+        sel = torch.as_tensor(have, device=S.device)
+        counts[sel] += (~nan).to(torch.float64)
+        if reduce == "max":
+            pooled[sel] = torch.maximum(pooled[sel], rows.masked_fill(nan, -torch.inf))
+        else:
+            pooled[sel] += rows.masked_fill(nan, 0.0)
+    if reduce == "mean":
         pooled = pooled / counts.clamp_min(1.0)
     pooled = pooled.masked_fill(counts == 0, torch.nan)
     return MultiQuery(pooled.cpu().numpy() if is_numpy else pooled, keys[:, 0], keys[:, 1],
