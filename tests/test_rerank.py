@@ -3,6 +3,7 @@ qme_ext::rerank_jaccard op against a dense loop."""
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 from qme_ext import rerank
 from qme_ext.ops.rerank import rerank_jaccard
@@ -162,3 +163,27 @@ def test_rerank_jaccard_op_zero_size():
     assert out.shape == (0, 5)
     out = rerank_jaccard(torch.zeros(3, dtype=torch.int64), e, e.double(), z, e, e.double(), 0)
     assert out.shape == (2, 0)
+
+
+@requires_cuda
+def test_cuda_twin_matches_the_cpu():
+    """The kernel twins add in the same order: bitwise equal on the same lists. The whole
+    re-ranking also uses torch's exp and reductions, which may differ in the last bit
+    between devices: equal to 1e-12 there."""
+    qg, qq, gg = embeddings(11, 30, 90, 8)
+    cpu = rerank.k_reciprocal(*(torch.from_numpy(x) for x in (qg, qq, gg)))
+    cuda = rerank.k_reciprocal(*(torch.from_numpy(x).cuda() for x in (qg, qq, gg)))
+    np.testing.assert_allclose(cuda.cpu().numpy(), cpu.numpy(), rtol=0, atol=1e-12)
+    rng = np.random.default_rng(1)
+    P, G = 6, 40
+    N = P + G
+    V = np.where(rng.random((N, N)) < 0.3, rng.random((N, N)), 0.0)
+    rows, cols = np.nonzero(V[:P])
+    po = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=P))])
+    gc, gr = np.nonzero(V[P:].T)
+    io = np.concatenate([[0], np.cumsum(np.bincount(gc, minlength=N))])
+    args = [torch.as_tensor(po), torch.as_tensor(cols), torch.as_tensor(V[:P][rows, cols]),
+            torch.as_tensor(io), torch.as_tensor(gr), torch.as_tensor(V[P:][gr, gc])]
+    on_cpu = rerank_jaccard(*args, G)
+    on_cuda = rerank_jaccard(*(t.cuda() for t in args), G)
+    assert torch.equal(on_cuda.cpu(), on_cpu)
