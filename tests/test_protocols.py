@@ -97,3 +97,27 @@ def test_single_shot_bad_arguments():
         single_gallery_shot(S[:, :2], QP, [1, 2], repeats=0)
     with pytest.raises(ValueError, match="camids"):
         single_gallery_shot(S[:, :2], QP, [1, 2], q_camids=QC)
+
+
+def test_cli_multi_query_and_single_shot(tmp_path, capsys):
+    import json
+
+    from qme_ext.cli import main
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    scores = make_example_scoreset(num_probes=12, num_gallery=18, num_subjects=4, seed=2)
+    save_scores(tmp_path / "ex.h5", scores)
+    out = tmp_path / "m.json"
+    rc = main(["evaluate", str(tmp_path / "ex.h5"), "--quiet", "--multi-query", "mean",
+               "--single-shot", "3", "--seed", "7", "--json", str(out)])
+    assert rc == 0
+    assert "MQ-mean-R1" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    m = scores.models[0]
+    ids = (scores.q_pids, scores.g_pids, scores.q_camids, scores.g_camids)
+    mq = multi_query_metrics(scores.score_mats[m], *ids, reduce="mean")
+    ss = single_gallery_shot(scores.score_mats[m], *ids, repeats=3, seed=7)
+    assert rep[m]["MQ_mAP"] == mq.mAP and rep[m]["MQ_top5"] == mq.cmc[4]
+    assert rep[m]["SGS_top1"] == ss.cmc[0] and rep[m]["SGS_mAP_std"] == ss.mAP_std
+    assert main(["evaluate", str(tmp_path / "ex.h5"), "--quiet", "--single-shot", "0"]) == 2
+    assert "--single-shot" in capsys.readouterr().err

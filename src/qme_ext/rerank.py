@@ -265,13 +265,18 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
     pend = int(offsets[P])
     temp_min = rerank_jaccard(offsets[:P + 1].contiguous(), cols[:pend], vals[:pend],
                               inv_offsets, inv_rows, inv_vals, G)
-    # final = (1 - lam) * (1 - t / (2 - t)) + lam * original, in place: the (P, G) buffers
-    # are the only ones of output size
-    out = torch.sub(2.0, temp_min)
-    torch.div(temp_min, out, out=out)
-    out.neg_().add_(1.0).mul_(1.0 - lam)
-    original = _squared_distance(qg).div_(dist.colmax[:P, None]).mul_(lam)
-    out.add_(original).neg_()
+    # final = (1 - lam) * (1 - t / (2 - t)) + lam * original, formed in the (P, G) buffer of
+    # the Jaccard sums, a block of rows at a time: that buffer is the only one of output size
+    out = temp_min
+    step = max(1, _BLOCK_ELEMENTS // G)
+    for a in range(0, P, step):
+        b = min(P, a + step)
+        t = out[a:b]
+        j = torch.sub(2.0, t)
+        torch.div(t, j, out=j)
+        j.neg_().add_(1.0).mul_(1.0 - lam)
+        j.add_(_squared_distance(qg[a:b]).div_(dist.colmax[a:b, None]).mul_(lam))
+        t.copy_(j.neg_())
     return out.cpu().numpy() if is_numpy else out
 
 
