@@ -187,3 +187,17 @@ def test_cuda_twin_matches_the_cpu():
     on_cpu = rerank_jaccard(*args, G)
     on_cuda = rerank_jaccard(*(t.cuda() for t in args), G)
     assert torch.equal(on_cuda.cpu(), on_cpu)
+
+
+def test_small_blocks_give_the_same_result(monkeypatch):
+    """Every blockwise loop (distance rows, V rows, query expansion, the final distance)
+    run with many tiny blocks equals the one-block result bit for bit."""
+    qg, qq, gg = embeddings(12, 9, 31, 4)
+    t = [torch.from_numpy(x) for x in (qg, qq, gg)]
+    whole = rerank.k_reciprocal(*t, k1=7, k2=4)
+    whole_aqe = rerank.average_query_expansion(t[0], t[2], k=5)
+    monkeypatch.setattr(rerank, "_BLOCK_ELEMENTS", 64)
+    assert torch.equal(rerank.k_reciprocal(*t, k1=7, k2=4), whole)
+    assert torch.equal(rerank.average_query_expansion(t[0], t[2], k=5), whole_aqe)
+    np.testing.assert_allclose(whole.numpy(), k_reciprocal_ref(qg, qq, gg, 7, 4), rtol=0,
+                               atol=1e-12)

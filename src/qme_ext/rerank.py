@@ -155,8 +155,26 @@ def _csr_from_padded(cols: torch.Tensor, vals: torch.Tensor, N: int):
 
 
 def _query_expand(offsets, cols, vals, neighbours: torch.Tensor, N: int):
-    """V_qe[i] = mean of V over rows neighbours[i] (k2 of them), as CSR (columns
-    ascending); the sum runs in neighbour order, as the dense mean does."""
+    """V_qe[i] = mean of V over rows neighbours[i] (neighbours: (R, k2) int64), as CSR
+    (columns ascending), built for blocks of rows so that the (rows, k2, entries)
+    temporaries stay bounded."""
+    R, k2 = neighbours.shape
+    widest = int((offsets[1:] - offsets[:-1]).max()) if R else 0
+    step = max(1, _BLOCK_ELEMENTS // max(1, 8 * k2 * widest))
+    parts = [_query_expand_rows(offsets, cols, vals, neighbours[a:a + step], N)
+             for a in range(0, R, step)]
+    if len(parts) == 1:
+        return parts[0]
+    new_offsets = [parts[0][0]]
+    for p in parts[1:]:
+        new_offsets.append(p[0][1:] + new_offsets[-1][-1])
+    return (torch.cat(new_offsets), torch.cat([p[1] for p in parts]),
+            torch.cat([p[2] for p in parts]))
+
+
+def _query_expand_rows(offsets, cols, vals, neighbours: torch.Tensor, N: int):
+    """:func:`_query_expand` of one block of rows; the sum runs in neighbour order, as
+    the dense mean does."""
     R, k2 = neighbours.shape
     lens = offsets[1:] - offsets[:-1]
     nb = neighbours.reshape(-1)
@@ -252,11 +270,16 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
     recip_half = _reciprocal_mask(fwd, k_half, small)
     expansion = _expansion_sets(fwd, recip, k_half, recip_half, small)
 
-    valid = expansion != N
-    row_ids = torch.arange(N, device=dev)[:, None].expand_as(expansion)
-    w = torch.where(valid, torch.exp(-dist.at(row_ids, expansion.clamp(max=N - 1))),
-                    torch.zeros((), dtype=torch.float64, device=dev))
-    w = w / w.sum(dim=1, keepdim=True)
+    # V rows: exp(-d) over the expansion set, normalised to sum 1 (blocks of rows bound
+    # the index temporaries of _Distances.at)
+    w = torch.zeros(expansion.shape, dtype=torch.float64, device=dev)
+    step = max(1, _BLOCK_ELEMENTS // expansion.shape[1])
+    for a in range(0, N, step):
+        b = min(N, a + step)
+        e = expansion[a:b]
+        rows = torch.arange(a, b, device=dev)[:, None].expand_as(e)
+        w[a:b] = torch.where(e != N, torch.exp(-dist.at(rows, e.clamp(max=N - 1))), 0.0)
+    w /= w.sum(dim=1, keepdim=True)
     offsets, cols, vals = _csr_from_padded(expansion, w, N)
     if k2 != 1:
         offsets, cols, vals = _query_expand(offsets, cols, vals, fwd[:, :k2], N)
