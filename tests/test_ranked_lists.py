@@ -36,6 +36,9 @@ def test_by_first_hit_rank_and_overlapping_groups():
     assert [d["probe"] for d in out if d["group"] == "worst"] == [1, 2, 0]
     assert [d["probe"] for d in out if d["group"] == "best"] == [0, 2, 1]
     assert [d["order"] for d in out] == [1, 2, 3, 1, 2, 3]
+    half = plots.ranked_lists(torch.tensor(S, dtype=torch.bfloat16), QP, GP, QC, GC, n=3, k=2,
+                              by="rank")
+    assert [d["gallery"].tolist() for d in half] == [d["gallery"].tolist() for d in out]
 
 
 def test_csv_and_png(tmp_path):

@@ -262,8 +262,9 @@ def ranked_lists(scores, q_pids, g_pids, q_camids=None, g_camids=None, n: int = 
     if by not in RANKED_BY:
         raise ValueError(f"by: expected one of {RANKED_BY}, got {by!r}")
     n, k = as_count(n, "n"), as_count(k, "k")
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
+    if hasattr(scores, "detach"):  # a tensor: bfloat16 has no numpy twin, float32 holds it
+        t = scores.detach().cpu()
+        scores = (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
     scores = np.asarray(scores)
     res = rank_metrics(scores, q_pids, g_pids, q_camids, g_camids, max_rank=1, per_probe=True)
     qp, gp = np.asarray(q_pids).astype(np.int64), np.asarray(g_pids).astype(np.int64)
