@@ -104,27 +104,33 @@ def test_average_query_expansion_of_features():
     np.testing.assert_allclose(got, qe @ g.T, rtol=0, atol=1e-12)
 
 
+def sparse_lists(V, P, device="cpu"):
+    """The op's arguments for a dense (N, N) V: CSR of the probe rows V[:P], inverted
+    lists of the gallery rows V[P:] (columns ascending, rows ascending)."""
+    N = V.shape[0]
+    rows, cols = np.nonzero(V[:P])
+    po = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=P))])
+    gc, gr = np.nonzero(V[P:].T)
+    io = np.concatenate([[0], np.cumsum(np.bincount(gc, minlength=N))])
+    return [torch.as_tensor(x, device=device)
+            for x in (po, cols, V[:P][rows, cols], io, gr, V[P:][gr, gc])]
+
+
 def test_rerank_jaccard_op_matches_dense_loop(device):
     rng = np.random.default_rng(0)
     P, G = 4, 6
     N = P + G
     V = np.where(rng.random((N, N)) < 0.4, rng.random((N, N)), 0.0)
     want = np.array([[np.minimum(V[p], V[P + g]).sum() for g in range(G)] for p in range(P)])
-    rows, cols = np.nonzero(V[:P])
-    po = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=P))])
-    gc, gr = np.nonzero(V[P:].T)  # column-major: columns ascending, rows ascending
-    io = np.concatenate([[0], np.cumsum(np.bincount(gc, minlength=N))])
-    t = lambda x, dt=torch.int64: torch.as_tensor(x, dtype=dt, device=device)
-    out = rerank_jaccard(t(po), t(cols), t(V[:P][rows, cols], torch.float64), t(io), t(gr),
-                         t(V[P:][gr, gc], torch.float64), G)
+    args = sparse_lists(V, P, device)
+    out = rerank_jaccard(*args, G)
     np.testing.assert_allclose(out.cpu().numpy(), want, rtol=0, atol=1e-15)
     if device == "cpu":
-        torch.library.opcheck(torch.ops.qme_ext.rerank_jaccard,
-                              (t(po), t(cols), t(V[:P][rows, cols], torch.float64), t(io), t(gr),
-                               t(V[P:][gr, gc], torch.float64), G))
+        torch.library.opcheck(torch.ops.qme_ext.rerank_jaccard, (*args, G))
+    bad = list(args)
+    bad[4] = bad[4] + G  # a gallery row out of range
     with pytest.raises(ValueError, match="inv_rows"):
-        rerank_jaccard(t(po), t(cols), t(V[:P][rows, cols], torch.float64), t(io), t(gr + G),
-                       t(V[P:][gr, gc], torch.float64), G)
+        rerank_jaccard(*bad, G)
 
 
 def test_bad_arguments_raise():
@@ -178,12 +184,7 @@ def test_cuda_twin_matches_the_cpu():
     P, G = 6, 40
     N = P + G
     V = np.where(rng.random((N, N)) < 0.3, rng.random((N, N)), 0.0)
-    rows, cols = np.nonzero(V[:P])
-    po = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=P))])
-    gc, gr = np.nonzero(V[P:].T)
-    io = np.concatenate([[0], np.cumsum(np.bincount(gc, minlength=N))])
-    args = [torch.as_tensor(po), torch.as_tensor(cols), torch.as_tensor(V[:P][rows, cols]),
-            torch.as_tensor(io), torch.as_tensor(gr), torch.as_tensor(V[P:][gr, gc])]
+    args = sparse_lists(V, P)
     on_cpu = rerank_jaccard(*args, G)
     on_cuda = rerank_jaccard(*(t.cuda() for t in args), G)
     assert torch.equal(on_cuda.cpu(), on_cpu)
