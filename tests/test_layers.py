@@ -15,7 +15,7 @@ LAYERS = [
     ["qme_ext._version"],
     ["qme_ext.ops"],  # custom ops: the only code that calls _C / _C_cuda
     ["qme_ext.top_k", "qme_ext.io", "qme_ext.quality", "qme_ext.datasets"],
-    ["qme_ext.fusion"],
+    ["qme_ext.fusion", "qme_ext.rerank"],  # rerank: score post-processing on top_k
     ["qme_ext.metrics"],  # public API, blockwise passes, out of core, sharded
     ["qme_ext.plots", "qme_ext.qme"],
     ["qme_ext.reference"],  # the test oracle: it may import the product, never the reverse

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist",
            "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "curves_of_matrix",
            "write_curve_plots", "write_comparison_plots", "save_figure", "curve_plot_names",
-           "plot_epc", "plot_erc"]
+           "plot_epc", "plot_erc", "ranked_lists"]
 
 # DET axes span these error rates; rates outside are clipped so that probit stays finite
 _DET_MIN, _DET_MAX = 1e-5, 0.5
@@ -254,3 +254,148 @@ def plot_erc(curves: dict, path, title: str = "Error versus reject") -> None:
     ax.set_xlabel("Rejected lowest-quality pairs (%)")
     ax.set_ylabel("FNMR (%)")
     _finish(fig, ax, title, path, grid="major")
+
+
+# ---- ranked lists: the top-k gallery of the worst and best probes --------------------------
+RANKED_BY = ("ap", "rank")
+
+
+def _select_probes(ap: np.ndarray, first_pos: np.ndarray, n: int, by: str) -> list:
+    """[(group, probe)]: the n worst valid probes (worst first), then the n best (best
+    first), by AP (ties: first-hit rank) or by first-hit rank (ties: AP); equal keys go
+    to the lower probe index."""
+    valid = np.flatnonzero(first_pos >= 0)
+    a, f = ap[valid], first_pos[valid]
+    keys = ((-f, a), (f, -a)) if by == "ap" else ((a, -f), (-a, f))
+    worst, best = (valid[np.lexsort((valid, *k))[:n]] for k in keys)
+    return [("worst", int(p)) for p in worst] + [("best", int(p)) for p in best]
+
+
+def ranked_lists(scores, q_pids, g_pids, q_camids=None, g_camids=None, n: int = 5, k: int = 10,
+                 by: str = "ap", csv_path=None, png_path=None, probe_images=None,
+                 gallery_images=None, title: str = "") -> list:
+    """The top-k gallery entries of the n worst and the n best probes, genuine marked.
+
+    Parameters
+    ----------
+    scores : (P, G) similarities (numpy or torch).
+    q_pids, g_pids : (P,), (G,) subject ids; q_camids, g_camids : (P,), (G,) camera ids
+        or None. As in Rank-k/mAP (general mode), a same-subject entry from the probe's
+        own camera is junk: left out of the list, so list positions are the positions
+        that AP and the first-hit rank count.
+    n : probes per group; k : gallery entries per probe (top-k by :func:`qme_ext.topk`).
+    by : "ap" (probes ranked by average precision) or "rank" (by first-hit rank).
+        Probes without a genuine entry are never chosen; with fewer than 2n valid
+        probes the groups overlap.
+    csv_path : where to write the CSV (one line per list entry: group, order, probe,
+        probe_pid, ap, first_hit_rank, rank, gallery, gallery_pid, score, genuine).
+    png_path : where to write the grid: one row per probe, the probe then its k
+        entries, genuine framed green, impostors red. ``probe_images`` /
+        ``gallery_images`` (sequences of image paths by index, None or "" for none)
+        put the pictures in the cells; otherwise the cells show index, subject and
+        score. Needs matplotlib. Both files are written to a temporary and renamed.
+
+    Returns
+    -------
+    [dict(group, order, probe, probe_pid, ap, first_hit_rank, gallery (k,) int64,
+    gallery_pid (k,), score (k,) float64, genuine (k,) bool)] in the CSV's order
+    (first_hit_rank is 1-based; a list is shorter than k when junk leaves fewer
+    entries).
+    """
+    from .metrics.core import rank_metrics
+    from .ops.inputs import as_count
+    from .top_k import topk
+    if by not in RANKED_BY:
+        raise ValueError(f"by: expected one of {RANKED_BY}, got {by!r}")
+    n, k = as_count(n, "n"), as_count(k, "k")
+    if hasattr(scores, "detach"):  # a tensor: bfloat16 has no numpy twin, float32 holds it
+        t = scores.detach().cpu()
+        scores = (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    scores = np.asarray(scores)
+    res = rank_metrics(scores, q_pids, g_pids, q_camids, g_camids, max_rank=1, per_probe=True)
+    qp, gp = np.asarray(q_pids).astype(np.int64), np.asarray(g_pids).astype(np.int64)
+    chosen = _select_probes(res.ap, res.first_pos, n, by)
+    if not chosen:
+        raise ValueError("ranked_lists: no probe has a genuine gallery entry")
+    rows = np.array([p for _, p in chosen])
+    same = qp[rows, None] == gp[None, :]
+    junk = same & ((np.asarray(q_camids)[rows, None] == np.asarray(g_camids)[None, :])
+                   if q_camids is not None else False)
+    G = scores.shape[1]
+    kk = min(G, k + int(junk.sum(axis=1).max()))
+    _, idx = topk(np.ascontiguousarray(scores[rows]), kk)
+    out, counts = [], {}
+    for r, (group, p) in enumerate(chosen):
+        keep = idx[r][~junk[r, idx[r]]][:k]
+        counts[group] = counts.get(group, 0) + 1
+        out.append(dict(group=group, order=counts[group], probe=p, probe_pid=int(qp[p]),
+                        ap=float(res.ap[p]), first_hit_rank=int(res.first_pos[p]) + 1,
+                        gallery=keep, gallery_pid=gp[keep],
+                        score=scores[p, keep].astype(np.float64), genuine=gp[keep] == qp[p]))
+    if csv_path is not None:
+        _write_ranked_csv(csv_path, out)
+    if png_path is not None:
+        _plot_ranked(png_path, out, k, probe_images, gallery_images, title)
+    return out
+
+
+def _write_ranked_csv(path, lists: list) -> None:
+    import csv
+    from .io import atomic_output
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["group", "order", "probe", "probe_pid", "ap", "first_hit_rank", "rank",
+                    "gallery", "gallery_pid", "score", "genuine"])
+        for d in lists:
+            for j, g in enumerate(d["gallery"]):
+                w.writerow([d["group"], d["order"], d["probe"], d["probe_pid"],
+                            f"{d['ap']:.6g}", d["first_hit_rank"], j + 1, int(g),
+                            int(d["gallery_pid"][j]), repr(float(d["score"][j])),
+                            int(d["genuine"][j])])
+
+
+def _image_cell(ax, path) -> bool:
+    """Draw the image at `path` into `ax`; False when there is none."""
+    if not path:
+        return False
+    import matplotlib.image as mpimg
+    ax.imshow(mpimg.imread(path))
+    return True
+
+
+def _plot_ranked(path, lists: list, k: int, probe_images, gallery_images, title: str) -> None:
+    plt = _pyplot()
+    rows = len(lists)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.3 * (k + 1), 1.5 * rows), squeeze=False)
+    for r, d in enumerate(lists):
+        ax = axes[r, 0]
+        img = probe_images[d["probe"]] if probe_images is not None else None
+        if not _image_cell(ax, img):
+            ax.text(0.5, 0.5, f"probe {d['probe']}\npid {d['probe_pid']}", ha="center",
+                    va="center", fontsize=7)
+        ax.set_title(f"{d['group']} {d['order']}\nAP {d['ap']:.2f}, hit@{d['first_hit_rank']}",
+                     fontsize=7)
+        for j in range(k):
+            ax = axes[r, j + 1]
+            if j < len(d["gallery"]):
+                g, ok = int(d["gallery"][j]), bool(d["genuine"][j])
+                color = "tab:green" if ok else "tab:red"
+                img = gallery_images[g] if gallery_images is not None else None
+                if not _image_cell(ax, img):
+                    ax.set_facecolor("#e6f4e6" if ok else "#fbe6e6")
+                    ax.text(0.5, 0.5, f"g{g}\npid {int(d['gallery_pid'][j])}", ha="center",
+                            va="center", fontsize=7)
+                ax.set_title(f"{j + 1}: {float(d['score'][j]):.3f}", fontsize=7, color=color)
+                for side in ax.spines.values():
+                    side.set_edgecolor(color)
+                    side.set_linewidth(3)
+            else:
+                ax.set_axis_off()
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

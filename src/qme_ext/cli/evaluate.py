@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Optional
 
+from . import protocols, ranked_lists
 from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
                      plot_outputs, progress, refuse_overwriting_inputs)
 
@@ -67,6 +68,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "(lower = more alike, e.g. torchreid's distmat): the report of their "
                    "negation, thresholds in distance units (not with --fusion or --plots)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ranked_lists.add_arguments(p)
+    protocols.add_arguments(p)
 
 
 def add_bootstrap_arguments(p: argparse.ArgumentParser) -> None:
@@ -277,6 +280,9 @@ def run_evaluate(args) -> int:
     if getattr(args, "distance", False) and (items or args.plots):
         raise UserError("--distance: not with --fusion or --plots (they read similarities)")
     if args.max_memory is not None:
+        if args.ranked_lists is not None or protocols.wanted(args):
+            raise UserError("--ranked-lists, --multi-query and --single-shot need the whole "
+                            "matrix: not with --max-memory")
         _print_results(args, *_streaming_results(args, items))
         return 0
     scores, calibration = _load_inputs(args, items)
@@ -289,6 +295,8 @@ def run_evaluate(args) -> int:
                         f"{calibration.num_gallery} gallery")
     from ..metrics.core import evaluate
     from ..metrics.nonfinite import NonFiniteScoreWarning
+    ranked_lists.check(args, list(scores.models) + items, scores)
+    protocols.wanted(args)  # a bad --single-shot fails before any work
     rows = _rows(args, scores, calibration, items)
     ids = (scores.q_pids, scores.q_camids, scores.q_clothes_ids, scores.g_pids, scores.g_camids,
            scores.g_clothes_ids, scores.unique_g_pids)
@@ -305,9 +313,12 @@ def run_evaluate(args) -> int:
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
+    protocols.add(args, results, rows, scores)
     _print_results(args, results, pairs)
+    protocols.table(args, results)
     if args.plots:
         _write_plots(args, rows, scores, boot)
+    ranked_lists.write(args, rows, scores)
     return 0
 
 

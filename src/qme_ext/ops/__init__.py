@@ -8,5 +8,5 @@ op wrapper shares; then one file per op family, each a ``torch.library.custom_op
 wrapper with ``register_fake`` (and ``register_autograd`` where differentiable):
 ``evaluation`` (rank_counts, key_histogram, openset_stats), ``fusion`` (fuse_scores,
 score_stats), ``qme`` (expert_fuse), ``quality`` (qmagface_epilogue,
-template_aggregate), ``shard`` (count_before), ``topk``.
+template_aggregate), ``shard`` (count_before), ``topk``, ``rerank`` (rerank_jaccard).
 """

@@ -165,3 +165,10 @@ def as_probabilities(values, name: str) -> list[float]:
         if not (0.0 < v <= 1.0):
             raise ValueError(f"{name}: rates must lie in (0, 1], got {v}")
     return out
+
+
+def as_count(x, name: str) -> int:
+    """An integer >= 1 (not a bool) as int, else a ValueError naming `name`."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {x!r}")
+    return int(x)

@@ -7,6 +7,7 @@ it (``tests/test_layers.py``)."""
 
 from .metrics import (count_before_ref, det_ref, eer_ref, evaluate_ref, fnir_at_fpir_ref,
                       numpy_splits, qme_splits, rank_metrics_ref, roc_ref, tar_at_far_ref)
+from .rerank import average_query_expansion_ref, k_reciprocal_ref
 from .topk import topk_ref
 
 __all__ = [
@@ -21,4 +22,6 @@ __all__ = [
     "eer_ref",
     "evaluate_ref",
     "topk_ref",
+    "k_reciprocal_ref",
+    "average_query_expansion_ref",
 ]
