@@ -118,7 +118,7 @@ def files(tmp_path_factory, example):
 # (variant, what the one line says) -- the same in memory and out of core
 FILE_ERRORS = [
     ("dup_unique", "unique_g_pids: duplicate subject ids"),
-    ("mismatched_unique", "unique_g_pids: expected the distinct g_pids"),
+    ("mismatched_unique", "unique_g_pids: no merge_score_mat column for 6 gallery subject"),
     ("zero_probes", "q_pids: no probe"),
     ("zero_gallery", "g_pids: empty gallery"),
     ("one_by_one", "no impostor pair"),
