@@ -87,7 +87,7 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     for (int m = 0; m < M; ++m) {
       const int64_t out = m * P + p;
       const uint8_t good_m = static_cast<uint8_t>(1u << (2 * m));
-      int64_t before = 0, i_m = 0;
+      int64_t before = 0, i_m = 0, last = -1;
       double sum = 0.0;
       a.first_pos[out] = -1;
       for (int64_t u = 0; u < n; ++u) {
@@ -96,10 +96,12 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
         if (!(goods[u].flags & good_m)) continue;
         const int64_t pos = before;
         if (i_m == 0) a.first_pos[out] = pos;
+        last = pos;
         sum += static_cast<double>(i_m + 1) / static_cast<double>(pos + 1);
         ++i_m;
       }
       a.num_good[out] = i_m;
+      a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
   }

@@ -165,22 +165,26 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
         // so flag the row instead of returning wrong ranks.
         a.num_good[out] = -1;
         a.first_pos[out] = -1;
+        a.last_pos[out] = -1;
         a.ap[out] = __longlong_as_double(0x7FF8000000000000ll);
         continue;
       }
       const unsigned good_m = 1u << (2 * m);
       int64_t before = 0, i_m = 0;
       double sum = 0.0;
+      int64_t last = -1;
       a.first_pos[out] = -1;
       for (int64_t u = 0; u < n; ++u) {
         // everything counted at slots <= u ranks above union[u]
         before += static_cast<int64_t>(counts[u] + junk[m * slots + u]);
         if (!(uflags[u] & good_m)) continue;
         if (i_m == 0) a.first_pos[out] = before;
+        last = before;
         sum += static_cast<double>(i_m + 1) / static_cast<double>(before + 1);
         ++i_m;
       }
       a.num_good[out] = i_m;
+      a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
     __syncthreads();  // the next row reuses the scratch and s_count
@@ -204,7 +208,7 @@ void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace
   // cand_index/cand_flags may be null: a block whose rows hold no candidate passes empty
   // tensors, and the kernel reads them only inside the (then empty) offset ranges
   if (a.cand_offsets == nullptr || a.first_pos == nullptr || a.ap == nullptr ||
-      a.num_good == nullptr)
+      a.num_good == nullptr || a.last_pos == nullptr)
     throw InvalidArgument("rank_counts: null offsets or output buffer");
   const Layout l = make_layout(a);
   const rank_order::RowScratch plan = rank_order::row_scratch(P, l.bytes);

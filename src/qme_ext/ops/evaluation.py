@@ -36,18 +36,20 @@ def rank_counts(
     cand_flags: torch.Tensor,  # (nnz,) uint8 bit 2m good / 2m+1 junk in mode m
     num_modes: int,
     max_candidates: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good
+    (int64) and last good position (int64, -1 if none; mINP's denominator).
 
-    Outputs have shape (num_modes, P).
+    Positions are 0-based, counted after junk removal. Outputs have shape (num_modes, P).
     """
     P = scores.shape[0]
     dev = scores.device
     first_pos = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
     ap = torch.empty((num_modes, P), dtype=torch.float64, device=dev)
     num_good = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
+    last_pos = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
     if P == 0:
-        return first_pos, ap, num_good
+        return first_pos, ap, num_good, last_pos
     _check_candidates(scores, cand_offsets, cand_index, cand_flags, max_candidates)
     cand_offsets, cand_index, cand_flags = (t.contiguous() for t in
                                             (cand_offsets, cand_index, cand_flags))
@@ -57,8 +59,8 @@ def rank_counts(
             dev, lambda m: m.rank_counts_workspace(desc, num_modes, max_candidates))
         mod.rank_counts(desc, cand_offsets.data_ptr(), cand_index.data_ptr(), cand_flags.data_ptr(),
                         num_modes, max_candidates, first_pos.data_ptr(), ap.data_ptr(),
-                        num_good.data_ptr(), *extra)
-    return first_pos, ap, num_good
+                        num_good.data_ptr(), last_pos.data_ptr(), *extra)
+    return first_pos, ap, num_good, last_pos
 
 
 @rank_counts.register_fake
@@ -66,6 +68,7 @@ def _(scores, cand_offsets, cand_index, cand_flags, num_modes, max_candidates):
     P = scores.shape[0]
     return (scores.new_empty((num_modes, P), dtype=torch.int64),
             scores.new_empty((num_modes, P), dtype=torch.float64),
+            scores.new_empty((num_modes, P), dtype=torch.int64),
             scores.new_empty((num_modes, P), dtype=torch.int64))
 
 
