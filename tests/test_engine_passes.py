@@ -69,3 +69,74 @@ def test_rank_counts_same_for_any_thread_count():
     for o in outs[1:]:
         for a, b in zip(outs[0], o):
             assert a.tobytes() == b.tobytes()
+
+
+def _openset_literal(M, gcol, enrolled):
+    """openset_stats by its definition (SPEC 2.3), one split and probe at a time."""
+    from qme_ext.ops.keys import keys
+    bits = 64 if M.dtype == np.float64 else 32
+    P, C = M.shape
+    mo = np.full((enrolled.shape[0], P), -np.inf)
+    ng = np.zeros((enrolled.shape[0], P), dtype=np.int64)
+    for p in range(P):
+        kk = keys(M[p].astype(np.float64), bits)
+        for s in range(enrolled.shape[0]):
+            cols = (enrolled[s] != 0) & (np.arange(C) != gcol[p])
+            if cols.any():
+                best = kk[cols].max()
+                mo[s, p] = np.nan if best == 0 else M[p][cols & (kk == best)][0]
+                if gcol[p] >= 0:
+                    ng[s, p] = int((kk[cols] >= kk[gcol[p]]).sum())
+    return mo, ng
+
+
+@pytest.mark.parametrize("enrol_frac", [0.8, 0.05])  # 0.05: most splits miss the top keys
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_openset_stats_equals_definition_and_counts_nonfinite(device, enrol_frac, dtype):
+    rng = np.random.default_rng(11)
+    P, C = 40, 2500  # more columns than one chunk of the CPU twin
+    M = np.round(rng.normal(size=(P, C)) * 8) / 8
+    M[rng.random(M.shape) < 0.02] = np.nan
+    M[rng.random(M.shape) < 0.01] = np.inf
+    M[rng.random(M.shape) < 0.01] = -np.inf
+    M[3, :] = np.nan  # a row of NaN only
+    M = M.astype(dtype)
+    gcol = rng.integers(-1, C, P)
+    enrolled = (rng.random((6, C)) < enrol_frac).astype(np.uint8) * 3  # any non-zero enrols
+    enrolled[5] = 0  # a split enrolling nobody
+    mo, ng, nf = (o.cpu().numpy() for o in _ops.openset_stats(
+        to_device(M, device), torch.as_tensor(gcol, device=device),
+        torch.as_tensor(enrolled, device=device)))
+    rmo, rng_ = _openset_literal(M, gcol, enrolled)
+    np.testing.assert_array_equal(mo, rmo)
+    np.testing.assert_array_equal(ng, rng_)
+    assert nf.tolist() == [int(np.isnan(M).sum()), int(np.isposinf(M).sum()),
+                           int(np.isneginf(M).sum())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_evaluate_warning_counts_equal_a_literal_count(device, dtype):
+    from qme_ext.metrics import NonFiniteScoreWarning
+    from qme_ext.metrics import evaluate
+    S, ids = make_problem(6, P=30, G=300, n_ids=10)
+    rng = np.random.default_rng(6)
+    M = rng.normal(size=(30, 10))
+    S[rng.random(S.shape) < 0.03] = np.nan
+    S[rng.random(S.shape) < 0.02] = np.inf
+    S[rng.random(S.shape) < 0.01] = -np.inf
+    M[rng.random(M.shape) < 0.1] = np.inf
+    M[0, 0] = np.nan
+    St, Mt = (torch.as_tensor(x).to(dtype).to(device) for x in (S, M))
+    with pytest.warns(NonFiniteScoreWarning) as rec:
+        evaluate(St, Mt, ids["q_pids"] % 10, ids["q_camids"], ids["q_clothes"], ids["g_pids"] % 10,
+                 ids["g_camids"], ids["g_clothes"], np.arange(10))
+    counts = [w.message.counts for w in rec if isinstance(w.message, NonFiniteScoreWarning)]
+    assert len(counts) == 1
+
+    def literal(t):
+        t = t.cpu()
+        return {"nan": int(torch.isnan(t).sum()), "posinf": int(torch.isposinf(t).sum()),
+                "neginf": int(torch.isneginf(t).sum())}
+
+    assert counts[0] == {"score_mat": literal(St), "merge_score_mat": literal(Mt)}
+    assert rec[0].filename == __file__  # points at the caller of evaluate

@@ -1,6 +1,19 @@
-// CPU twin of openset_stats: one pass over each probe's merge-score row gives,
-// for every enrolment split at once, the best non-genuine enrolled score and
-// the rank of the genuine column (SPEC 2.3).
+// CPU twin of openset_stats: one read of each probe's merge-score row gives, for
+// every enrolment split at once, the best non-genuine enrolled score and the rank
+// of the genuine column (SPEC 2.3), plus the matrix's non-finite counts.
+//
+// The row is read once, a chunk at a time, into an L1-resident key buffer; every
+// split then works on that buffer, never on the matrix:
+// * num_ge: a byte mask "key >= genuine key" ANDed with the split's enrolment
+//   bytes and summed (vectorised byte loops);
+// * the split maxima: the row's kTop largest keys are kept on the side (a
+//   vectorised "any key above the running threshold" test per 16 entries, rare
+//   inserts); a split's maximum is its first enrolled column among them, exact
+//   because every column left out scores at most the smallest kept key. Only a
+//   split that enrols none of them (rare: a split enrolling a small fraction of
+//   the subjects) is completed by a scan of its enrolled columns.
+#include <algorithm>
+#include <array>
 #include <limits>
 #include <vector>
 
@@ -10,8 +23,36 @@
 namespace qme {
 namespace {
 
+constexpr int64_t kChunk = 2048;  // keys (8 KiB f32) + mask bytes stay in L1
+constexpr int kTop = 16;
+
+struct Counts { int64_t nan = 0, pinf = 0, ninf = 0; };
+
+// The kTop largest keys seen (unsorted) with their columns; `thr` is the smallest
+// kept key once full (0 before: key 0 is NaN, which never enters).
+template <typename K>
+struct TopKeys {
+  std::array<K, kTop> key{};
+  std::array<int64_t, kTop> col{};
+  int n = 0, min_i = 0;
+  K thr = 0;
+  void clear() { n = 0; min_i = 0; thr = 0; }
+  void insert(K k, int64_t c) {
+    if (n < kTop) {
+      key[n] = k; col[n] = c; ++n;
+      if (n < kTop) return;
+    } else {
+      key[min_i] = k; col[min_i] = c;
+    }
+    min_i = 0;
+    for (int i = 1; i < kTop; ++i) if (key[i] < key[min_i]) min_i = i;
+    thr = key[min_i];
+  }
+};
+
 template <DType D>
-void openset_rows(const OpensetStatsArgs& a, int64_t r0, int64_t r1) {
+void openset_rows(const OpensetStatsArgs& a, const std::vector<int64_t>& n_enrolled,
+                  int64_t r0, int64_t r1, Counts& nf) {
   using T = ScoreTraits<D>;
   using S = typename T::Storage;
   using K = typename T::Key;
@@ -19,38 +60,82 @@ void openset_rows(const OpensetStatsArgs& a, int64_t r0, int64_t r1) {
   const int64_t P = a.scores.rows, C = a.scores.cols;
   const int64_t sr = a.scores.stride_row, sc = a.scores.stride_col;
   const int NS = a.num_splits;
-  std::vector<K> best(NS);
-  std::vector<uint8_t> seen(NS);
+  std::vector<K> keys(kChunk);
+  std::vector<uint8_t> above(kChunk);
   std::vector<int64_t> ge(NS);
+  std::vector<int> order(kTop);
+  TopKeys<K> top;
+  int64_t nan_n = 0, pinf_n = 0, ninf_n = 0;
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
     const int64_t gc = a.genuine_col[p];
     const bool mated = gc >= 0;
     const K gk = mated ? T::key(row[gc * sc]) : K(0);
-    std::fill(best.begin(), best.end(), K(0));
-    std::fill(seen.begin(), seen.end(), uint8_t(0));
     std::fill(ge.begin(), ge.end(), int64_t(0));
-    for (int64_t c = 0; c < C; ++c) {
-      if (c == gc) continue;
-      const K k = T::key(row[c * sc]);
-      const bool above = mated && k >= gk;
-      for (int s = 0; s < NS; ++s) {
-        if (!a.enrolled[s * C + c]) continue;
-        if (!seen[s] || k > best[s]) best[s] = k;
-        seen[s] = 1;
-        ge[s] += above;
+    top.clear();
+    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, C - c0);
+      K* kb = keys.data();
+      if (sc == 1) {
+        for (int64_t i = 0; i < n; ++i) kb[i] = T::key(row[c0 + i]);
+      } else {
+        for (int64_t i = 0; i < n; ++i) kb[i] = T::key(row[(c0 + i) * sc]);
+      }
+      int64_t cn = 0, cp = 0, cm = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        cn += kb[i] == K(0);
+        cp += kb[i] == kPosInfKey<K>;
+        cm += kb[i] == kNegInfKey<K>;
+      }
+      nan_n += cn; pinf_n += cp; ninf_n += cm;
+      if (mated) {
+        uint8_t* ab = above.data();
+        for (int64_t i = 0; i < n; ++i) ab[i] = kb[i] >= gk;
+        for (int s = 0; s < NS; ++s) {
+          const uint8_t* e = a.enrolled + s * C + c0;
+          uint32_t cnt = 0;
+          for (int64_t i = 0; i < n; ++i) cnt += (e[i] != 0) & ab[i];
+          ge[s] += cnt;
+        }
+      }
+      for (int64_t i0 = 0; i0 < n; i0 += 16) {
+        const int64_t i1 = std::min(n, i0 + 16);
+        const K thr = top.thr;
+        int any = 0;
+        for (int64_t i = i0; i < i1; ++i) any |= kb[i] > thr;
+        if (!any) continue;
+        for (int64_t i = i0; i < i1; ++i)
+          if (kb[i] > top.thr && c0 + i != gc) top.insert(kb[i], c0 + i);
       }
     }
+    // the genuine column was counted like any other (its key is >= itself)
+    if (mated)
+      for (int s = 0; s < NS; ++s) ge[s] -= a.enrolled[s * C + gc] != 0;
+    const int nt = top.n;
+    for (int i = 0; i < nt; ++i) order[i] = i;
+    std::sort(order.begin(), order.begin() + nt,
+              [&](int x, int y) { return top.key[x] > top.key[y]; });
     for (int s = 0; s < NS; ++s) {
+      const uint8_t* e = a.enrolled + s * C;
+      const bool seen = n_enrolled[s] - (mated && e[gc] != 0 ? 1 : 0) > 0;
       double v = -std::numeric_limits<double>::infinity();
-      if (seen[s]) {
-        if constexpr (sizeof(K) == 8) v = double_from_key(best[s]);
-        else v = static_cast<double>(float_from_key(best[s]));
+      if (seen) {
+        K best = 0;
+        bool found = false;
+        for (int i = 0; i < nt && !found; ++i)
+          if (e[top.col[order[i]]]) { best = top.key[order[i]]; found = true; }
+        if (!found) {  // none of the kept keys is enrolled here: scan this split
+          for (int64_t c = 0; c < C; ++c)
+            if (e[c] && c != gc) best = std::max(best, T::key(row[c * sc]));
+        }
+        if constexpr (sizeof(K) == 8) v = double_from_key(best);
+        else v = static_cast<double>(float_from_key(best));
       }
       a.max_other[s * P + p] = v;
       a.num_ge[s * P + p] = ge[s];
     }
   }
+  nf.nan += nan_n; nf.pinf += pinf_n; nf.ninf += ninf_n;
 }
 
 }  // namespace
@@ -62,13 +147,25 @@ void openset_stats_cpu(const OpensetStatsArgs& a, int num_threads) {
   for (int64_t p = 0; p < a.scores.rows; ++p)
     if (a.genuine_col[p] >= a.scores.cols)
       throw InvalidArgument("genuine_col: column index out of range");
+  const int64_t C = a.scores.cols;
+  std::vector<int64_t> n_enrolled(a.num_splits, 0);
+  for (int s = 0; s < a.num_splits; ++s)
+    for (int64_t c = 0; c < C; ++c) n_enrolled[s] += a.enrolled[s * C + c] != 0;
+  const int64_t min_rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C));
+  const int nt = parallel_blocks(a.scores.rows, num_threads, min_rows);
+  std::vector<Counts> parts(nt);
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
-    const int64_t min_rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, a.scores.cols));
-    parallel_for_blocks(a.scores.rows, num_threads, min_rows,
-                        [&](int, int64_t b, int64_t e) { openset_rows<D>(a, b, e); });
+    parallel_for_blocks(a.scores.rows, nt, min_rows, [&](int t, int64_t b, int64_t e) {
+      openset_rows<D>(a, n_enrolled, b, e, parts[t]);
+    });
     return 0;
   });
+  for (const Counts& c : parts) {
+    a.nonfinite[0] += c.nan;
+    a.nonfinite[1] += c.pinf;
+    a.nonfinite[2] += c.ninf;
+  }
 }
 
 }  // namespace qme

@@ -70,6 +70,8 @@ struct OpensetStatsArgs {
                                  //   in key order (NaN lowest); -inf when there is none
   int64_t* num_ge;               // (n_splits, P) enrolled columns != genuine_col whose key
                                  //   is >= the genuine key; 0 when genuine_col < 0
+  int64_t* nonfinite;            // (3,) NaN, +inf, -inf entries of the whole matrix (every
+                                 //   column); added to, so the caller zeroes it
 };
 void openset_stats_cpu(const OpensetStatsArgs& args, int num_threads);
 

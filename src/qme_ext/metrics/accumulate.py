@@ -236,6 +236,9 @@ class Partials:
     impostors: Optional[ImpostorKeys] = None
     num_genuine: int = 0
     openset: Optional[tuple] = None  # (max_other (NS, P), num_ge (NS, P), gen (P,), gcol (P,))
+    # this process's {"score_mat": {"nan", "posinf", "neginf"}, "merge_score_mat": ...} entry
+    # counts, read off the TAR and open-set passes (row shards only; not reduced)
+    nonfinite: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------
@@ -401,11 +404,13 @@ class _OpenSetRows:
         self.gcol_t = torch.from_numpy(self.gcol).to(device)
         self.enrolled = torch.from_numpy(setup.enrolled).to(device)
         self.parts = []
+        self.nonfinite = np.zeros(3, dtype=np.int64)  # NaN, +inf, -inf of the merge matrix
 
     def add(self, blk: Block) -> None:
         M = blk.merge
         gcol = self.gcol_t[blk.rows]
-        max_other, num_ge = openset_stats(M, gcol, self.enrolled)
+        max_other, num_ge, nonfinite = openset_stats(M, gcol, self.enrolled)
+        self.nonfinite += nonfinite.cpu().numpy()
         self.parts.append((max_other.cpu().numpy(), num_ge.cpu().numpy(),
                            _genuine_merge(M, gcol)))
 
@@ -466,7 +471,7 @@ class _OpenSetColumns:
             here = (self.gcol[r] >= 0) & (local >= 0) & (local < S_l)
             gcol = np.where(here, local, np.where(self.gcol[r] >= 0, S_l, -1))
             aug = torch.cat([M, g[:, None]], dim=1)
-            mo, ng = openset_stats(aug, torch.from_numpy(gcol).to(self.device), enrolled_t)
+            mo, ng, _ = openset_stats(aug, torch.from_numpy(gcol).to(self.device), enrolled_t)
             parts.append((mo.cpu().numpy(), ng.cpu().numpy()))
         max_other = np.concatenate([p[0] for p in parts], axis=1)
         # NaN ranks lowest and the finishing code reads it as -inf: so does the max
@@ -507,6 +512,11 @@ def accumulate(source: BlockSource, ids: Ids, plan: Plan, red: Reducer = LOCAL) 
         if opn is not None:
             opn.add(blk)
     out = Partials()
+    if tar is not None and isinstance(opn, _OpenSetRows):
+        nf = opn.nonfinite.tolist()
+        none = {"nan": 0, "posinf": 0, "neginf": 0}
+        out.nonfinite = {"score_mat": tar.stats.nonfinite() if tar.stats else none,
+                         "merge_score_mat": dict(zip(("nan", "posinf", "neginf"), nf))}
     if rank is not None:
         out.rank = rank.reduce(red, source)
     if opn is not None:

@@ -48,7 +48,7 @@ from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryI
                          OpenSetSetup, Plan, Reducer, TensorSource, accumulate)
 from ..ops.inputs import as_ids, as_probabilities, as_score_matrix
 from .order_stats import ImpostorKeys, select_desc
-from .nonfinite import warn_nonfinite_matrices
+from .nonfinite import warn_matrix_counts
 from .splits import numpy_splits, qme_splits
 
 MODES = ("general", "sc", "cc")
@@ -672,10 +672,11 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
     if M.shape[0] != S.shape[0]:
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
-    warn_nonfinite_matrices(S, M)  # NonFiniteScoreWarning when NaN/inf entries were given
+    # warn_nonfinite=True: a NonFiniteScoreWarning when NaN/inf entries were given, counted
+    # by the passes themselves (no extra read of either matrix)
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
                             g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
-                            boot=boot)
+                            boot=boot, warn_nonfinite=True)
 
 
 def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
@@ -683,9 +684,12 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
                      fars: Sequence[float] = DEFAULT_FARS, red: Reducer = LOCAL,
                      shard: str = "rows", col_offset: int = 0,
                      merge_col_offset: int = 0,
-                     boot: Optional[_bootstrap.Bootstrap] = None) -> dict[str, float]:
+                     boot: Optional[_bootstrap.Bootstrap] = None,
+                     warn_nonfinite: bool = False) -> dict[str, float]:
     """The report of :func:`evaluate` for a block source (ids are the local ones:
-    this process's probes and gallery columns; `red` combines processes)."""
+    this process's probes and gallery columns; `red` combines processes).
+    ``warn_nonfinite``: give :func:`evaluate`'s NonFiniteScoreWarning (row shards) from
+    the counts of the passes, pointing at the caller of the caller."""
     far_list = as_probabilities(fars, "fars")
     ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
                         q_camids, g_camids, q_clothes_ids, g_clothes_ids, MODES)
@@ -700,6 +704,8 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
     plan = Plan(MODES, tar=True, openset=setup, shard=shard, col_offset=col_offset,
                 merge_col_offset=merge_col_offset)
     parts = accumulate(source, ids, plan, red)
+    if warn_nonfinite and parts.nonfinite is not None:
+        warn_matrix_counts(parts.nonfinite, 4)
     out: dict[str, float] = {}
     for name, res in zip(("GR", "SC", "CC"), _rank_results(parts.rank, 20, False)):
         for k in (1, 5, 10, 20):
