@@ -4,10 +4,10 @@
 //
 // The row is read once, a chunk at a time, into an L1-resident key buffer; every
 // split then works on that buffer, never on the matrix:
-// * num_ge: a byte mask "key >= genuine key" ANDed with the split's enrolment
-//   bytes and summed (vectorised byte loops);
+// * num_ge: a bit mask "key >= genuine key" ANDed with the split's enrolment
+//   bits and counted (popcount; 64 columns per instruction and split);
 // * the split maxima: the row's kTop largest keys are kept on the side (a
-//   vectorised "any key above the running threshold" test per 16 entries, rare
+//   vectorised "key above the running threshold" bit mask per kSub entries, rare
 //   inserts); a split's maximum is its first enrolled column among them, exact
 //   because every column left out scores at most the smallest kept key. Only a
 //   split that enrols none of them (rare: a split enrolling a small fraction of
@@ -17,16 +17,16 @@
 #include <limits>
 #include <vector>
 
+#include "key_block.h"
 #include "parallel.h"
 #include "qme/ops.h"
 
 namespace qme {
 namespace {
 
-constexpr int64_t kChunk = 2048;  // keys (8 KiB f32) + mask bytes stay in L1
+constexpr int64_t kChunk = 2048;  // keys of one chunk (8 KiB f32) stay in L1
+constexpr int64_t kSub = 256;     // entries per refresh of the largest keys' threshold
 constexpr int kTop = 16;
-
-struct Counts { int64_t nan = 0, pinf = 0, ninf = 0; };
 
 // The kTop largest keys seen (unsorted) with their columns; `thr` is the smallest
 // kept key once full (0 before: key 0 is NaN, which never enters).
@@ -52,20 +52,21 @@ struct TopKeys {
 
 template <DType D>
 void openset_rows(const OpensetStatsArgs& a, const std::vector<int64_t>& n_enrolled,
-                  int64_t r0, int64_t r1, Counts& nf) {
+                  const std::vector<uint64_t>& enrolled_bits, int64_t r0, int64_t r1,
+                  detail::NonFinite& nf) {
   using T = ScoreTraits<D>;
   using S = typename T::Storage;
   using K = typename T::Key;
   const S* base = static_cast<const S*>(a.scores.data);
   const int64_t P = a.scores.rows, C = a.scores.cols;
   const int64_t sr = a.scores.stride_row, sc = a.scores.stride_col;
+  const int64_t W = (C + 63) / 64;  // words per split in enrolled_bits
   const int NS = a.num_splits;
   std::vector<K> keys(kChunk);
-  std::vector<uint8_t> above(kChunk);
+  std::vector<uint64_t> mask(kChunk / 64);
   std::vector<int64_t> ge(NS);
   std::vector<int> order(kTop);
   TopKeys<K> top;
-  int64_t nan_n = 0, pinf_n = 0, ninf_n = 0;
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
     const int64_t gc = a.genuine_col[p];
@@ -75,37 +76,26 @@ void openset_rows(const OpensetStatsArgs& a, const std::vector<int64_t>& n_enrol
     top.clear();
     for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
       const int64_t n = std::min(kChunk, C - c0);
+      const int64_t nw = (n + 63) / 64;
       K* kb = keys.data();
-      if (sc == 1) {
-        for (int64_t i = 0; i < n; ++i) kb[i] = T::key(row[c0 + i]);
-      } else {
-        for (int64_t i = 0; i < n; ++i) kb[i] = T::key(row[(c0 + i) * sc]);
+      detail::keys_of<D>(row + c0 * sc, sc, n, kb, nf);
+      if (mated) {  // num_ge: enrolled columns whose key is >= the genuine key
+        detail::ge_mask(kb, n, gk, mask.data());
+        for (int s = 0; s < NS; ++s)
+          ge[s] += detail::and_popcount(mask.data(), enrolled_bits.data() + s * W + c0 / 64, nw);
       }
-      int64_t cn = 0, cp = 0, cm = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        cn += kb[i] == K(0);
-        cp += kb[i] == kPosInfKey<K>;
-        cm += kb[i] == kNegInfKey<K>;
-      }
-      nan_n += cn; pinf_n += cp; ninf_n += cm;
-      if (mated) {
-        uint8_t* ab = above.data();
-        for (int64_t i = 0; i < n; ++i) ab[i] = kb[i] >= gk;
-        for (int s = 0; s < NS; ++s) {
-          const uint8_t* e = a.enrolled + s * C + c0;
-          uint32_t cnt = 0;
-          for (int64_t i = 0; i < n; ++i) cnt += (e[i] != 0) & ab[i];
-          ge[s] += cnt;
+      // the largest keys: a mask of the keys above the running threshold per kSub
+      // entries, then exact inserts (rare once the threshold has risen)
+      for (int64_t s0 = 0; s0 < n; s0 += kSub) {
+        const int64_t m = std::min(kSub, n - s0);
+        if (top.thr == std::numeric_limits<K>::max()) break;
+        detail::ge_mask(kb + s0, m, static_cast<K>(top.thr + 1), mask.data());
+        for (int64_t w = 0; w * 64 < m; ++w) {
+          for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+            const int64_t i = s0 + w * 64 + __builtin_ctzll(bits);
+            if (kb[i] > top.thr && c0 + i != gc) top.insert(kb[i], c0 + i);
+          }
         }
-      }
-      for (int64_t i0 = 0; i0 < n; i0 += 16) {
-        const int64_t i1 = std::min(n, i0 + 16);
-        const K thr = top.thr;
-        int any = 0;
-        for (int64_t i = i0; i < i1; ++i) any |= kb[i] > thr;
-        if (!any) continue;
-        for (int64_t i = i0; i < i1; ++i)
-          if (kb[i] > top.thr && c0 + i != gc) top.insert(kb[i], c0 + i);
       }
     }
     // the genuine column was counted like any other (its key is >= itself)
@@ -135,7 +125,6 @@ void openset_rows(const OpensetStatsArgs& a, const std::vector<int64_t>& n_enrol
       a.num_ge[s * P + p] = ge[s];
     }
   }
-  nf.nan += nan_n; nf.pinf += pinf_n; nf.ninf += ninf_n;
 }
 
 }  // namespace
@@ -147,21 +136,27 @@ void openset_stats_cpu(const OpensetStatsArgs& a, int num_threads) {
   for (int64_t p = 0; p < a.scores.rows; ++p)
     if (a.genuine_col[p] >= a.scores.cols)
       throw InvalidArgument("genuine_col: column index out of range");
-  const int64_t C = a.scores.cols;
+  const int64_t C = a.scores.cols, W = (C + 63) / 64;
+  // enrolment as bits (one word per 64 columns and split) and the enrolled count
   std::vector<int64_t> n_enrolled(a.num_splits, 0);
+  std::vector<uint64_t> enrolled_bits(static_cast<size_t>(a.num_splits) * W, 0);
   for (int s = 0; s < a.num_splits; ++s)
-    for (int64_t c = 0; c < C; ++c) n_enrolled[s] += a.enrolled[s * C + c] != 0;
+    for (int64_t c = 0; c < C; ++c)
+      if (a.enrolled[s * C + c]) {
+        ++n_enrolled[s];
+        enrolled_bits[s * W + c / 64] |= uint64_t{1} << (c % 64);
+      }
   const int64_t min_rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C));
   const int nt = parallel_blocks(a.scores.rows, num_threads, min_rows);
-  std::vector<Counts> parts(nt);
+  std::vector<detail::NonFinite> parts(nt);
   dispatch_dtype(a.scores.dtype, [&](auto tag) {
     constexpr DType D = decltype(tag)::value;
     parallel_for_blocks(a.scores.rows, nt, min_rows, [&](int t, int64_t b, int64_t e) {
-      openset_rows<D>(a, n_enrolled, b, e, parts[t]);
+      openset_rows<D>(a, n_enrolled, enrolled_bits, b, e, parts[t]);
     });
     return 0;
   });
-  for (const Counts& c : parts) {
+  for (const detail::NonFinite& c : parts) {
     a.nonfinite[0] += c.nan;
     a.nonfinite[1] += c.pinf;
     a.nonfinite[2] += c.ninf;
