@@ -140,3 +140,31 @@ def test_evaluate_warning_counts_equal_a_literal_count(device, dtype):
 
     assert counts[0] == {"score_mat": literal(St), "merge_score_mat": literal(Mt)}
     assert rec[0].filename == __file__  # points at the caller of evaluate
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_key_histogram_refinement_pass_equals_literal(device, dtype):
+    from qme_ext.ops.keys import keys, to_signed64
+    rng = np.random.default_rng(12)
+    S = np.round(rng.normal(size=(50, 3000)) * 64) / 64
+    S[rng.random(S.shape) < 0.01] = np.nan
+    S = S.astype(dtype)
+    bits = 64 if dtype == np.float64 else 32
+    k = keys(S.ravel().astype(np.float64), bits)
+    shift = bits - 32
+    nan_key = int(k[k != 0].min())
+    k[k == 0] = nan_key
+    pre = (k >> np.uint64(shift + 16)).astype(np.uint64)
+    common = [int(v) for v in np.unique(pre)[-3:]]
+    beyond = (1 << (bits - shift - 16)) + 5  # matches no key
+    # distinct prefixes (one lookup per entry) and a repeated one (every row filled)
+    for prefixes in ([common[2], common[0], beyond, common[1]],
+                     [common[0], common[1], common[0], common[2], beyond]):
+        h, _ = _ops.key_histogram(to_device(S, device), shift, 16,
+                                  torch.tensor([to_signed64(p) for p in prefixes], device=device),
+                                  shift + 16, to_signed64(nan_key))
+        for f, p in enumerate(prefixes):
+            sel = k[pre == np.uint64(p)]
+            want = np.bincount(((sel >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64),
+                               minlength=1 << 16)
+            np.testing.assert_array_equal(h[f].cpu().numpy(), want)

@@ -50,6 +50,19 @@ void histogram_rows(const KeyHistogramArgs& a, int64_t r0, int64_t r1, Partial& 
     since_flush = 0;
   };
   uint32_t* h = local.data();
+  // Refinement passes with at most 16 prefix bits (the last digit of a 32-bit key):
+  // prefix -> histogram row (-1: not selected), so an entry costs one lookup.
+  std::vector<int32_t> slot;
+  const int prefix_bits = kBits - a.prefix_shift;
+  if (F > 0 && a.prefix_shift < kBits && prefix_bits <= 16) {
+    slot.assign(size_t{1} << prefix_bits, -1);
+    for (int f = 0; f < F && !slot.empty(); ++f) {
+      const uint64_t pre = a.prefixes[f];
+      if (pre >= (uint64_t{1} << prefix_bits)) continue;  // matches no key
+      if (slot[pre] >= 0) slot.clear();  // a repeated prefix fills every row: general loop
+      else slot[pre] = f;
+    }
+  }
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
     for (int64_t c0 = 0; c0 < G; c0 += kChunk) {
@@ -69,6 +82,13 @@ void histogram_rows(const KeyHistogramArgs& a, int64_t r0, int64_t r1, Partial& 
         for (int64_t i = 0; i < n; ++i) kb[i] = kb[i] == 0 ? nan_key : kb[i];
       if (F == 0) {
         for (int64_t i = 0; i < n; ++i) h[(kb[i] >> shift) & digit_mask]++;
+      } else if (!slot.empty()) {  // one lookup per entry, whatever F
+        const int ps = a.prefix_shift;
+        for (int64_t i = 0; i < n; ++i) {
+          const K k = kb[i];
+          const int32_t f = slot[static_cast<size_t>(k >> ps)];
+          if (f >= 0) h[f * nbins + ((k >> shift) & digit_mask)]++;
+        }
       } else {
         const int ps = a.prefix_shift;
         for (int64_t i = 0; i < n; ++i) {

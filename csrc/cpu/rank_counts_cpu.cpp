@@ -2,7 +2,7 @@
 // entries precede each good entry (sort-free CMC/AP, SPEC 2.1).
 //
 // The goods of all modes are merged into one ranked list, so each entry of the
-// row costs one floor comparison and, only when it ranks above the lowest good,
+// row costs one (vectorised) floor comparison and, only when it ranks above the lowest good,
 // one binary search; per-mode positions are recovered from prefix sums at the end.
 // Ranking order is encoded in one unsigned integer per entry ("rank code"):
 // key in the high bits, the bitwise complement of the column in the low bits,
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "key_block.h"
 #include "parallel.h"
 #include "rank_code.h"
 #include "qme/ops.h"
@@ -22,6 +23,8 @@ using detail::CodeOf;
 using detail::goods_above;
 using detail::GoodsIndex;
 using detail::rank_code;
+
+constexpr int64_t kChunk = 2048;  // keys of one block of a row, in L1
 
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
@@ -41,6 +44,9 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   std::vector<int64_t> counts;   // entries whose first preceded good is union[i]
   std::vector<int64_t> junk_fix[3];
   GoodsIndex<K, C> index;
+  std::vector<K> keys(kChunk);
+  std::vector<uint64_t> mask(kChunk / 64);
+  detail::NonFinite unused;  // the TAR pass counts them
 
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
@@ -60,15 +66,21 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     if (n > 0) {
       index.build(codes.data(), n);
       const C floor = index.floor();
-      if (sc == 1) {
-        for (int64_t j = 0; j < G; ++j) {
-          const C c = rank_code(T::key(row[j]), j);
-          if (c > floor) counts[index.above(c)]++;
-        }
-      } else {
-        for (int64_t j = 0; j < G; ++j) {
-          const C c = rank_code(T::key(row[j * sc]), j);
-          if (c > floor) counts[index.above(c)]++;
+      const K floor_key = static_cast<K>(floor >> (sizeof(C) * 4));
+      // A block of keys at a time (vectorised); only the entries whose key reaches
+      // the lowest good's key are looked up (most of a row when genuine scores
+      // stand above the impostors, as a real matcher's do).
+      for (int64_t c0 = 0; c0 < G; c0 += kChunk) {
+        const int64_t m = std::min(kChunk, G - c0);
+        K* kb = keys.data();
+        detail::keys_of<D>(row + c0 * sc, sc, m, kb, unused);
+        detail::ge_mask(kb, m, floor_key, mask.data());
+        for (int64_t w = 0; w * 64 < m; ++w) {
+          for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+            const int64_t i = w * 64 + __builtin_ctzll(bits);
+            const C c = rank_code(kb[i], c0 + i);
+            if (c > floor) counts[index.above(c)]++;
+          }
         }
       }
       // Junk of mode m was counted like any entry: remove it from mode m only.
