@@ -42,9 +42,14 @@ def _reference(S, ids, modes=MODES):
     return fp, ap, ng, lp
 
 
-@pytest.mark.parametrize("seed,nan_frac", [(0, 0.0), (1, 0.05), (2, 0.3)])
-def test_rank_counts_every_output_equals_reference(device, seed, nan_frac):
-    S, ids = make_problem(seed, P=30, G=400, n_ids=6, nan_frac=nan_frac)
+# (G, n_ids): ~65 goods per row (bucket index), and ~4 per row over several key blocks
+# of the CPU twin (one vectorised sweep per good; ties broken by column across blocks)
+@pytest.mark.parametrize("seed,nan_frac,G,n_ids", [(0, 0.0, 400, 6), (1, 0.05, 400, 6),
+                                                   (2, 0.3, 400, 6), (3, 0.0, 5000, 1200),
+                                                   (4, 0.05, 5000, 1200)])
+def test_rank_counts_every_output_equals_reference(device, seed, nan_frac, G, n_ids):
+    S, ids = make_problem(seed, P=30, G=G, n_ids=n_ids, nan_frac=nan_frac)
+    S = np.round(S * 2) / 2  # coarse: many ties with the goods
     S[0, :7] = np.inf
     S[1, :5] = -np.inf
     fp, ap, ng, lp = _rank_counts(S, ids, device)

@@ -5,14 +5,16 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace qme {
 namespace detail {
-namespace {
-
 bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
   return yes;
 }
+
+namespace {
 
 void keys_f32_portable(const float* x, int64_t n, uint32_t* out, NonFinite& nf) {
   int64_t cn = 0, cp = 0, cm = 0;
@@ -100,7 +102,47 @@ __attribute__((target("avx2,popcnt"))) int64_t and_popcount_hw(const uint64_t* a
   return c;
 }
 
+__attribute__((target("avx2"))) void count_preceding_avx2(const uint32_t* keys, int64_t m,
+                                                          int64_t c0, const uint32_t* gkeys,
+                                                          const int64_t* gcols, int n,
+                                                          int64_t* cum) {
+  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int64_t m8 = m & ~int64_t{7};
+  for (int u = 0; u < n; ++u) {
+    const __m256i gk = _mm256_set1_epi32(static_cast<int>(gkeys[u] ^ 0x80000000u));
+    // entries i < lim have a lower column than the good
+    const int64_t lim64 = std::min<int64_t>(std::max<int64_t>(gcols[u] - c0, 0), m);
+    const __m256i lim = _mm256_set1_epi32(static_cast<int>(lim64));
+    __m256i acc = _mm256_setzero_si256();
+    __m256i iv = lane;
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (int64_t i = 0; i < m8; i += 8) {
+      const __m256i k = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i)), flip);
+      const __m256i gt = _mm256_cmpgt_epi32(k, gk);
+      const __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(k, gk), _mm256_cmpgt_epi32(lim, iv));
+      acc = _mm256_sub_epi32(acc, _mm256_or_si256(gt, tie));  // masks are -1
+      iv = _mm256_add_epi32(iv, eight);
+    }
+    alignas(32) int32_t l[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc);
+    int64_t c = 0;
+    for (int j = 0; j < 8; ++j) c += l[j];
+    for (int64_t i = m8; i < m; ++i)
+      c += keys[i] > gkeys[u] || (keys[i] == gkeys[u] && i < lim64);
+    cum[u] += c;
+  }
+}
+
 }  // namespace
+
+bool count_preceding(const uint32_t* keys, int64_t m, int64_t c0, const uint32_t* gkeys,
+                     const int64_t* gcols, int n, int64_t* cum) {
+  if (!has_avx2() || m > (int64_t{1} << 30)) return false;
+  count_preceding_avx2(keys, m, c0, gkeys, gcols, n, cum);
+  return true;
+}
 
 void keys_f32(const float* x, int64_t n, uint32_t* out, NonFinite& nf) {
   if (has_avx2()) keys_f32_avx2(x, n, out, nf);

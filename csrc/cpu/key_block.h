@@ -28,6 +28,16 @@ void ge_mask(const uint64_t* keys, int64_t n, uint64_t t, uint64_t* words);
 // sum over w < n_words of popcount(a[w] & b[w]).
 int64_t and_popcount(const uint64_t* a, const uint64_t* b, int64_t n_words);
 
+// Whether the vectorised bodies run here (AVX2 and POPCNT, checked once).
+bool has_avx2();
+
+// For rows with few goods: cum[u] += the number of the m entries (columns c0 + i,
+// keys[i]) ranked before good u (key gkeys[u], column gcols[u]): a higher key, or the
+// same key and a lower column. Vectorised over entries, one sweep per good; returns
+// false (nothing done) where the CPU lacks AVX2 or the columns exceed int32.
+bool count_preceding(const uint32_t* keys, int64_t m, int64_t c0, const uint32_t* gkeys,
+                     const int64_t* gcols, int n, int64_t* cum);
+
 // Keys of n scores of any dtype and column stride (the fast path: contiguous float32).
 template <DType D>
 inline void keys_of(const typename ScoreTraits<D>::Storage* row, int64_t stride, int64_t n,

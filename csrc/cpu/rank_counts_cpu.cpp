@@ -25,6 +25,7 @@ using detail::GoodsIndex;
 using detail::rank_code;
 
 constexpr int64_t kChunk = 2048;  // keys of one block of a row, in L1
+constexpr int64_t kFewGoods = 16;  // up to this many goods: a vectorised sweep per good
 
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
@@ -47,6 +48,8 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   std::vector<K> keys(kChunk);
   std::vector<uint64_t> mask(kChunk / 64);
   detail::NonFinite unused;  // the TAR pass counts them
+  std::vector<uint32_t> gkeys;
+  std::vector<int64_t> gcols, cum(kFewGoods);
 
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
@@ -63,7 +66,24 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     codes.resize(n);
     for (int64_t i = 0; i < n; ++i) codes[i] = goods[i].code;
     counts.assign(n + 1, 0);
-    if (n > 0) {
+    if (n > 0 && n <= kFewGoods && sizeof(K) == 4 && detail::has_avx2()) {
+      // Few goods: count, per good, the entries ranked before it with one vectorised
+      // sweep of the key block each (no per-entry lookup); counts[] are the differences.
+      gkeys.resize(n);
+      gcols.resize(n);
+      std::fill(cum.begin(), cum.end(), int64_t(0));
+      for (int64_t u = 0; u < n; ++u) {
+        gkeys[u] = static_cast<uint32_t>(codes[u] >> (sizeof(C) * 4));
+        gcols[u] = static_cast<int64_t>(~static_cast<uint64_t>(codes[u]) & 0xFFFFFFFFull);
+      }
+      for (int64_t c0 = 0; c0 < G; c0 += kChunk) {
+        const int64_t m = std::min(kChunk, G - c0);
+        detail::keys_of<D>(row + c0 * sc, sc, m, keys.data(), unused);
+        detail::count_preceding(reinterpret_cast<const uint32_t*>(keys.data()), m, c0,
+                                gkeys.data(), gcols.data(), static_cast<int>(n), cum.data());
+      }
+      for (int64_t u = 0; u < n; ++u) counts[u] = cum[u] - (u ? cum[u - 1] : 0);
+    } else if (n > 0) {
       index.build(codes.data(), n);
       const C floor = index.floor();
       const K floor_key = static_cast<K>(floor >> (sizeof(C) * 4));
@@ -83,6 +103,8 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
           }
         }
       }
+    }
+    if (n > 0) {
       // Junk of mode m was counted like any entry: remove it from mode m only.
       for (int m = 0; m < M; ++m) junk_fix[m].assign(n + 1, 0);
       for (int64_t c = a.cand_offsets[p]; c < a.cand_offsets[p + 1]; ++c) {
