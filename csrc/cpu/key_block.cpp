@@ -135,7 +135,45 @@ __attribute__((target("avx2"))) void count_preceding_avx2(const uint32_t* keys, 
   }
 }
 
+template <typename K>
+void key_range_portable(const K* keys, int64_t n, K& lo, K& hi) {
+  K l = lo, h = hi;
+  for (int64_t i = 0; i < n; ++i) {  // NaN (key 0) maps to the top for the minimum
+    const K k = keys[i];
+    l = std::min(l, k == 0 ? static_cast<K>(~K(0)) : k);
+    h = std::max(h, k);
+  }
+  lo = l;
+  hi = h;
+}
+
+__attribute__((target("avx2"))) void key_range_avx2(const uint32_t* keys, int64_t n,
+                                                    uint32_t& lo, uint32_t& hi) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i l = _mm256_set1_epi32(-1), h = zero;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
+    l = _mm256_min_epu32(l, _mm256_or_si256(k, _mm256_cmpeq_epi32(k, zero)));
+    h = _mm256_max_epu32(h, k);
+  }
+  alignas(32) uint32_t a[8], b[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), l);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), h);
+  for (int j = 0; j < 8; ++j) { lo = std::min(lo, a[j]); hi = std::max(hi, b[j]); }
+  key_range_portable(keys + i, n - i, lo, hi);
+}
+
 }  // namespace
+
+void key_range(const uint32_t* keys, int64_t n, uint32_t& lo, uint32_t& hi) {
+  if (has_avx2()) key_range_avx2(keys, n, lo, hi);
+  else key_range_portable(keys, n, lo, hi);
+}
+
+void key_range(const uint64_t* keys, int64_t n, uint64_t& lo, uint64_t& hi) {
+  key_range_portable(keys, n, lo, hi);
+}
 
 bool count_preceding(const uint32_t* keys, int64_t m, int64_t c0, const uint32_t* gkeys,
                      const int64_t* gcols, int n, int64_t* cum) {

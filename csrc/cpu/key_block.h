@@ -28,6 +28,11 @@ void ge_mask(const uint64_t* keys, int64_t n, uint64_t t, uint64_t* words);
 // sum over w < n_words of popcount(a[w] & b[w]).
 int64_t and_popcount(const uint64_t* a, const uint64_t* b, int64_t n_words);
 
+// Smallest non-NaN key (lo; unchanged when all are NaN) and largest key (hi) of n keys,
+// folded into lo/hi.
+void key_range(const uint32_t* keys, int64_t n, uint32_t& lo, uint32_t& hi);
+void key_range(const uint64_t* keys, int64_t n, uint64_t& lo, uint64_t& hi);
+
 // Whether the vectorised bodies run here (AVX2 and POPCNT, checked once).
 bool has_avx2();
 

@@ -52,15 +52,15 @@ void histogram_rows(const KeyHistogramArgs& a, int64_t r0, int64_t r1, Partial& 
   uint32_t* h = local.data();
   // Refinement passes with at most 16 prefix bits (the last digit of a 32-bit key):
   // prefix -> histogram row (-1: not selected), so an entry costs one lookup.
-  std::vector<int32_t> slot;
+  std::vector<int8_t> slot;  // 64 KiB: stays in L2
   const int prefix_bits = kBits - a.prefix_shift;
-  if (F > 0 && a.prefix_shift < kBits && prefix_bits <= 16) {
+  if (F > 0 && F <= 127 && a.prefix_shift < kBits && prefix_bits <= 16) {
     slot.assign(size_t{1} << prefix_bits, -1);
     for (int f = 0; f < F && !slot.empty(); ++f) {
       const uint64_t pre = a.prefixes[f];
       if (pre >= (uint64_t{1} << prefix_bits)) continue;  // matches no key
       if (slot[pre] >= 0) slot.clear();  // a repeated prefix fills every row: general loop
-      else slot[pre] = f;
+      else slot[pre] = static_cast<int8_t>(f);
     }
   }
   for (int64_t p = r0; p < r1; ++p) {
@@ -70,14 +70,7 @@ void histogram_rows(const KeyHistogramArgs& a, int64_t r0, int64_t r1, Partial& 
       K* kb = keys.data();
       const int64_t nan_before = nf.nan;
       detail::keys_of<D>(row + c0 * sc, sc, n, kb, nf);
-      K blo = std::numeric_limits<K>::max(), bhi = 0;
-      for (int64_t i = 0; i < n; ++i) {  // NaN (key 0) is neither: it maps to max for min
-        const K k = kb[i];
-        blo = std::min(blo, k == 0 ? std::numeric_limits<K>::max() : k);
-        bhi = std::max(bhi, k);
-      }
-      lo = std::min(lo, blo);
-      hi = std::max(hi, bhi);
+      detail::key_range(kb, n, lo, hi);
       if (nf.nan != nan_before)
         for (int64_t i = 0; i < n; ++i) kb[i] = kb[i] == 0 ? nan_key : kb[i];
       if (F == 0) {
