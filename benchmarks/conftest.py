@@ -10,14 +10,16 @@ import torch
 import qme_ext
 
 
-def synthetic_scores(P, G, n_subjects, seed=0, device="cpu", dtype=torch.float32):
-    """(P, G) scores with a genuine shift, ids, cameras, clothes and a (P, S) merge matrix."""
+def synthetic_scores(P, G, n_subjects, seed=0, device="cpu", dtype=torch.float32,
+                     genuine_shift=2.0):
+    """(P, G) scores with a genuine shift (0: pure noise), ids, cameras, clothes and a
+    (P, S) merge matrix."""
     gen = torch.Generator(device=device).manual_seed(seed)
     g_pids = torch.randint(0, n_subjects, (G,), generator=gen, device=device)
     q_pids = torch.randint(0, n_subjects + max(1, n_subjects // 10), (P,), generator=gen,
                            device=device)
     S = torch.randn((P, G), generator=gen, device=device, dtype=torch.float32)
-    S += 2.0 * (q_pids[:, None] == g_pids[None, :])
+    S += genuine_shift * (q_pids[:, None] == g_pids[None, :])
     S = S.to(dtype)
     M = torch.randn((P, n_subjects), generator=gen, device=device).to(dtype)
     ids = dict(q_camids=torch.randint(0, 5, (P,), generator=gen, device=device),

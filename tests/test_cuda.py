@@ -56,12 +56,17 @@ def test_key_histogram_cuda_equals_cpu(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_openset_cuda_equals_cpu(dtype):
-    M = torch.randn(500, 300, dtype=torch.float64).round(decimals=1).to(dtype)
+    M = torch.randn(500, 300, dtype=torch.float64).round(decimals=1)
+    M[torch.rand(500, 300) < 0.01] = float("nan")
+    M[torch.rand(500, 300) < 0.01] = float("inf")
+    M[torch.rand(500, 300) < 0.01] = -float("inf")
+    M = M.to(dtype)
     gcol = torch.randint(-1, 300, (500,))
     enrolled = torch.randint(0, 2, (10, 300), dtype=torch.uint8)
     a = _ops.openset_stats(M, gcol, enrolled)
     b = _ops.openset_stats(M.cuda(), gcol.cuda(), enrolled.cuda())
     assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+    assert torch.equal(a[2], b[2].cpu()) and int(a[2][0]) > 0
 
 
 def test_evaluate_cuda_equals_cpu():

@@ -63,7 +63,7 @@ def test_torch_compile_traces_the_ops():
     enrolled = torch.ones((2, 30), dtype=torch.uint8)
 
     def f(x):
-        mo, ng = _ops.openset_stats(x, gcol, enrolled)
+        mo, ng, _ = _ops.openset_stats(x, gcol, enrolled)
         return mo.sum() + ng.sum()
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)

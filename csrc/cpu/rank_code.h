@@ -53,8 +53,12 @@ class GoodsIndex {
     floor_ = desc[n - 1];
     floor_key_ = key_of(desc[n - 1]);
     const K top = key_of(desc[0]);
+    // ~16 buckets per good (at most 4096: the index stays in L1/L2 and its build is a
+    // small part of a row), never fewer than 2 per good: float keys crowd the goods of
+    // a few exponents into few buckets, and each halving of the fullest one saves a
+    // select step on every entry
     int64_t nb = 16;
-    while (nb < 2 * n && nb < (int64_t{1} << 16)) nb <<= 1;
+    while ((nb < 16 * n && nb < 4096) || (nb < 2 * n && nb < (int64_t{1} << 16))) nb <<= 1;
     const uint64_t span = static_cast<uint64_t>(top - floor_key_);
     shift_ = 0;
     while ((span >> shift_) >= static_cast<uint64_t>(nb - 1)) ++shift_;

@@ -2,7 +2,7 @@
 // entries precede each good entry (sort-free CMC/AP, SPEC 2.1).
 //
 // The goods of all modes are merged into one ranked list, so each entry of the
-// row costs one floor comparison and, only when it ranks above the lowest good,
+// row costs one (vectorised) floor comparison and, only when it ranks above the lowest good,
 // one binary search; per-mode positions are recovered from prefix sums at the end.
 // Ranking order is encoded in one unsigned integer per entry ("rank code"):
 // key in the high bits, the bitwise complement of the column in the low bits,
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "key_block.h"
 #include "parallel.h"
 #include "rank_code.h"
 #include "qme/ops.h"
@@ -22,6 +23,9 @@ using detail::CodeOf;
 using detail::goods_above;
 using detail::GoodsIndex;
 using detail::rank_code;
+
+constexpr int64_t kChunk = 2048;  // keys of one block of a row, in L1
+constexpr int64_t kFewGoods = 16;  // up to this many goods: a vectorised sweep per good
 
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
@@ -41,6 +45,11 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   std::vector<int64_t> counts;   // entries whose first preceded good is union[i]
   std::vector<int64_t> junk_fix[3];
   GoodsIndex<K, C> index;
+  std::vector<K> keys(kChunk);
+  std::vector<uint64_t> mask(kChunk / 64);
+  detail::NonFinite unused;  // the TAR pass counts them
+  std::vector<uint32_t> gkeys;
+  std::vector<int64_t> gcols, cum(kFewGoods);
 
   for (int64_t p = r0; p < r1; ++p) {
     const S* row = base + p * sr;
@@ -57,20 +66,45 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     codes.resize(n);
     for (int64_t i = 0; i < n; ++i) codes[i] = goods[i].code;
     counts.assign(n + 1, 0);
-    if (n > 0) {
+    if (n > 0 && n <= kFewGoods && sizeof(K) == 4 && detail::has_avx2()) {
+      // Few goods: count, per good, the entries ranked before it with one vectorised
+      // sweep of the key block each (no per-entry lookup); counts[] are the differences.
+      gkeys.resize(n);
+      gcols.resize(n);
+      std::fill(cum.begin(), cum.end(), int64_t(0));
+      for (int64_t u = 0; u < n; ++u) {
+        gkeys[u] = static_cast<uint32_t>(codes[u] >> (sizeof(C) * 4));
+        gcols[u] = static_cast<int64_t>(~static_cast<uint64_t>(codes[u]) & 0xFFFFFFFFull);
+      }
+      for (int64_t c0 = 0; c0 < G; c0 += kChunk) {
+        const int64_t m = std::min(kChunk, G - c0);
+        detail::keys_of<D>(row + c0 * sc, sc, m, keys.data(), unused);
+        detail::count_preceding(reinterpret_cast<const uint32_t*>(keys.data()), m, c0,
+                                gkeys.data(), gcols.data(), static_cast<int>(n), cum.data());
+      }
+      for (int64_t u = 0; u < n; ++u) counts[u] = cum[u] - (u ? cum[u - 1] : 0);
+    } else if (n > 0) {
       index.build(codes.data(), n);
       const C floor = index.floor();
-      if (sc == 1) {
-        for (int64_t j = 0; j < G; ++j) {
-          const C c = rank_code(T::key(row[j]), j);
-          if (c > floor) counts[index.above(c)]++;
-        }
-      } else {
-        for (int64_t j = 0; j < G; ++j) {
-          const C c = rank_code(T::key(row[j * sc]), j);
-          if (c > floor) counts[index.above(c)]++;
+      const K floor_key = static_cast<K>(floor >> (sizeof(C) * 4));
+      // A block of keys at a time (vectorised); only the entries whose key reaches
+      // the lowest good's key are looked up (most of a row when genuine scores
+      // stand above the impostors, as a real matcher's do).
+      for (int64_t c0 = 0; c0 < G; c0 += kChunk) {
+        const int64_t m = std::min(kChunk, G - c0);
+        K* kb = keys.data();
+        detail::keys_of<D>(row + c0 * sc, sc, m, kb, unused);
+        detail::ge_mask(kb, m, floor_key, mask.data());
+        for (int64_t w = 0; w * 64 < m; ++w) {
+          for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+            const int64_t i = w * 64 + __builtin_ctzll(bits);
+            const C c = rank_code(kb[i], c0 + i);
+            if (c > floor) counts[index.above(c)]++;
+          }
         }
       }
+    }
+    if (n > 0) {
       // Junk of mode m was counted like any entry: remove it from mode m only.
       for (int m = 0; m < M; ++m) junk_fix[m].assign(n + 1, 0);
       for (int64_t c = a.cand_offsets[p]; c < a.cand_offsets[p + 1]; ++c) {
@@ -87,21 +121,21 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
     for (int m = 0; m < M; ++m) {
       const int64_t out = m * P + p;
       const uint8_t good_m = static_cast<uint8_t>(1u << (2 * m));
-      int64_t before = 0, i_m = 0;
+      int64_t before = 0, i_m = 0, last = -1;
       double sum = 0.0;
       a.first_pos[out] = -1;
-      a.last_pos[out] = -1;
       for (int64_t u = 0; u < n; ++u) {
         // entries counted at u and below (in rank) precede union[u]
         before += counts[u] + junk_fix[m][u];
         if (!(goods[u].flags & good_m)) continue;
         const int64_t pos = before;
         if (i_m == 0) a.first_pos[out] = pos;
-        a.last_pos[out] = pos;
+        last = pos;
         sum += static_cast<double>(i_m + 1) / static_cast<double>(pos + 1);
         ++i_m;
       }
       a.num_good[out] = i_m;
+      a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
   }

@@ -27,6 +27,7 @@ __global__ void __launch_bounds__(kThreads) openset_stats_kernel(OpensetStatsArg
   __shared__ K s_best[kSplitChunk][kWarps];
   __shared__ unsigned long long s_ge[kSplitChunk][kWarps];
   __shared__ unsigned s_seen[kWarps];
+  unsigned long long nan_n = 0, pinf_n = 0, ninf_n = 0;  // this thread's entries, split chunk 0
 
   const S* base = static_cast<const S*>(a.scores.data);
   const int64_t P = a.scores.rows, C = a.scores.cols;
@@ -64,8 +65,13 @@ __global__ void __launch_bounds__(kThreads) openset_stats_kernel(OpensetStatsArg
       for (int u = 0; u < kSplitChunk; ++u) { best[u] = 0; ge[u] = 0; }
 
       for (int64_t c = tid; c < C; c += kThreads) {
-        if (c == gc) continue;
         const K k = T::key(row[c * sc]);
+        if (s0 == 0) {
+          nan_n += k == 0;
+          pinf_n += k == kPosInfKey<K>;
+          ninf_n += k == kNegInfKey<K>;
+        }
+        if (c == gc) continue;
         const bool above = mated && k >= gk;
 #pragma unroll
         for (int u = 0; u < kSplitChunk; ++u) {
@@ -114,6 +120,18 @@ __global__ void __launch_bounds__(kThreads) openset_stats_kernel(OpensetStatsArg
       __syncthreads();  // s_best / s_ge are rewritten by the next chunk
     }
   }
+  // Integer sums: the totals do not depend on the order of the atomics.
+  for (int o = 16; o > 0; o >>= 1) {
+    nan_n += __shfl_xor_sync(kFullMask, nan_n, o);
+    pinf_n += __shfl_xor_sync(kFullMask, pinf_n, o);
+    ninf_n += __shfl_xor_sync(kFullMask, ninf_n, o);
+  }
+  if (lane == 0 && (nan_n | pinf_n | ninf_n)) {
+    auto* out = reinterpret_cast<unsigned long long*>(a.nonfinite);
+    atomicAdd(out, nan_n);
+    atomicAdd(out + 1, pinf_n);
+    atomicAdd(out + 2, ninf_n);
+  }
 }
 
 void check_args(const OpensetStatsArgs& a) {
@@ -134,6 +152,7 @@ void openset_stats_cuda(const OpensetStatsArgs& a, void* /*workspace*/, size_t /
   const int64_t P = a.scores.rows;
   if (P == 0) return;
   if (a.genuine_col == nullptr || a.max_other == nullptr || a.num_ge == nullptr ||
+      a.nonfinite == nullptr ||
       (a.scores.cols > 0 && a.enrolled == nullptr))
     throw InvalidArgument("openset_stats: null input or output buffer");
   // genuine_col lives on the device: checking it here would need a copy and a

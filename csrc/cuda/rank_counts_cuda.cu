@@ -172,18 +172,19 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
       const unsigned good_m = 1u << (2 * m);
       int64_t before = 0, i_m = 0;
       double sum = 0.0;
+      int64_t last = -1;
       a.first_pos[out] = -1;
-      a.last_pos[out] = -1;
       for (int64_t u = 0; u < n; ++u) {
         // everything counted at slots <= u ranks above union[u]
         before += static_cast<int64_t>(counts[u] + junk[m * slots + u]);
         if (!(uflags[u] & good_m)) continue;
         if (i_m == 0) a.first_pos[out] = before;
-        a.last_pos[out] = before;
+        last = before;
         sum += static_cast<double>(i_m + 1) / static_cast<double>(before + 1);
         ++i_m;
       }
       a.num_good[out] = i_m;
+      a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
     }
     __syncthreads();  // the next row reuses the scratch and s_count

@@ -39,10 +39,11 @@ void register_metrics(py::module_& m) {
 
   m.def("openset_stats",
         [](py::tuple scores, uintptr_t genuine_col, uintptr_t enrolled, int num_splits,
-           uintptr_t max_other, uintptr_t num_ge) {
+           uintptr_t max_other, uintptr_t num_ge, uintptr_t nonfinite) {
           qme::OpensetStatsArgs a{matrix_from(scores, "merge_scores"), ptr<const int64_t>(genuine_col),
                                   ptr<const uint8_t>(enrolled), num_splits,
-                                  ptr<double>(max_other), ptr<int64_t>(num_ge)};
+                                  ptr<double>(max_other), ptr<int64_t>(num_ge),
+                                  ptr<int64_t>(nonfinite)};
           py::gil_scoped_release nogil;
           qme::openset_stats_cpu(a, qme_py::cpu_threads());
         });

@@ -36,7 +36,7 @@ void register_metrics_cuda(py::module_& m) {
   });
   m.def("openset_stats_workspace", [](py::tuple scores, int num_splits) {
     qme::OpensetStatsArgs a{matrix_from(scores, "merge_scores"), nullptr, nullptr, num_splits,
-                            nullptr, nullptr};
+                            nullptr, nullptr, nullptr};
     return qme::openset_stats_cuda_workspace(a);
   });
 
@@ -69,11 +69,12 @@ void register_metrics_cuda(py::module_& m) {
 
   m.def("openset_stats",
         [](py::tuple scores, uintptr_t genuine_col, uintptr_t enrolled, int num_splits,
-           uintptr_t max_other, uintptr_t num_ge, uintptr_t workspace, size_t workspace_bytes,
-           uintptr_t stream) {
+           uintptr_t max_other, uintptr_t num_ge, uintptr_t nonfinite, uintptr_t workspace,
+           size_t workspace_bytes, uintptr_t stream) {
           qme::OpensetStatsArgs a{matrix_from(scores, "merge_scores"),
                                   ptr<const int64_t>(genuine_col), ptr<const uint8_t>(enrolled),
-                                  num_splits, ptr<double>(max_other), ptr<int64_t>(num_ge)};
+                                  num_splits, ptr<double>(max_other), ptr<int64_t>(num_ge),
+                                  ptr<int64_t>(nonfinite)};
           py::gil_scoped_release nogil;
           qme::openset_stats_cuda(a, ptr<void>(workspace), workspace_bytes, stream_from(stream));
         });

@@ -134,6 +134,10 @@ QME_HD uint64_t key_from_double(double d) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
+// Keys of +inf and -inf (NaN is key 0), for counting non-finite entries in a pass.
+template <typename K> constexpr K kPosInfKey = sizeof(K) == 8 ? K(0xFFF0000000000000ull) : K(0xFF800000u);
+template <typename K> constexpr K kNegInfKey = sizeof(K) == 8 ? K(0x000FFFFFFFFFFFFFull) : K(0x007FFFFFu);
+
 // Inverse of key_from_float / key_from_double (key 0 decodes to a NaN).
 QME_HD float float_from_key(uint32_t k) {
   uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;

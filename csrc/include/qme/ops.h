@@ -29,7 +29,7 @@ struct RankCountsArgs {
   int64_t* first_pos;            // (num_modes, P) p_1, or -1 when the probe has no good entry
   double* ap;                    // (num_modes, P) (1/n) sum_i i / (p_i + 1); 0 when n = 0
   int64_t* num_good;             // (num_modes, P) n
-  int64_t* last_pos;             // (num_modes, P) p_n (mINP's hardest match), or -1 when n = 0
+  int64_t* last_pos;             // (num_modes, P) p_n (position of the last good entry), -1 when n = 0
 };
 // Checks shared by both twins and the CUDA workspace query (throws InvalidArgument):
 // the view, num_modes, max_candidates >= 0, and for 32-bit keys G <= 2^32 (the
@@ -70,6 +70,8 @@ struct OpensetStatsArgs {
                                  //   in key order (NaN lowest); -inf when there is none
   int64_t* num_ge;               // (n_splits, P) enrolled columns != genuine_col whose key
                                  //   is >= the genuine key; 0 when genuine_col < 0
+  int64_t* nonfinite;            // (3,) NaN, +inf, -inf entries of the whole matrix (every
+                                 //   column); added to, so the caller zeroes it
 };
 void openset_stats_cpu(const OpensetStatsArgs& args, int num_threads);
 

@@ -138,7 +138,10 @@ class GalleryIndex:
     """The gallery grouped by pid once; :meth:`candidates` serves any block of probes."""
 
     def __init__(self, g_pids: torch.Tensor):  # (G,) int64
-        self.order = torch.argsort(g_pids, stable=True)
+        # the same permutation either way (stable); torch's CPU stable argsort takes
+        # ~100x numpy's on a busy machine, longer than a pass over the scores
+        self.order = (torch.from_numpy(np.argsort(g_pids.numpy(), kind="stable"))
+                      if g_pids.device.type == "cpu" else torch.argsort(g_pids, stable=True))
         self.uniq, self.counts = torch.unique_consecutive(g_pids[self.order], return_counts=True)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
 
@@ -236,6 +239,9 @@ class Partials:
     impostors: Optional[ImpostorKeys] = None
     num_genuine: int = 0
     openset: Optional[tuple] = None  # (max_other (NS, P), num_ge (NS, P), gen (P,), gcol (P,))
+    # this process's {"score_mat": {"nan", "posinf", "neginf"}, "merge_score_mat": ...} entry
+    # counts, read off the TAR and open-set passes (row shards only; not reduced)
+    nonfinite: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------
@@ -253,7 +259,7 @@ class _RankRows:
                            _rows(i.q_clothes, r), i.g_clothes)
         out = rank_counts(blk.scores, cand.offsets, cand.index, flags, len(self.modes),
                           cand.max_per_probe)
-        self.parts.append(tuple(t.cpu().numpy() for t in out))
+        self.parts.append(tuple(t.cpu().numpy() for t in out[:3]))
 
     def reduce(self, red: Reducer, source: BlockSource) -> tuple:
         return tuple(red.cat(np.concatenate([p[k] for p in self.parts], axis=1))
@@ -404,11 +410,13 @@ class _OpenSetRows:
         self.gcol_t = torch.from_numpy(self.gcol).to(device)
         self.enrolled = torch.from_numpy(setup.enrolled).to(device)
         self.parts = []
+        self.nonfinite = np.zeros(3, dtype=np.int64)  # NaN, +inf, -inf of the merge matrix
 
     def add(self, blk: Block) -> None:
         M = blk.merge
         gcol = self.gcol_t[blk.rows]
-        max_other, num_ge = openset_stats(M, gcol, self.enrolled)
+        max_other, num_ge, nonfinite = openset_stats(M, gcol, self.enrolled)
+        self.nonfinite += nonfinite.cpu().numpy()
         self.parts.append((max_other.cpu().numpy(), num_ge.cpu().numpy(),
                            _genuine_merge(M, gcol)))
 
@@ -469,7 +477,7 @@ class _OpenSetColumns:
             here = (self.gcol[r] >= 0) & (local >= 0) & (local < S_l)
             gcol = np.where(here, local, np.where(self.gcol[r] >= 0, S_l, -1))
             aug = torch.cat([M, g[:, None]], dim=1)
-            mo, ng = openset_stats(aug, torch.from_numpy(gcol).to(self.device), enrolled_t)
+            mo, ng, _ = openset_stats(aug, torch.from_numpy(gcol).to(self.device), enrolled_t)
             parts.append((mo.cpu().numpy(), ng.cpu().numpy()))
         max_other = np.concatenate([p[0] for p in parts], axis=1)
         # NaN ranks lowest and the finishing code reads it as -inf: so does the max
@@ -510,6 +518,11 @@ def accumulate(source: BlockSource, ids: Ids, plan: Plan, red: Reducer = LOCAL) 
         if opn is not None:
             opn.add(blk)
     out = Partials()
+    if tar is not None and isinstance(opn, _OpenSetRows):
+        nf = opn.nonfinite.tolist()
+        none = {"nan": 0, "posinf": 0, "neginf": 0}
+        out.nonfinite = {"score_mat": tar.stats.nonfinite() if tar.stats else none,
+                         "merge_score_mat": dict(zip(("nan", "posinf", "neginf"), nf))}
     if rank is not None:
         out.rank = rank.reduce(red, source)
     if opn is not None:

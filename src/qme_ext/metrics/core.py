@@ -50,7 +50,7 @@ from ..ops.inputs import as_ids, as_probabilities, as_score_matrix, require_fini
 from .checks import check_evaluation
 from .minp import inp_of
 from .order_stats import ImpostorKeys, select_desc
-from .nonfinite import warn_nonfinite_matrices
+from .nonfinite import require_finite_counts, warn_matrix_counts
 from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
 from .splits import numpy_splits, qme_splits
 
@@ -709,11 +709,12 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
         raise ValueError(f"merge_score_mat: expected {S.shape[0]} rows (one per probe, like "
                          f"score_mat), got shape {tuple(M.shape)}")
     check_evaluation(q_pids, g_pids, unique_g_pids, seed, tuple(S.shape), M.shape[1])
-    # NonFiniteScoreWarning for NaN/inf entries; ValueError for a matrix with no finite one
-    warn_nonfinite_matrices(S, M)  # NonFiniteScoreWarning when NaN/inf entries were given
+    # warn_nonfinite=True: a NonFiniteScoreWarning when NaN/inf entries were given and a
+    # ValueError for a matrix with no finite one, from the counts of the passes themselves
+    # (no extra read of either matrix)
     return _evaluate_source(TensorSource(S, M, block_rows), q_pids, q_camids, q_clothes_ids,
                             g_pids, g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
-                            boot=boot, larger_is_better=larger_is_better)
+                            boot=boot, larger_is_better=larger_is_better, warn_nonfinite=True)
 
 
 def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pids, g_camids,
@@ -722,15 +723,20 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
                      shard: str = "rows", col_offset: int = 0,
                      merge_col_offset: int = 0,
                      boot: Optional[_bootstrap.Bootstrap] = None,
-                     larger_is_better: bool = True) -> dict[str, float]:
+                     larger_is_better: bool = True, warn_nonfinite: bool = False,
+                     _stacklevel: int = 4) -> dict[str, float]:
     """The report of :func:`evaluate` for a block source (ids are the local ones:
     this process's probes and gallery columns; `red` combines processes;
-    ``larger_is_better=False``: the source holds distances, negated block by block)."""
+    ``larger_is_better=False``: the source holds distances, negated block by block).
+    ``warn_nonfinite``: give :func:`evaluate`'s NonFiniteScoreWarning (row shards) from
+    the counts of the passes, pointing at the caller of the caller, and its ValueError for
+    a matrix with no finite score."""
     if not check_larger_is_better(larger_is_better):
         out = _evaluate_source(NegatedSource(source), q_pids, q_camids, q_clothes_ids, g_pids,
                                g_camids, g_clothes_ids, unique_g_pids, seed=seed, fars=fars,
                                red=red, shard=shard, col_offset=col_offset,
-                               merge_col_offset=merge_col_offset, boot=boot)
+                               merge_col_offset=merge_col_offset, boot=boot,
+                               warn_nonfinite=warn_nonfinite, _stacklevel=_stacklevel + 1)
         return negate_report_thresholds(out)
     far_list = as_probabilities(fars, "fars")
     ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
@@ -746,6 +752,11 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
     plan = Plan(MODES, tar=True, openset=setup, shard=shard, col_offset=col_offset,
                 merge_col_offset=merge_col_offset)
     parts = accumulate(source, ids, plan, red)
+    if warn_nonfinite and parts.nonfinite is not None:
+        require_finite_counts(parts.nonfinite, {
+            "score_mat": (source.num_rows, source.num_cols),
+            "merge_score_mat": (source.num_rows, source.merge_cols)})
+        warn_matrix_counts(parts.nonfinite, _stacklevel)
     out: dict[str, float] = {}
     for name, res in zip(("GR", "SC", "CC"), _rank_results(parts.rank, 20, False)):
         for k in (1, 5, 10, 20):

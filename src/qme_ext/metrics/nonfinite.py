@@ -12,7 +12,7 @@ import torch
 from ..ops.inputs import no_finite_message
 
 __all__ = ["NonFiniteScoreWarning", "count_nonfinite", "describe_nonfinite", "warn_nonfinite",
-           "warn_nonfinite_matrices", "warn_matrix_counts", "require_finite_counts"]
+           "warn_matrix_counts", "require_finite_counts"]
 
 
 class NonFiniteScoreWarning(UserWarning):
@@ -59,19 +59,6 @@ def warn_nonfinite(counts: dict, what: str, stacklevel: int = 3) -> None:
         warnings.warn(NonFiniteScoreWarning(f"{what}: {text}", counts), stacklevel=stacklevel)
 
 
-def warn_nonfinite_matrices(score_mat: torch.Tensor, merge_score_mat: torch.Tensor,
-                            stacklevel: int = 3) -> dict:
-    """Counts of both matrices of an evaluation ({"score_mat": ..., "merge_score_mat": ...});
-    one :class:`NonFiniteScoreWarning` naming what each non-finite entry became. A matrix
-    with no finite entry at all is a ValueError instead (:func:`require_finite_counts`)."""
-    counts = {"score_mat": count_nonfinite(score_mat),
-              "merge_score_mat": count_nonfinite(merge_score_mat)}
-    require_finite_counts(counts, {"score_mat": score_mat.shape,
-                                   "merge_score_mat": merge_score_mat.shape})
-    warn_matrix_counts(counts, stacklevel + 1)
-    return counts
-
-
 def require_finite_counts(counts: dict, shapes: dict) -> None:
     """ValueError naming the matrix when ``counts[key]`` ({"nan", "posinf", "neginf"})
     covers every entry of ``shapes[key]`` (a (rows, cols) shape): a matrix with no finite
@@ -84,8 +71,10 @@ def require_finite_counts(counts: dict, shapes: dict) -> None:
 
 
 def warn_matrix_counts(counts: dict, stacklevel: int = 3) -> None:
-    """The :class:`NonFiniteScoreWarning` of :func:`warn_nonfinite_matrices` from counts
-    gathered elsewhere (the blocks of an out-of-core evaluation)."""
+    """One :class:`NonFiniteScoreWarning` naming what each non-finite entry of an
+    evaluation's two matrices became, from ``counts`` = {"score_mat": {...},
+    "merge_score_mat": {...}} gathered by the engine's passes (or by the blocks of an
+    out-of-core evaluation); nothing when all are zero."""
     parts = [f"{key} {text}" for key, rule in (("score_mat", NAN_RULE_MATRIX),
                                                ("merge_score_mat", NAN_RULE_MERGE))
              for text in [describe_nonfinite(counts.get(key, {}), rule)] if text]

@@ -72,6 +72,15 @@ class KeyStats:
                    sum(p.nan_count for p in parts), min(p.min_key for p in parts),
                    max(p.max_key for p in parts), sum(p.numel for p in parts))
 
+    def nonfinite(self) -> dict:
+        """{"nan", "posinf", "neginf"} entry counts, read off the first pass: the top
+        digit's bin of the +inf (-inf) key holds no other key (the rest of that bin's
+        bit patterns are NaN, whose key is 0), so nothing is read again."""
+        top = self.bits - DIGIT_BITS
+        pinf, ninf = (int(k) >> top for k in _keys.keys(np.array([np.inf, -np.inf]), self.bits))
+        return {"nan": int(self.nan_count), "posinf": int(self.level0[pinf]),
+                "neginf": int(self.level0[ninf])}
+
     def as_array(self) -> np.ndarray:
         """(2**16 + 4,) int64: level0 then nan_count, min, max (as int64 bits), numel."""
         tail = [self.nan_count, _keys.to_signed64(self.min_key), _keys.to_signed64(self.max_key),

@@ -37,10 +37,10 @@ def rank_counts(
     num_modes: int,
     max_candidates: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good,
-    last good position (int64, -1 if none; mINP's hardest correct match).
+    """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good
+    (int64) and last good position (int64, -1 if none; mINP's denominator).
 
-    Outputs have shape (num_modes, P); positions are 0-based, after junk removal.
+    Positions are 0-based, counted after junk removal. Outputs have shape (num_modes, P).
     """
     P = scores.shape[0]
     dev = scores.device
@@ -140,25 +140,27 @@ def openset_stats(
     merge_scores: torch.Tensor,  # (P, S) merge scores, one column per subject
     genuine_col: torch.Tensor,  # (P,) int64 own-subject column or -1
     enrolled: torch.Tensor,  # (n_splits, S) uint8 enrolment masks
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per split and probe: best enrolled non-genuine score (float64, -inf if none)
-    and the number of enrolled non-genuine columns scoring >= the genuine one.
-    Both outputs have shape (n_splits, P)."""
+    and the number of enrolled non-genuine columns scoring >= the genuine one, both
+    (n_splits, P); and ``nonfinite`` (3,) int64: the NaN, +inf and -inf entries of the
+    whole matrix (every column), counted in the same read."""
     P = merge_scores.shape[0]
     NS = enrolled.shape[0]
     dev = merge_scores.device
     max_other = torch.empty((NS, P), dtype=torch.float64, device=dev)
     num_ge = torch.empty((NS, P), dtype=torch.int64, device=dev)
+    nonfinite = torch.zeros(3, dtype=torch.int64, device=dev)
     if P == 0:
-        return max_other, num_ge
+        return max_other, num_ge, nonfinite
     _check_openset_indices(merge_scores, genuine_col, enrolled)
     genuine_col, enrolled = genuine_col.contiguous(), enrolled.contiguous()
     desc = matrix_descriptor(merge_scores)
     with device_guard(merge_scores):
         mod, extra, _ws = module_and_extra(dev, lambda m: m.openset_stats_workspace(desc, NS))
         mod.openset_stats(desc, genuine_col.data_ptr(), enrolled.data_ptr(), NS,
-                          max_other.data_ptr(), num_ge.data_ptr(), *extra)
-    return max_other, num_ge
+                          max_other.data_ptr(), num_ge.data_ptr(), nonfinite.data_ptr(), *extra)
+    return max_other, num_ge, nonfinite
 
 
 @openset_stats.register_fake
@@ -166,4 +168,5 @@ def _(merge_scores, genuine_col, enrolled):
     P = merge_scores.shape[0]
     NS = enrolled.shape[0]
     return (merge_scores.new_empty((NS, P), dtype=torch.float64),
-            merge_scores.new_empty((NS, P), dtype=torch.int64))
+            merge_scores.new_empty((NS, P), dtype=torch.int64),
+            merge_scores.new_empty((3,), dtype=torch.int64))
