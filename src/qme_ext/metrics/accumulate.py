@@ -259,7 +259,7 @@ class _RankRows:
                            _rows(i.q_clothes, r), i.g_clothes)
         out = rank_counts(blk.scores, cand.offsets, cand.index, flags, len(self.modes),
                           cand.max_per_probe)
-        self.parts.append(tuple(t.cpu().numpy() for t in out[:3]))
+        self.parts.append(tuple(t.cpu().numpy() for t in out))
 
     def reduce(self, red: Reducer, source: BlockSource) -> tuple:
         return tuple(red.cat(np.concatenate([p[k] for p in self.parts], axis=1))
