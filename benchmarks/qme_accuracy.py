@@ -29,7 +29,7 @@ best with its paired 95% interval (``qme_ext.metrics`` bootstrap over probe subj
 replicates, the same weights for both rows) above 0.
 
 Seeds: the recipe was developed on data seeds 100, 101, 102 (``--seeds dev``); the reported
-table uses seeds 0-4 (``--seeds heldout``, the default), which were not looked at before the
+table uses seeds 0-9 (``--seeds heldout``, the default; 0-4 before issue 19), not looked at before the
 recipe was fixed.
 
     python benchmarks/qme_accuracy.py --json qme_accuracy.json --figure qme_accuracy.png
