@@ -306,7 +306,8 @@ def _evaluate(ss, S, M) -> dict:
 def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
                   quick: bool = False, train_seed: int = 42, quiet: bool = True,
                   sizes: Optional[dict] = None, baselines=BASELINES, recipe: str = "robust",
-                  ablations: bool = True, data_transform=None) -> dict:
+                  ablations: bool = True, data_transform=None,
+                  config_overrides: Optional[dict] = None) -> dict:
     """Run generate -> baselines -> QE + QME (+ ablations) -> test metrics.
 
     Returns dict(rows={row: metrics dict}, overall={row: float}, data=synthetic dict,
@@ -314,7 +315,8 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     config=TrainConfig dict, timings={stage: seconds}). ``recipe`` is the training recipe
     (:data:`qme_ext.qme.train.RECIPES`); ``ablations`` False trains only ``qme`` (not the
     Z = 1 and no-QE rows); ``data_transform`` maps the generated dict before use (the
-    accuracy benchmark's generator variations).
+    accuracy benchmark's generator variations); ``config_overrides`` sets TrainConfig fields
+    (the benchmark's ablations, e.g. ``{"open_set": False}``).
     """
     import dataclasses
 
@@ -344,7 +346,7 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     t["baselines"] = time.time() - t0
     cfg = TrainConfig(seed=train_seed, device=device, max_steps=size.get("steps"),
                       qe_steps=size["qe_steps"], eval_every=size.get("eval_every"), quiet=quiet,
-                      recipe=recipe)
+                      recipe=recipe, **(config_overrides or {}))
     t0 = time.time()
     log("stage 1: quality estimator")
     qe = fit_quality_estimator(train, val, cfg)
