@@ -76,11 +76,13 @@ def check_target_device(device, name: str = "device") -> Optional[torch.device]:
     return dev
 
 
-def require_finite_score(t: torch.Tensor, name: str, rows: int = 1 << 12) -> None:
+def require_finite_score(t: torch.Tensor, name: str, entries: int = 1 << 16) -> None:
     """ValueError naming ``name`` when the (P, N) scores ``t`` hold no finite entry (all NaN
     or +-inf): every metric of such a matrix would be a number decided by the NaN rule
-    alone (e.g. TAR 100% at every FAR), not by the scores. Checked a few rows at a time
-    and stopping at the first finite entry: usually one small block is read."""
+    alone (e.g. TAR 100% at every FAR), not by the scores. Checked about ``entries`` at a
+    time (whole rows) and stopping at the first finite entry: usually one small block is
+    read, never a (P, N) temporary."""
+    rows = max(1, entries // max(1, int(t.shape[1]) if t.dim() > 1 else 1))
     for r in range(0, t.shape[0], rows):
         if bool(torch.isfinite(t[r:r + rows]).any()):
             return
