@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["available", "plot_roc", "plot_det", "plot_cmc", "plot_score_hist",
-           "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "curves_of_matrix",
+           "plot_score_hist_counts", "score_histograms", "probit", "safe_name", "hist_plot_name",
+           "curves_of_matrix",
            "write_curve_plots", "write_comparison_plots", "save_figure", "curve_plot_names",
            "plot_epc", "plot_erc", "ranked_lists"]
 
@@ -188,11 +189,16 @@ def curves_of_matrix(mat, ids, bins: int = 60, boot: Optional[dict] = None) -> d
             "hist": score_histograms(mat[genuine], mat[~genuine], bins), **bands}
 
 
+def hist_plot_name(row: str) -> str:
+    """The file name of ``row``'s score histogram (score_hist_<row>.png)."""
+    return f"score_hist_{safe_name(row)}.png"
+
+
 def curve_plot_names(rows, hist_rows=None) -> list:
     """The file names :func:`write_curve_plots` writes for ``rows`` (and ``hist_rows``,
     default: all rows), so that callers can check them before anything is drawn."""
     return ["roc.png", "det.png", "cmc.png"] + [
-        f"score_hist_{safe_name(row)}.png" for row in (rows if hist_rows is None else hist_rows)]
+        hist_plot_name(row) for row in (rows if hist_rows is None else hist_rows)]
 
 
 def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
@@ -211,7 +217,7 @@ def write_curve_plots(out_dir, curves: dict, hist_rows=None) -> list:
              extra or None)
         written.append(name)
     for row in (curves if hist_rows is None else hist_rows):
-        name = f"score_hist_{safe_name(row)}.png"
+        name = hist_plot_name(row)
         plot_score_hist_counts(*curves[row]["hist"], f"{row}: score distributions",
                                os.path.join(out_dir, name))
         written.append(name)

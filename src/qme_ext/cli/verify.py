@@ -171,8 +171,10 @@ def run_verify(args) -> int:
     else:
         systems = _systems(args)
     inputs = args.files + (args.dev or []) + (args.eval or [])
+    from ..plots import hist_plot_name
     refuse_overwriting_inputs(inputs, [("--json", args.json)] + plot_outputs(
-        args.plots, ["roc.png", "det.png", "epc.png"] + [_hist_name(s.name) for s in systems]))
+        args.plots, ["roc.png", "det.png", "epc.png"] + [hist_plot_name(s.name)
+                                                         for s in systems]))
     far_convention = args.far_convention or ("conservative" if args.dev else "qme")
     from ..metrics.nonfinite import describe_nonfinite
     from ..metrics.verification import verification
@@ -209,11 +211,6 @@ def run_verify(args) -> int:
     return 0
 
 
-def _hist_name(system: str) -> str:
-    from ..plots import safe_name
-    return f"score_hist_{safe_name(system)}.png"
-
-
 def _dev_eval(args, systems, fmrs, far_convention, costs):
     """Print the dev -> eval table; return the DevEvalResult."""
     from ..metrics.dev_eval import dev_eval
@@ -242,7 +239,7 @@ def _plots(args, systems, results, de=None) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in systems:
             plots.plot_score_hist(s.genuine, s.impostor, f"{s.name}: score distributions",
-                                  os.path.join(args.plots, _hist_name(s.name)))
+                                  os.path.join(args.plots, plots.hist_plot_name(s.name)))
     if de is not None:
         plots.plot_epc(de.epc[0], de.epc[1], os.path.join(args.plots, "epc.png"))
     progress(args, f"plots written to {args.plots}")
