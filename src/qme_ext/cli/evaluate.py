@@ -235,6 +235,10 @@ def _streaming_results(args, items) -> dict:
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in models)
+        try:
+            protocols.add_file(args, results[row], how, budget, args.device, boot)
+        except ValueError as exc:
+            raise UserError(f"{row!r}: {exc}") from None
     if plotting:
         from .. import plots
         plots.write_curve_plots(args.plots, curves)
@@ -282,10 +286,12 @@ def run_evaluate(args) -> int:
     if getattr(args, "distance", False) and (items or args.plots):
         raise UserError("--distance: not with --fusion or --plots (they read similarities)")
     if args.max_memory is not None:
-        if args.ranked_lists is not None or protocols.wanted(args):
-            raise UserError("--ranked-lists, --multi-query and --single-shot need the whole "
-                            "matrix: not with --max-memory")
-        _print_results(args, *_streaming_results(args, items))
+        if args.ranked_lists is not None:
+            raise UserError("--ranked-lists needs the whole matrix: not with --max-memory")
+        protocols.wanted(args)  # a bad --single-shot fails before any work
+        results, pairs = _streaming_results(args, items)
+        _print_results(args, results, pairs)
+        protocols.table(args, results)
         return 0
     scores, calibration = _load_inputs(args, items)
     boot = _boot_options(args)
@@ -315,7 +321,7 @@ def run_evaluate(args) -> int:
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
-    protocols.add(args, results, rows, scores)
+    protocols.add(args, results, rows, scores, boot)
     _print_results(args, results, pairs)
     protocols.table(args, results)
     if args.plots:

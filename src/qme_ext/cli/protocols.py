@@ -4,6 +4,7 @@ protocols of :mod:`qme_ext.metrics.protocols` beside the main table (keys ``MQ_*
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 from .common import UserError, format_table
 
@@ -25,26 +26,73 @@ def wanted(args) -> bool:
     return args.multi_query is not None or args.single_shot is not None
 
 
-def add(args, results: dict, rows: dict, scores) -> None:
-    """Add the MQ_* / SGS_* keys to every row's report (``rows[row] = (score_mat, ...)``)."""
+def add(args, results: dict, rows: dict, scores, boot: Optional[dict] = None) -> None:
+    """Add the MQ_* / SGS_* keys to every row's report (``rows[row] = (score_mat, ...)``);
+    ``boot`` (``--ci``): their ``_ci`` intervals too."""
     if not wanted(args):
         return
     from ..metrics.protocols import multi_query_metrics, single_gallery_shot
+    boot = boot or {}
     for row, (mat, _) in rows.items():
-        rep = results[row]
+        mq = sgs = None
         if args.multi_query is not None:
-            r = multi_query_metrics(mat, scores.q_pids, scores.g_pids, scores.q_camids,
-                                    scores.g_camids, reduce=args.multi_query, max_rank=20)
-            for k in RANKS:
-                rep[f"MQ_top{k}"] = float(r.cmc[k - 1])
-            rep["MQ_mAP"] = r.mAP
+            mq = multi_query_metrics(mat, scores.q_pids, scores.g_pids, scores.q_camids,
+                                     scores.g_camids, reduce=args.multi_query, max_rank=20,
+                                     **boot)
         if args.single_shot is not None:
-            r = single_gallery_shot(mat, scores.q_pids, scores.g_pids, scores.q_camids,
-                                    scores.g_camids, repeats=args.single_shot, seed=args.seed)
+            sgs = single_gallery_shot(mat, scores.q_pids, scores.g_pids, scores.q_camids,
+                                      scores.g_camids, repeats=args.single_shot, seed=args.seed,
+                                      **boot)
+        _put(results[row], mq, sgs)
+
+
+def add_file(args, report: dict, how: dict, max_memory, device, boot: dict) -> None:
+    """The MQ_* / SGS_* keys of one row of a score file read in blocks (``--max-memory``;
+    ``how``: the row's ``model=`` or ``fusion=``/``models=``/``calibration=``), the same
+    values as :func:`add` gives in memory."""
+    if not wanted(args):
+        return
+    from ..metrics import bootstrap
+    from ..metrics.protocols import (multi_query_source, queries_per_pass,
+                                     single_gallery_shot_source)
+    from ..metrics.streaming import _file_source
+    source, ids = _file_source(args.file, how.get("model"), how.get("fusion"), how.get("models"),
+                               how.get("calibration"), max_memory, None, device, None, 2.0, 0,
+                               None, args.seed)
+    b = bootstrap.options(boot["ci"], boot["n_boot"], boot["boot_seed"],
+                          boot["boot_unit"]) if boot else None
+    mq = sgs = None
+    if args.multi_query is not None:
+        mq = multi_query_source(source, ids["q_pids"], ids["g_pids"], ids["q_camids"],
+                                ids["g_camids"], reduce=args.multi_query, max_rank=20,
+                                queries_per_pass=queries_per_pass(source.num_cols, max_memory),
+                                boot=b)
+    if args.single_shot is not None:
+        sgs = single_gallery_shot_source(source, ids["q_pids"], ids["g_pids"], ids["q_camids"],
+                                         ids["g_camids"], repeats=args.single_shot,
+                                         seed=args.seed, boot=b)
+    _put(report, mq, sgs)
+
+
+def _put(rep: dict, mq, sgs) -> None:
+    """The report keys of a multi-query RankResult and a SingleShotResult (either None)."""
+    if mq is not None:
+        for k in RANKS:
+            rep[f"MQ_top{k}"] = float(mq.cmc[k - 1])
+        rep["MQ_mAP"] = mq.mAP
+        if mq.cmc_ci is not None:
             for k in RANKS:
-                rep[f"SGS_top{k}"] = float(r.cmc[k - 1])
-                rep[f"SGS_top{k}_std"] = float(r.cmc_std[k - 1])
-            rep["SGS_mAP"], rep["SGS_mAP_std"] = r.mAP, r.mAP_std
+                rep[f"MQ_top{k}_ci"] = tuple(float(v) for v in mq.cmc_ci[k - 1])
+            rep["MQ_mAP_ci"] = mq.mAP_ci
+    if sgs is not None:
+        for k in RANKS:
+            rep[f"SGS_top{k}"] = float(sgs.cmc[k - 1])
+            rep[f"SGS_top{k}_std"] = float(sgs.cmc_std[k - 1])
+        rep["SGS_mAP"], rep["SGS_mAP_std"] = sgs.mAP, sgs.mAP_std
+        if sgs.cmc_ci is not None:
+            for k in RANKS:
+                rep[f"SGS_top{k}_ci"] = tuple(float(v) for v in sgs.cmc_ci[k - 1])
+            rep["SGS_mAP_ci"] = sgs.mAP_ci
 
 
 def table(args, results: dict) -> None:
