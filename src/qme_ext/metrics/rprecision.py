@@ -12,12 +12,14 @@ one good entry, as mAP's.
 Junk and cameras: the engine's modes decide what is good and what is removed (GR: same
 pid, other camera good, same camera junk; SC/CC as SPEC 2.1; no camera ids: every same-pid
 entry good, nothing junk). pytorch-metric-learning has no camera filter; its numbers are
-those of the engine without camera ids, and its ``query is reference`` setting (self
-excluded) is that of a square matrix whose own entry is junk — e.g. give camera ids that
-differ everywhere except on the diagonal, or drop the self column
-(:class:`qme_ext.metrics.evaluator.Evaluator` does this for ``is_query`` entries that are
-also gallery entries). Probes whose pid has no good entry are skipped (counted in
-``num_skipped``); pytorch-metric-learning leaves them out the same way.
+those of the engine without camera ids, and its ``query = reference`` setting (each
+query's own entry excluded) is that of the square matrix with camera id = the entry's
+index, so that only the diagonal shares a camera and is junk
+(:class:`qme_ext.metrics.Evaluator` with ``is_query="both"`` and no camera ids does
+exactly this). Probes whose pid has no good entry are skipped (counted in
+``num_skipped``); pytorch-metric-learning leaves out such "lone" queries the same way.
+Equality with its ``AccuracyCalculator`` (precision_at_1, r_precision,
+mean_average_precision_at_r) is tested in tests/test_rprecision.py.
 """
 from __future__ import annotations
 
