@@ -72,14 +72,16 @@ def test_cli_max_memory_and_ci_equal_in_memory(tmp_path, capsys):
         out = tmp_path / f"m{len(extra)}.json"
         assert main(["evaluate", str(tmp_path / "ex.h5"), "--quiet", "--multi-query", "mean",
                      "--single-shot", "3", "--seed", "7", "--ci", "0.9", "--n-boot", "40",
+                     "--fusion", "zscore", "--calibration", str(tmp_path / "ex.h5"),
                      "--json", str(out), *extra]) == 0
         assert "MQ-mean-R1" in capsys.readouterr().out
         reps.append(json.loads(out.read_text()))
     m = scores.models[0]
     keys = [k for k in reps[0][m] if k.startswith(("MQ_", "SGS_"))]
     assert "MQ_mAP_ci" in keys and "SGS_top1_ci" in keys
-    for k in keys:
-        assert reps[1][m][k] == reps[0][m][k], k
+    for row in (m, "zscore"):  # a model and a fusion row (fused block by block)
+        for k in keys:
+            assert reps[1][row][k] == reps[0][row][k], (row, k)
     ids = (scores.q_pids, scores.g_pids, scores.q_camids, scores.g_camids)
     mq = multi_query_metrics(scores.score_mats[m], *ids, reduce="mean", ci=0.9, n_boot=40)
     assert reps[1][m]["MQ_mAP"] == mq.mAP and reps[1][m]["MQ_mAP_ci"] == list(mq.mAP_ci)

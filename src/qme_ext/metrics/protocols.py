@@ -377,7 +377,8 @@ def _shard_blocks(source: BlockSource, lo: int, total: int, G: int):
 
 def queries_per_pass(num_cols: int, max_memory) -> Optional[int]:
     """Pooled queries per walk of :class:`PooledSource` under ``max_memory`` (None: all):
-    its pooled and count rows, 16 bytes per gallery entry each."""
+    its pooled and count rows, 16 bytes per gallery entry each (held beside the source's
+    own block, which the same budget bounds)."""
     if max_memory is None:
         return None
     from .streaming import rows_per_block
