@@ -1,7 +1,8 @@
 """metrics.Evaluator (issue 30): batches in, evaluate_embeddings' report out, bit for bit on
 one process (mixed roles, numpy and torch, every device, no_grad and requires_grad inputs,
 with intervals), 'both' roles with the self match excluded, reset and the refusals, and
-2 gloo processes giving one process's report on every rank."""
+2 gloo processes giving one process's report on every rank (gathered; probes scored in
+shares or all on every rank)."""
 import os
 
 import numpy as np
@@ -162,6 +163,8 @@ def test_inconsistent_batches_are_refused():
         ev.update(np.ones((2, 4), np.float32), [1, 2])
     with pytest.raises(ValueError, match="metric"):
         Evaluator(metric="cos")
+    with pytest.raises(ValueError, match="split"):
+        Evaluator(split="gallery")
     with pytest.raises(RuntimeError, match="not initialised"):
         Evaluator(distributed=True).compute()
 
@@ -192,6 +195,19 @@ def _worker(rank, world, port):
         assert list(rep) == list(want)
         for k in want:
             assert np.array_equal(np.asarray(rep[k]), np.asarray(want[k]), equal_nan=True), k
+        # enough probes for two 256-row shares: each rank scores its share (and with
+        # split="none" all of them); the same report, bit for bit, with intervals
+        big = _entries(6, P=600, G=150)
+        mine = [x[:400] if rank == 0 else x[400:] for x in big]
+        want = _direct(*big, ci=0.9, n_boot=20)
+        for split in ("probes", "none"):
+            ev = Evaluator(split=split, ci=0.9, n_boot=20)
+            _feed(ev, *mine, batch=100)
+            rep = ev.compute()
+            assert list(rep) == list(want)
+            for k in want:
+                assert np.array_equal(np.asarray(rep[k]), np.asarray(want[k]),
+                                      equal_nan=True), (split, k)
         # one rank's different width is refused on every rank
         bad = Evaluator()
         bad.update(np.ones((2, 3 + rank), np.float32), [1, 2], is_query="both")

@@ -49,10 +49,15 @@ Several processes
 -----------------
 When ``torch.distributed`` is initialised with more than one process (``group``: default
 the world), :meth:`compute` gathers every process's entries in rank order (ids with
-``all_gather``; features as raw bytes, so any dtype travels on gloo and NCCL) and
-evaluates them on every process: each gets the same report, bit-identical to one process
-fed the ranks' batches in rank order. Every process then holds the world's features
-(O(N_total D) each) and repeats the evaluation. Gathering was chosen over evaluating
+``all_gather``; features as raw bytes, so any dtype travels on gloo and NCCL). With
+``split="probes"`` (default) each process then scores a share of the probes -- whole
+chunks of :data:`~qme_ext.metrics.embeddings.MATMUL_ROWS` (256) probes, so every matmul
+has its one-process shape -- against the whole gallery, and the per-probe states are
+reduced as :func:`qme_ext.distributed.evaluate` reduces row shards; with fewer chunks
+than processes, or ``split="none"``, every process scores everything. Either way each
+process gets the same report, bit-identical to one process fed the ranks' batches in rank
+order (tested with 2 gloo processes). Every process holds the world's features
+(O(N_total D) each) while :meth:`compute` runs. Gathering was chosen over evaluating
 gallery shards in place (:func:`qme_ext.distributed.evaluate_embeddings`): that needs all
 of a subject's gallery entries on one process (its open-set template), which a
 ``DistributedSampler`` does not give. A sampler that pads its last batch by repeating
@@ -72,6 +77,7 @@ from .core import DEFAULT_FARS
 __all__ = ["Evaluator"]
 
 _PROBE, _GALLERY = 1, 2
+SPLITS = ("probes", "none")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -176,18 +182,24 @@ class Evaluator:
     ``boot_seed``, ``boot_unit``. Own options: ``store_on`` (device the kept features live
     on; default where each batch came), ``group`` (a ``torch.distributed`` group) and
     ``distributed`` (None: gather when a group of more than one process is initialised;
-    False: local entries only; True: require one).
+    False: local entries only; True: require one) and ``split`` (under ``torch.distributed``:
+    ``"probes"`` each process scores a share of the probes, ``"none"`` each scores all;
+    module docstring).
     """
 
     def __init__(self, *, metric: str = "cosine", fars: Sequence[float] = DEFAULT_FARS,
                  seed: int = 45, max_memory=None, device=None, ci: Optional[float] = None,
                  n_boot: int = 1000, boot_seed: int = 0, boot_unit: str = "subject",
-                 store_on=None, group=None, distributed: Optional[bool] = None):
+                 store_on=None, group=None, distributed: Optional[bool] = None,
+                 split: str = "probes"):
         from .embeddings import METRICS
         if metric not in METRICS:
             raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
         if distributed not in (None, True, False):
             raise ValueError(f"distributed: expected None, True or False, got {distributed!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+        self.split = split
         self.options = dict(metric=metric, fars=tuple(fars), seed=seed, max_memory=max_memory,
                             device=device, ci=ci, n_boot=n_boot, boot_seed=boot_seed,
                             boot_unit=boot_unit)
@@ -262,17 +274,18 @@ class Evaluator:
     def compute(self) -> dict:
         """The report of every stored entry (of every process under ``torch.distributed``);
         the state is kept. Raises ValueError when there is no probe or no gallery entry."""
-        if self._use_distributed():
+        shared = self._use_distributed()
+        if shared:
             feats, p, c, k, r, has_cams, has_clothes = _gather_entries(
                 self._local(), self._has_cams, self._has_clothes, self.group)
         else:
             feats, p, c, k, r = self._local()
             has_cams, has_clothes = bool(self._has_cams), bool(self._has_clothes)
         return self._evaluate(feats, p, c if has_cams else None,
-                              k if has_clothes else None, r)
+                              k if has_clothes else None, r, shared and self.split == "probes")
 
-    def _evaluate(self, feats, pids, camids, clothes, roles) -> dict:
-        from .embeddings import evaluate_embeddings
+    def _evaluate(self, feats, pids, camids, clothes, roles, split: bool) -> dict:
+        from .embeddings import MATMUL_ROWS, evaluate_embeddings
         qi, gi = np.flatnonzero(roles & _PROBE), np.flatnonzero(roles & _GALLERY)
         if qi.size == 0 or gi.size == 0:
             raise ValueError(f"Evaluator.compute: needs probe and gallery entries, got "
@@ -281,6 +294,41 @@ class Evaluator:
         cams = np.arange(n, dtype=np.int64) if camids is None else camids
         clo = np.zeros(n, np.int64) if clothes is None else clothes
         take = lambda idx: feats.index_select(0, torch.from_numpy(idx).to(feats.device))  # noqa: E731
+        g_ids = dict(g_pids=pids[gi], g_camids=cams[gi], g_clothes_ids=clo[gi])
+        if split:
+            import torch.distributed as dist
+            world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+            chunks = -(-qi.size // MATMUL_ROWS)
+            if chunks >= world:  # else too few probes to share: every process scores all
+                mine = np.array_split(np.arange(chunks), world)[rank]
+                qi = qi[mine[0] * MATMUL_ROWS:(mine[-1] + 1) * MATMUL_ROWS]
+                return _probe_share(take(qi), take(gi), pids[qi], cams[qi], clo[qi], g_ids,
+                                    self.options, self.group)
         return evaluate_embeddings(take(qi), take(gi), q_pids=pids[qi], q_camids=cams[qi],
-                                   q_clothes_ids=clo[qi], g_pids=pids[gi], g_camids=cams[gi],
-                                   g_clothes_ids=clo[gi], **self.options)
+                                   q_clothes_ids=clo[qi], **g_ids, **self.options)
+
+
+def _probe_share(probes, gallery, q_pids, q_camids, q_clothes, g_ids: dict, options: dict,
+                 group) -> dict:
+    """The report of every process's probe share (whole chunks of MATMUL_ROWS probes, so
+    that every matmul has the shape it has in one process) against the whole gallery,
+    reduced as :func:`qme_ext.distributed.evaluate` reduces row shards."""
+    from . import bootstrap, core
+    from .distributed import TorchReducer, _agree
+    from .embeddings import embedding_source
+    o = dict(options)
+    red, error, source, uniq, boot = TorchReducer(group), None, None, None, None
+    try:  # a bad probe share fails on its process: raise it on every process
+        boot = bootstrap.options(o.pop("ci"), o.pop("n_boot"), o.pop("boot_seed"),
+                                 o.pop("boot_unit"))
+        source, uniq = embedding_source(probes, gallery, g_pids=g_ids["g_pids"],
+                                        metric=o["metric"], max_memory=o["max_memory"],
+                                        device=o["device"])
+    except Exception as exc:
+        error = exc
+    _agree(red, error)
+    return core._evaluate_source(source, q_pids, q_camids, q_clothes, g_ids["g_pids"],
+                                 g_ids["g_camids"], g_ids["g_clothes_ids"], uniq,
+                                 seed=o["seed"], fars=o["fars"], red=red,
+                                 shard="rows", boot=boot,
+                                 larger_is_better=o["metric"] != "euclidean")
