@@ -24,6 +24,8 @@ def test_rank_counts_cuda_equals_cpu(dtype, seed):
         np.testing.assert_array_equal(a.first_pos, b.first_pos)
         np.testing.assert_allclose(a.ap, b.ap, rtol=0, atol=1e-14)
         np.testing.assert_array_equal(a.cmc, b.cmc)
+        np.testing.assert_array_equal(a.rp, b.rp)  # issue 30: R-precision, MAP@R
+        np.testing.assert_array_equal(a.map_r, b.map_r)  # the CPU's summation order
 
 
 def test_rank_counts_cuda_many_candidates():
@@ -35,6 +37,8 @@ def test_rank_counts_cuda_many_candidates():
                              ids["q_camids"], ids["g_camids"], per_probe=True)
     np.testing.assert_array_equal(a.first_pos, b.first_pos)
     np.testing.assert_allclose(a.ap, b.ap, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(a.rp, b.rp)
+    np.testing.assert_allclose(a.map_r, b.map_r, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
