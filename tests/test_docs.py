@@ -101,6 +101,23 @@ def test_readme_test_command_is_ci():
     assert command in README.read_text(encoding="utf-8").splitlines()
 
 
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:csrc|python|src|tests|benchmarks|examples|docs|\.ci)"
+                        r"/[\w./-]*\w)")
+
+
+def test_every_repository_path_named_by_the_docs_exists():
+    """Paths such as ``csrc/cpu/parallel.h`` or ``benchmarks/bench_streaming.py`` in the docs,
+    README.md and CONTRIBUTING.md name files that exist (build outputs excepted)."""
+    missing = []
+    for path in sorted(DOCS.rglob("*.rst")) + [README, ROOT / "CONTRIBUTING.md"]:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in _REPO_PATH.finditer(line):
+                name = m.group(1)
+                if not name.startswith("docs/_build") and not (ROOT / name).exists():
+                    missing.append(f"{path.relative_to(ROOT)}:{n}: {name}")
+    assert not missing, "\n".join(missing)
+
+
 def test_readme_is_short():
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
 
