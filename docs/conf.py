@@ -3,8 +3,9 @@
 Built offline (no intersphinx, no remote images) with warnings as errors by
 ``tests/test_docs.py``:  ``sphinx-build -W -b html docs <out>``. Local extensions live in
 ``docs/_ext``: ``cliref`` (the CLI reference from the argparse parser), ``benchresults``
-(tables from ``benchmarks/*.json``) and ``docstrings`` (docstrings that are not valid
-reStructuredText are shown verbatim instead of failing the build).
+(tables from ``benchmarks/*.json``), ``docstrings`` (docstrings that are not valid
+reStructuredText are shown verbatim instead of failing the build) and ``no_mailto``
+(``TAR@FAR`` is a metric, not an e-mail address).
 """
 import os
 import sys
@@ -27,6 +28,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
     "docstrings",
+    "no_mailto",
     "cliref",
     "benchresults",
 ]
@@ -43,5 +45,5 @@ html_theme = "alabaster"
 html_static_path = []
 html_title = "qme_ext"
 html_theme_options = {"description": "Quality-aware biometric fusion and exact evaluation",
-                      "fixed_sidebar": True}
+                      "fixed_sidebar": True, "page_width": "1100px"}
 pygments_style = "sphinx"

@@ -83,9 +83,11 @@ def file_lines(path):
         rows = [[f"``{c}``", n, b, f"{bm:.1f}", f"{q:.1f}", f"{q - bm:+.2f}", f"{d:+.2f}",
                  f"{w:+.2f}", f"{lost}/{n}"]
                 for c, n, b, bm, q, d, w, lost in accuracy_rows(data)]
-        lines += _table(["cell", "runs", "best baseline (by mean over runs)", "its overall",
-                         "QME overall", "QME − that baseline", "QME − best of each run: mean",
-                         "worst run", "runs lost"], rows)
+        lines += ["Columns: the best baseline by its mean over the cell's runs, its overall, QME's, "
+                  "QME minus it; then QME minus the best baseline *of each run*: mean, worst "
+                  "run, runs lost.", ""]
+        lines += _table(["cell", "runs", "best", "overall", "QME", "QME − best", "per run: mean",
+                         "worst", "lost"], rows)
     elif isinstance(data, dict):
         lines += _table(["entry", "value"], [[f"``{k}``", _fmt(v)] for k, v in _flatten(data)])
     else:
