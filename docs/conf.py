@@ -42,7 +42,8 @@ templates_path = []
 exclude_patterns = ["_build", "_ext"]
 root_doc = "index"
 html_theme = "alabaster"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["qme.css"]
 html_title = "qme_ext"
 html_theme_options = {"description": "Quality-aware biometric fusion and exact evaluation",
                       "fixed_sidebar": True, "page_width": "1100px"}
