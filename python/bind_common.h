@@ -1,7 +1,7 @@
 // Helpers shared by the _C and _C_cuda bindings: the Python layer passes raw
 // addresses (ints) and sizes, so the modules need neither torch nor numpy
-// headers at build time. Checks here are the last line; qme_ext/_ops.py
-// validates first with user-facing messages.
+// headers at build time. Checks here are the last line; the op wrappers
+// (src/qme_ext/ops/) validate first with user-facing messages.
 #pragma once
 
 #include <pybind11/pybind11.h>

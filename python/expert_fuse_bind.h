@@ -1,5 +1,5 @@
 // Argument decoding shared by the CPU and CUDA bindings of expert_fuse and
-// expert_fuse_bwd: the Python layer (qme_ext/_ops_qme.py) passes one tuple per
+// expert_fuse_bwd: the Python layer (src/qme_ext/ops/qme.py) passes one tuple per
 // call, so both modules build the same argument block from the same code.
 #pragma once
 

@@ -1,5 +1,5 @@
 // Argument decoding shared by the CPU and CUDA bindings of fuse_scores: one tuple
-// per call from qme_ext/_ops_fusion.py.
+// per call from src/qme_ext/ops/fusion.py.
 #pragma once
 
 #include <pybind11/pybind11.h>

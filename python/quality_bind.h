@@ -1,6 +1,6 @@
 // Argument decoding shared by the CPU and CUDA bindings of the quality ops
 // (qmagface_epilogue, template_aggregate): one tuple per call from
-// qme_ext/_ops_quality.py, one decoder for both modules.
+// src/qme_ext/ops/quality.py, one decoder for both modules.
 #pragma once
 
 #include <pybind11/pybind11.h>

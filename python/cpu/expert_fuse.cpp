@@ -1,5 +1,5 @@
 // CPU bindings of the fused QME expert mixture: expert_fuse and expert_fuse_bwd.
-// One argument tuple per call, decoded by expert_fuse_bind.h (qme_ext/_ops_qme.py).
+// One argument tuple per call, decoded by expert_fuse_bind.h (src/qme_ext/ops/qme.py).
 #include <pybind11/pybind11.h>
 
 #include "../bind_common.h"

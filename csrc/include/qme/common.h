@@ -17,7 +17,7 @@
 
 namespace qme {
 
-// Score element types accepted by every kernel. Values match qme_ext/_ops.py.
+// Score element types accepted by every kernel. Values match DTYPE_CODES in src/qme_ext/ops/common.py.
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 inline const char* dtype_name(DType d) {
@@ -119,7 +119,7 @@ QME_HD float fp16_bits_to_float(uint16_t h) {
 // NaN maps to key 0 (the very bottom: NumPy sorts NaN last in descending order),
 // -0.0 is folded onto +0.0 (they compare equal in NumPy, so they tie).
 // Float32/float16/bfloat16 use 32-bit keys of the exactly-widened float32 value;
-// float64 uses 64-bit keys. qme_ext/_keys.py mirrors this bit for bit.
+// float64 uses 64-bit keys. src/qme_ext/ops/keys.py mirrors this bit for bit.
 QME_HD uint32_t key_from_float(float f) {
   uint32_t u = bits_of_float(f);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0u;  // NaN

@@ -17,11 +17,11 @@ Subcommands
 
 ``verify FILE...``
     Verification metrics of genuine/impostor score files: bob 4/5-column, pyeer lists, CSV,
-    numpy (:mod:`qme_ext.commands_verify`).
+    numpy (:mod:`qme_ext.cli.verify`).
 
 ``train``, ``fuse``, ``demo``
     QME training, fusion with a checkpoint, and the end-to-end synthetic demo
-    (:mod:`qme_ext.commands_qme`).
+    (:mod:`qme_ext.cli.qme`).
 
 A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``.
 

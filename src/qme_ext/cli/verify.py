@@ -4,7 +4,7 @@
 consecutive genuine/impostor pairs), ``qme-ext verify scores-dev scores-eval`` (bob 4/5-column
 files, one system each), CSV or ``.npz``/``.npy`` pair files (:func:`qme_ext.io.load_pairs`).
 Prints one table row per system, ``--json`` writes every key of
-:meth:`qme_ext.verification.VerificationResult.as_dict`, ``--plots DIR`` writes roc.png,
+:meth:`qme_ext.metrics.verification.VerificationResult.as_dict`, ``--plots DIR`` writes roc.png,
 det.png and score_hist_<system>.png. Each input is read once, so pipes work
 (``qme-ext verify <(zcat gen.gz) <(zcat imp.gz)``); an output that is an input is refused.
 

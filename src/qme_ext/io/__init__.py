@@ -598,7 +598,7 @@ def _write_scoreset(f, scoreset: ScoreSet) -> None:
         f.create_dataset(f"{QUALITY_GROUP}/{name}", data=arr)
 
 
-# genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.pair_files
+# genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.io.pair_files
 from .pair_files import Pairs, load_pairs  # noqa: E402,F401
 
 __all__ += ["Pairs", "load_pairs"]

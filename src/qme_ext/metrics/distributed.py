@@ -78,7 +78,7 @@ def nccl_device(group=None) -> torch.device:
 
 
 class TorchReducer(Reducer):
-    """:class:`qme_ext._accumulate.Reducer` over a ``torch.distributed`` group."""
+    """:class:`qme_ext.metrics.accumulate.Reducer` over a ``torch.distributed`` group."""
 
     def __init__(self, group=None):
         if not dist.is_available() or not dist.is_initialized():

@@ -4,7 +4,7 @@ memory are streamed in row blocks").
 :func:`evaluate_file` (also ``qme_ext.metrics.evaluate_file`` and ``qme-ext evaluate
 --max-memory``) reads one model's matrices, or the K matrices a fusion method combines,
 a block of probe rows at a time and runs the evaluation engine's passes over the blocks
-(:mod:`qme_ext._accumulate`). The report is bit-identical to ``metrics.evaluate`` on the
+(:mod:`qme_ext.metrics.accumulate`). The report is bit-identical to ``metrics.evaluate`` on the
 whole matrices, whatever the block size.
 
 Passes over the file: one for ranking, open-set and the top digit of the impostor keys,

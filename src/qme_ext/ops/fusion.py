@@ -3,7 +3,7 @@
 Normalise K score matrices (z-score, min-max, RHE, raw: affine; tanh estimator)
 and fold them with a rule (weighted sum, min, max, Asym-AO) in one pass: each
 input element is read once and one output written, with no normalised copy in
-between (SPEC 3). Same pattern as ``qme_ext/_ops.py``: the output is allocated
+between (SPEC 3). Same pattern as ``qme_ext/ops/evaluation.py``: the output is allocated
 here, kernels never allocate, the CPU/CUDA twin is picked by device. The eager
 PyTorch definition is :func:`qme_ext.reference.fusion.fuse_scores_ref`.
 ``score_stats`` gives, in one deterministic pass, the statistics the normalisers are

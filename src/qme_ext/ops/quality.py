@@ -6,7 +6,7 @@ tile, written into a (possibly strided) output tile (declared mutated).
 templates given CSR segment offsets, in one kernel launch; differentiable
 w.r.t. features and weights.
 
-Same pattern as ``qme_ext/_ops.py``: outputs allocated here, kernels never
+Same pattern as ``qme_ext/ops/evaluation.py``: outputs allocated here, kernels never
 allocate, CPU/CUDA twin picked by device, raw addresses passed to pybind11.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ as (order-preserving key, global column): how many entries of the row rank
 before each query (higher key, or equal key and lower global column). Summed
 over the column shards of a gallery it is the query's global rank, which is
 what Rank-k/mAP of a column-sharded score matrix needs (qme_ext.distributed).
-Same pattern as ``qme_ext/_ops.py``: outputs allocated here, kernels never
+Same pattern as ``qme_ext/ops/evaluation.py``: outputs allocated here, kernels never
 allocate, CPU/CUDA twin picked by device, raw addresses passed to pybind11.
 """
 from __future__ import annotations
@@ -39,13 +39,13 @@ def count_before(
     scores: torch.Tensor,  # (P, G) column shard, float32/float64/float16/bfloat16
     col_offset: int,  # global column of local column 0
     query_offsets: torch.Tensor,  # (P + 1,) int64 CSR offsets of the queries per row
-    query_keys: torch.Tensor,  # (nq,) int64 bit patterns of the queries' keys (qme_ext._keys)
+    query_keys: torch.Tensor,  # (nq,) int64 bit patterns of the queries' keys (qme_ext.ops.keys)
     query_cols: torch.Tensor,  # (nq,) int64 global columns of the queries
 ) -> torch.Tensor:
     """(nq,) int64: entries of the query's row ranked before the query.
 
     Keys are 32-bit for float16/bfloat16/float32 scores (of the widened float32
-    value), 64-bit for float64, as :mod:`qme_ext._keys` computes them.
+    value), 64-bit for float64, as :mod:`qme_ext.ops.keys` computes them.
     """
     counts = torch.zeros(query_keys.shape[0], dtype=torch.int64, device=scores.device)
     if scores.shape[0] == 0 or query_keys.shape[0] == 0:

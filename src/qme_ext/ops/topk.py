@@ -1,6 +1,6 @@
 """Custom op ``qme_ext::topk``: the k best entries of every row of a score matrix.
 
-Same pattern as ``qme_ext/_ops.py``: outputs allocated here, kernels never
+Same pattern as ``qme_ext/ops/evaluation.py``: outputs allocated here, kernels never
 allocate, CPU/CUDA twin picked by device, raw addresses passed to pybind11.
 ``register_fake`` gives the output shapes so the op traces under torch.compile.
 Not differentiable (a selection, like the metric ops): no autograd formula is

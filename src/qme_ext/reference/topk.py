@@ -2,7 +2,7 @@
 
 Order, as in ``qme_ext.topk``: descending (``largest``) or ascending score, NaN
 after every real score in both directions, -0.0 tied with +0.0, ties by lower
-gallery index. Keys are those of ``qme_ext._keys`` (the package's total order).
+gallery index. Keys are those of ``qme_ext.ops.keys`` (the package's total order).
 """
 from __future__ import annotations
 
