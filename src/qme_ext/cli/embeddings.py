@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+from .files import CommandFiles
 from .common import PROG, UserError, check_device, progress
 
 FEATURE_KEYS = ("probe_feats", "gallery_feats")
@@ -182,6 +183,9 @@ def _evaluate(args, inputs: _Inputs, row: str, boot: dict, plotting: bool) -> tu
                    f"{t['matmul']:.1f} s")
     return {row: res}, curves
 
+
+FILES = {"evaluate-embeddings": CommandFiles(inputs=("file",), folders=("file",),
+                                            outputs=(("json", "file"), ("plots", "plots")))}
 
 COMMANDS = {
     "evaluate-embeddings": ("evaluate probe/gallery features without a score matrix "

@@ -9,8 +9,9 @@ import warnings
 from typing import Optional
 
 from . import protocols, ranked_lists
+from .files import CommandFiles
 from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
-                     plot_outputs, progress, refuse_overwriting_inputs)
+                     progress)
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -142,7 +143,6 @@ def _load_inputs(args, items):
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
-    _check_outputs(args, list(scores.models) + items)
     merge = scores.merge_score_mats[scores.models[0]]
     _check_evaluation(args, scores.ids(), (scores.num_probes, scores.num_gallery), merge.shape[1])
     calibration = args.calibration if args.calibration in _SELF else "self"
@@ -174,14 +174,6 @@ def _check_rows(args, models, merge_models, items) -> None:
             raise UserError(f"fusion item {item!r} repeats a model name or another item")
 
 
-def _check_outputs(args, rows) -> None:
-    """Refuse a ``--json`` or ``--plots`` file that is the score or the calibration file."""
-    from ..plots import curve_plot_names
-    inputs = [args.file] + ([] if args.calibration in _SELF else [args.calibration])
-    refuse_overwriting_inputs(inputs, [("--json", args.json)]
-                              + plot_outputs(args.plots, curve_plot_names(rows)))
-
-
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from ..io import load_calibration, load_ids
@@ -196,7 +188,6 @@ def _streaming_results(args, items) -> dict:
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
     _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
-    _check_outputs(args, list(models) + items)
     _check_evaluation(args, ids, shapes[f"{models[0]}/score_mat"],
                       shapes[f"{models[0]}/merge_score_mat"][1])
     boot = _boot_options(args)
@@ -388,6 +379,15 @@ def run_example(args) -> int:
                     f"{scores.num_probes} probes x {scores.num_gallery} gallery")
     return 0
 
+
+FILES = {
+    "evaluate": CommandFiles(
+        inputs=("file", "calibration", "gallery_images", "probe_images"),
+        literals=(("calibration", _SELF),), image_lists=("gallery_images", "probe_images"),
+        outputs=(("json", "file"), ("plots", "plots"), ("ranked_prefix", "prefix")),
+        when=(("ranked_prefix", "ranked_lists"),)),
+    "example": CommandFiles(outputs=(("file", "file"),)),
+}
 
 COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),

@@ -22,8 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .common import (PROG, UserError, check_device, format_table, json_value, progress,
-                     refuse_overwriting_inputs)
+from .common import PROG, UserError, check_device, format_table, json_value, progress
 
 __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "demo_erc", "COMMANDS", "BASELINES",
@@ -154,9 +153,7 @@ def run_train(args) -> int:
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
-    # --checkpoint may be the --resume file: training goes on saving its state there
-    refuse_overwriting_inputs([args.train, args.val, args.resume], [("--out", args.out)])
-    refuse_overwriting_inputs([args.train, args.val], [("--checkpoint", args.checkpoint)])
+    # outputs against inputs: qme_ext.cli.files (--checkpoint may be the --resume file)
     train = load_scores(args.train, models=args.models)
     val = load_scores(args.val, models=train.models)
     for path, ss in ((args.train, train), (args.val, val)):
@@ -253,7 +250,6 @@ def run_fuse(args) -> int:
     from ..qme.train import predict
     check_device(args.device)
     _positive("--batch", args.batch)
-    refuse_overwriting_inputs([args.model], [("--out", args.out)])  # --out TEST.h5: in place
     try:
         check_model_name(args.name, "--name")
     except ValueError as exc:

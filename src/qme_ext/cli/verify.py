@@ -23,8 +23,8 @@ import os
 import sys
 import warnings
 
-from .common import (PROG, UserError, check_device, format_table, json_value, plot_outputs,
-                     progress, refuse_overwriting_inputs)
+from .files import CommandFiles
+from .common import PROG, UserError, check_device, format_table, json_value, progress
 
 VERIFY_HELP = "verification metrics (EER, FNMR@FMR, ...) of genuine/impostor score files"
 
@@ -170,11 +170,6 @@ def run_verify(args) -> int:
         raise UserError("give score FILEs, or --dev DEV... --eval EVAL...")
     else:
         systems = _systems(args)
-    inputs = args.files + (args.dev or []) + (args.eval or [])
-    from ..plots import hist_plot_name
-    refuse_overwriting_inputs(inputs, [("--json", args.json)] + plot_outputs(
-        args.plots, ["roc.png", "det.png", "epc.png"] + [hist_plot_name(s.name)
-                                                         for s in systems]))
     far_convention = args.far_convention or ("conservative" if args.dev else "qme")
     from ..metrics.nonfinite import describe_nonfinite
     from ..metrics.verification import verification
@@ -244,5 +239,8 @@ def _plots(args, systems, results, de=None) -> None:
         plots.plot_epc(de.epc[0], de.epc[1], os.path.join(args.plots, "epc.png"))
     progress(args, f"plots written to {args.plots}")
 
+
+FILES = {"verify": CommandFiles(inputs=("files", "dev", "eval"),
+                                outputs=(("json", "file"), ("plots", "plots")))}
 
 COMMANDS = {"verify": (VERIFY_HELP, _add_verify_args, run_verify)}
