@@ -212,7 +212,7 @@ def _dev_eval(args, systems, fmrs, far_convention, costs):
     dev, ev = systems
     de = dev_eval(dev.genuine, dev.impostor, ev.genuine, ev.impostor, fmrs,
                   far_convention=far_convention, epc_points=args.epc_points,
-                  convention=args.convention, **costs)
+                  convention=args.convention, larger_is_better=not args.distance, **costs)
     rows = {p.name: {key: getattr(p, key) for _, key in DEV_EVAL_COLUMNS} for p in de.points}
     table = format_table(rows, [(h, k, None) for h, k in DEV_EVAL_COLUMNS])
     thr = "\n".join(f"  {p.name}: threshold {p.threshold:.6g}" for p in de.points)
