@@ -94,3 +94,90 @@ def test_p_target_numpy_float_accepted():
     assert r.dcf_costs[0] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="p_target"):
         metrics.verification([1.0, 2.0], [0.0, 0.5], p_target=True)
+
+
+# ------------------------------------------------------------------------------------------
+# features: finite input never gives a non-finite score; one check of the ids
+# ------------------------------------------------------------------------------------------
+def _emb(seed=0, P=40, G=60, D=16, S=10):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(S, D))
+    g_pids, q_pids = np.arange(G) % S, rng.integers(0, S, P)
+    gal = (centres[g_pids] + 0.8 * rng.normal(size=(G, D))).astype(np.float32)
+    pro = (centres[q_pids] + 0.8 * rng.normal(size=(P, D))).astype(np.float32)
+    ids = dict(q_pids=q_pids, q_camids=np.zeros(P, int), q_clothes_ids=np.zeros(P, int),
+               g_pids=g_pids, g_camids=np.ones(G, int), g_clothes_ids=np.zeros(G, int))
+    return pro, gal, ids
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_scaled_features_give_finite_scores_and_the_same_report(scale, metric):
+    pro, gal, ids = _emb()
+    s0, m0 = metrics.embedding_matrices(pro, gal, g_pids=ids["g_pids"], metric=metric)
+    s1, m1 = metrics.embedding_matrices(pro * np.float32(scale), gal * np.float32(scale),
+                                        g_pids=ids["g_pids"], metric=metric)
+    assert bool(torch.isfinite(s1).all()) and bool(torch.isfinite(m1).all())
+    unit = 1.0 if metric == "cosine" else scale
+    np.testing.assert_allclose(s1.double().numpy() / unit, s0.double().numpy(), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(m1.double().numpy() / unit, m0.double().numpy(), rtol=1e-4,
+                               atol=1e-5)
+    r0 = metrics.evaluate_embeddings(pro, gal, metric=metric, **ids)
+    r1 = metrics.evaluate_embeddings(pro * np.float32(scale), gal * np.float32(scale),
+                                     metric=metric, **ids)
+    assert r1["GR_top1"] == r0["GR_top1"] and r1["GR_mAP"] == pytest.approx(r0["GR_mAP"])
+
+
+def test_features_in_the_usual_range_are_scored_as_before():
+    """No scaling is applied in the usual range: the scores are bit-identical to the plain
+    matmul of normalised rows."""
+    pro, gal, ids = _emb(1)
+    s, _ = metrics.embedding_matrices(pro, gal, g_pids=ids["g_pids"], metric="euclidean")
+    p, g = torch.from_numpy(pro), torch.from_numpy(gal)
+    want = ((p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * p @ g.T).clamp_min(0).sqrt()
+    assert torch.equal(s, want)
+
+
+@pytest.mark.parametrize("scale,needle", [(1e30, "exceed"), (1e-30, "underflows")])
+def test_dot_products_beyond_the_dtype_are_refused(scale, needle):
+    pro, gal, ids = _emb()
+    with pytest.raises(ValueError, match=f"probe_feats, gallery_feats: .*{needle}"):
+        metrics.evaluate_embeddings(pro * np.float32(scale), gal * np.float32(scale),
+                                    metric="dot", **ids)
+    r = metrics.evaluate_embeddings(pro * np.float32(1e15), gal * np.float32(1e-15),
+                                    metric="dot", **ids)  # representable: scored
+    assert np.isfinite(r["GR_mAP"])
+
+
+def test_embeddings_refuse_unique_g_pids_missing_a_gallery_subject_like_evaluate():
+    pro, gal, ids = _emb()
+    uniq = np.arange(9)  # subject 9 has gallery entries
+    with pytest.raises(ValueError) as emb:
+        metrics.evaluate_embeddings(pro, gal, unique_g_pids=uniq, **ids)
+    S = np.zeros((40, 60), np.float32)
+    with pytest.raises(ValueError) as ev:
+        metrics.evaluate(S, np.zeros((40, 9), np.float32), ids["q_pids"], ids["q_camids"],
+                         ids["q_clothes_ids"], ids["g_pids"], ids["g_camids"],
+                         ids["g_clothes_ids"], uniq)
+    assert str(emb.value) == str(ev.value) and "unique_g_pids" in str(emb.value)
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda"])
+def test_embeddings_device_errors_name_the_argument(device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    pro, gal, ids = _emb()
+    with pytest.raises(ValueError, match="^device: "):
+        metrics.evaluate_embeddings(pro, gal, device=device, **ids)
+
+
+def test_max_memory_beyond_a_float_is_a_named_error(tmp_path, capsys):
+    pro, gal, ids = _emb()
+    with pytest.raises(ValueError, match="^max_memory: "):
+        metrics.evaluate_embeddings(pro, gal, max_memory="1e400", **ids)
+    np.savez(tmp_path / "e.npz", probe_feats=pro, gallery_feats=gal, q_pids=ids["q_pids"],
+             g_pids=ids["g_pids"])
+    line = _refused_unchanged(capsys, tmp_path, ["evaluate-embeddings", tmp_path / "e.npz",
+                                                 "--max-memory", "1e400"], "--max-memory")
+    assert "1e400" in line
