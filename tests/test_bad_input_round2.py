@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qme_ext import cli, metrics
+from qme_ext.metrics import protocols
 
 from test_bad_input import _refused_unchanged
 
@@ -181,3 +182,109 @@ def test_max_memory_beyond_a_float_is_a_named_error(tmp_path, capsys):
     line = _refused_unchanged(capsys, tmp_path, ["evaluate-embeddings", tmp_path / "e.npz",
                                                  "--max-memory", "1e400"], "--max-memory")
     assert "1e400" in line
+
+
+# ------------------------------------------------------------------------------------------
+# erc, single_gallery_shot, AQE, k-reciprocal: named errors, integer ids, finite results
+# ------------------------------------------------------------------------------------------
+def _matrix(seed=0, P=20, G=30, S=5):
+    rng = np.random.default_rng(seed)
+    q, g = rng.integers(0, S, P), np.arange(G) % S
+    return rng.normal(size=(P, G)) + 2.0 * (q[:, None] == g[None, :]), q, g
+
+
+def test_erc_and_single_gallery_shot_refuse_an_all_nan_matrix():
+    S, q, g = _matrix()
+    nan = np.full_like(S, np.nan)
+    with pytest.raises(ValueError, match="scores: no finite score"):
+        metrics.erc(nan, q, g, np.ones(len(q)))
+    with pytest.raises(ValueError, match="no finite score"):
+        metrics.erc_pairs([np.nan], [np.nan, np.inf], [1.0])
+    with pytest.raises(ValueError, match="scores: no finite score"):
+        protocols.single_gallery_shot(nan, q, g)
+
+
+def test_erc_compares_ids_as_integers():
+    big = 2 ** 53
+    S = np.array([[1.0, 0.0], [0.0, 1.0]])
+    q = np.array([big, big + 1], dtype=np.int64)
+    r = metrics.erc(S, q, q.copy(), [0.5, 0.7], rejection=[0.0])
+    assert r.num_genuine[0] == 2  # as float64 both ids were one: 4 genuine pairs
+    with pytest.raises(ValueError, match="q_pids: float ids must hold integers"):
+        metrics.erc(S, [0.5, 1.0], [0, 1], [0.5, 0.7])
+    with pytest.raises(TypeError, match="q_quality: expected real numbers"):
+        metrics.erc(S, [0, 1], [0, 1], np.array([0.5 + 1j, 0.7]))
+    with pytest.raises(TypeError, match="q_quality"):
+        metrics.erc(S, [0, 1], [0, 1], ["a", "b"])
+    with pytest.raises(ValueError, match="fmr"):
+        metrics.erc(S, [0, 1], [0, 1], [0.5, 0.7], fmr="0.1")
+
+
+def test_single_gallery_shot_repeats_and_seed_are_named():
+    S, q, g = _matrix()
+    with pytest.raises(ValueError, match="repeats: expected at most"):
+        protocols.single_gallery_shot(S, q, g, repeats=10 ** 12)
+    for seed in (-1, "a", 2 ** 40):
+        with pytest.raises(ValueError, match="^seed: "):
+            protocols.single_gallery_shot(S, q, g, seed=seed)
+
+
+def test_aqe_huge_alpha_is_finite_and_inf_alpha_named():
+    from qme_ext import rerank
+    S, q, g = _matrix()
+    rng = np.random.default_rng(1)
+    gg = rng.normal(size=(30, 30)) + 3.0
+    plain = rerank.average_query_expansion(S + 3.0, gg, k=3, alpha=3.0)
+    for alpha in (1e3, 1e300):
+        out = rerank.average_query_expansion(S + 3.0, gg, k=3, alpha=alpha)
+        assert np.isfinite(out).all()
+    assert np.array_equal(plain, rerank.average_query_expansion(S + 3.0, gg, k=3, alpha=3.0))
+    for alpha in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="^alpha: "):
+            rerank.average_query_expansion(S, gg, k=3, alpha=alpha)
+    with pytest.raises(TypeError, match="^alpha: "):
+        rerank.average_query_expansion(S, gg, k=3, alpha="big")
+
+
+def test_k_reciprocal_lambda_value_is_named():
+    from qme_ext import rerank
+    S, q, g = _matrix(P=6, G=8)
+    qq, gg = np.eye(6), np.eye(8)
+    with pytest.raises(TypeError, match="^lambda_value: "):
+        rerank.k_reciprocal(S, qq, gg, k1=3, k2=2, lambda_value="x")
+    with pytest.raises(ValueError, match="^lambda_value: "):
+        rerank.k_reciprocal(S, qq, gg, k1=3, k2=2, lambda_value=float("nan"))
+
+
+# ------------------------------------------------------------------------------------------
+# options validated before any work: the error is the only line
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def score_file(tmp_path):
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    ss = make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6, seed=1)
+    save_scores(tmp_path / "a.h5", ss)
+    return tmp_path / "a.h5"
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--max-memory", "1e400"], "--max-memory"),
+    (["--single-shot", str(10 ** 9)], "--single-shot"),
+    (["--single-shot", "0"], "--single-shot"),
+    (["--ranked-lists", "0"], "--ranked-lists"),
+    (["--seed", "-1"], "--seed"),
+    (["--ci", "2"], "--ci"),
+])
+def test_evaluate_option_errors_come_before_any_work(score_file, capsys, extra, needle):
+    # not --quiet: a progress line before the error would make it two lines
+    _refused_unchanged(capsys, score_file.parent, ["evaluate", score_file] + extra, needle)
+
+
+def test_embeddings_option_errors_come_before_any_work(tmp_path, capsys):
+    pro, gal, ids = _emb()
+    np.savez(tmp_path / "e.npz", probe_feats=pro, gallery_feats=gal, q_pids=ids["q_pids"],
+             g_pids=ids["g_pids"])
+    for extra, needle in ((["--seed", "-5"], "--seed"), (["--device", "meta"], "--device")):
+        _refused_unchanged(capsys, tmp_path, ["evaluate-embeddings", tmp_path / "e.npz"]
+                           + extra, needle)

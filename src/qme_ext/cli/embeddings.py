@@ -25,7 +25,7 @@ import sys
 import time
 
 from .files import CommandFiles
-from .common import PROG, UserError, check_device, progress
+from .common import PROG, UserError, progress
 
 FEATURE_KEYS = ("probe_feats", "gallery_feats")
 ID_KEYS = ("q_pids", "q_camids", "q_clothes_ids", "g_pids", "g_camids", "g_clothes_ids")
@@ -126,17 +126,8 @@ class _Bar:
 
 
 def run(args) -> int:
-    from .evaluate import _boot_options, _check_protocol, _plots_available, _print_results
-    from ..metrics.streaming import parse_memory
-    check_device(args.device)
-    _check_protocol(args.protocol)
-    if args.max_memory is not None:
-        try:
-            parse_memory(args.max_memory)
-        except ValueError:
-            raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such "
-                            "as 2GB, 512MiB or a number of bytes") from None
-    boot = _boot_options(args)
+    from .evaluate import _plots_available, _print_results, common_options
+    boot = common_options(args)
     inputs = _Inputs(args.file)
     row = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.file)))[0]
     try:

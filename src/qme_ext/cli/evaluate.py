@@ -177,13 +177,9 @@ def _check_rows(args, models, merge_models, items) -> None:
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from ..io import load_calibration, load_ids
-    from ..metrics.streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
+    from ..metrics.streaming import curves_file, evaluate_file, plan_block_rows
     from ..metrics.nonfinite import NonFiniteScoreWarning
-    try:
-        budget = parse_memory(args.max_memory)
-    except ValueError:
-        raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such as "
-                        f"2GB, 512MiB or a number of bytes") from None
+    budget = _budget(args.max_memory)
     check_device(args.device)
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
@@ -266,7 +262,41 @@ def _write_plots(args, rows, scores, boot) -> None:
     progress(args, f"plots written to {args.plots}")
 
 
+def common_options(args) -> dict:
+    """--device, --protocol, --seed, --max-memory and the bootstrap options of evaluate and
+    evaluate-embeddings, checked before any file is read (issue 27: an option error is the
+    only line, never after progress lines); the bootstrap keyword arguments."""
+    from ..ops.inputs import check_seed
+    check_device(args.device)
+    _check_protocol(args.protocol)
+    try:
+        check_seed(args.seed, "--seed")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.max_memory is not None:
+        _budget(args.max_memory)
+    return _boot_options(args)
+
+
+def _check_options(args) -> None:
+    """Every option of evaluate that needs no file (:func:`common_options` and more)."""
+    common_options(args)
+    protocols.wanted(args)
+    ranked_lists.check_options(args)
+
+
+def _budget(text) -> int:
+    """Bytes of ``--max-memory``; UserError when it is no size."""
+    from ..metrics.streaming import parse_memory
+    try:
+        return parse_memory(text)
+    except ValueError:
+        raise UserError(f"invalid --max-memory {text!r}; expected a size such as 2GB, "
+                        "512MiB or a number of bytes") from None
+
+
 def run_evaluate(args) -> int:
+    _check_options(args)
     items = _fusion_items(args.fusion)
     if getattr(args, "distance", False) and (items or args.plots):
         raise UserError("--distance: not with --fusion or --plots (they read similarities)")

@@ -20,8 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def wanted(args) -> bool:
-    if args.single_shot is not None and args.single_shot < 1:
-        raise UserError(f"--single-shot {args.single_shot}: expected REPEATS >= 1")
+    """Whether a protocol table is asked for; UserError for a bad --single-shot (checked
+    before any file is read)."""
+    if args.single_shot is not None:
+        from ..metrics.protocols import check_repeats
+        try:
+            check_repeats(args.single_shot, "--single-shot")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     return args.multi_query is not None or args.single_shot is not None
 
 
