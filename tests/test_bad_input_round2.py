@@ -288,3 +288,60 @@ def test_embeddings_option_errors_come_before_any_work(tmp_path, capsys):
     for extra, needle in ((["--seed", "-5"], "--seed"), (["--device", "meta"], "--device")):
         _refused_unchanged(capsys, tmp_path, ["evaluate-embeddings", tmp_path / "e.npz"]
                            + extra, needle)
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoint extra fields: validated by the schema at load
+# ------------------------------------------------------------------------------------------
+from test_bad_input_values import (_digest, _tamper, assert_user_error, checkpoint,  # noqa: E402,F401
+                                   example,
+                                   files, run, TRAIN)
+
+
+def _open_set(offsets, **kw):
+    spec = dict(quality_model=None, quality_name=None, method="tails",
+                calibration=dict(edges=[0.1, 0.2, 0.3], keys=[0], offsets=offsets,
+                                 quality_index=None))
+    spec.update(kw)
+    return lambda d: d["extra"].__setitem__("open_set", spec)
+
+
+EXTRA_TAMPERED = {
+    "NaN offset": (_open_set([float("nan")]), "extra.open_set.calibration.offsets"),
+    "1e39 offset": (_open_set([1e39]), "extra.open_set.calibration.offsets"),
+    "offsets a string": (_open_set("0.5"), "extra.open_set.calibration.offsets"),
+    "offsets longer than keys": (_open_set([0.1, 0.2]), "extra.open_set.calibration.offsets"),
+    "unknown quality model": (_open_set([0.1], quality_model="iris"),
+                              "extra.open_set.quality_model"),
+    "open_set a string": (lambda d: d["extra"].__setitem__("open_set", "on"),
+                          "extra.open_set' must be a dict"),
+    "calibration a string": (lambda d: d["extra"].__setitem__(
+        "open_set", dict(quality_model=None, calibration="x")), "extra.open_set.calibration"),
+    "safety net a string": (lambda d: d["extra"].__setitem__("safety_net", "kept"),
+                            "extra.safety_net"),
+    "safety net entry a list": (lambda d: d["extra"].__setitem__(
+        "safety_net", {"kept_start": [1]}), "extra.safety_net.kept_start"),
+    "config a string": (lambda d: d.__setitem__("config", "robust"), "'config' must be a dict"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(EXTRA_TAMPERED))
+def test_checkpoint_extra_fields_are_checked_at_load(capsys, tmp_path, files, checkpoint,
+                                                     variant):
+    from qme_ext.qme.checkpoint import CheckpointError, load_checkpoint
+    edit, needle = EXTRA_TAMPERED[variant]
+    bad = tmp_path / "bad.pt"
+    torch.save(_tamper(torch.load(checkpoint, weights_only=True), edit), bad)
+    with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
+        load_checkpoint(bad)
+    before = _digest(files["ex"])
+    assert_user_error(run(capsys, "fuse", bad, files["ex"], "--out", tmp_path / "f.h5"),
+                      needle)
+    assert not (tmp_path / "f.h5").exists() and _digest(files["ex"]) == before
+
+
+def test_checkpoint_with_finite_offsets_still_fuses(capsys, tmp_path, files, checkpoint):
+    good = tmp_path / "good.pt"
+    torch.save(_tamper(torch.load(checkpoint, weights_only=True), _open_set([0.25])), good)
+    assert cli.main(["fuse", str(good), str(files["ex"]), "--out", str(tmp_path / "f.h5"),
+                     "--quiet"]) == 0
