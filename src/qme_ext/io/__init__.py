@@ -35,7 +35,8 @@ Choices
   (seekable) file: a pipe is refused with a message rather than read twice.
 
 Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only) but the numpy-only
-``ops.ids``; ``errors``, ``pair_files`` and ``output`` (the one writer of every output file)
+``ops.ids``; ``errors``, ``pair_files``, ``features`` (features files), ``npy_files`` (the
+one check of ``.npy``/``.npz`` members) and ``output`` (the one writer of every output file)
 are its parts; the layers above (fusion, metrics, qme, plots, cli) read and write files
 through it.
 """
@@ -600,5 +601,7 @@ def _write_scoreset(f, scoreset: ScoreSet) -> None:
 
 # genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.pair_files
 from .pair_files import Pairs, load_pairs  # noqa: E402,F401
+# probe/gallery features files (HDF5, .npz, .npy folders): qme_ext.io.features
+from .features import open_features  # noqa: E402,F401
 
-__all__ += ["Pairs", "load_pairs"]
+__all__ += ["Pairs", "load_pairs", "open_features"]
