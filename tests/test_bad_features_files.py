@@ -172,19 +172,23 @@ def _read(path):
     return out
 
 
+def _mutated(data, image: bytes, size: int) -> tuple:
+    """(how, bytes): random bytes, a truncation or one flipped byte of ``image``."""
+    how = data.draw(st.sampled_from(["random", "truncated", "flipped"]))
+    if how == "random":
+        return how, data.draw(st.binary(max_size=size))
+    if how == "truncated":
+        return how, image[:data.draw(st.integers(0, len(image) - 1))]
+    pos = data.draw(st.integers(0, len(image) - 1))
+    return how, image[:pos] + bytes([image[pos] ^ data.draw(st.integers(1, 255))]) \
+        + image[pos + 1:]
+
+
 @hypothesis.given(data=st.data())
 def test_fuzz_features_members_bytes_and_truncations(tmp_path_factory, data):
     key = data.draw(st.sampled_from(sorted(_arrays())))
     image = _npy_bytes(_arrays()[key])
-    how = data.draw(st.sampled_from(["random", "truncated", "flipped"]))
-    if how == "random":
-        blob = data.draw(st.binary(max_size=512))
-    elif how == "truncated":
-        blob = image[:data.draw(st.integers(0, len(image) - 1))]
-    else:
-        pos = data.draw(st.integers(0, len(image) - 1))
-        blob = image[:pos] + bytes([image[pos] ^ data.draw(st.integers(1, 255))]) \
-            + image[pos + 1:]
+    how, blob = _mutated(data, image, 512)
     d = tmp_path_factory.mktemp("featfuzz")
     path = (_folder if data.draw(st.booleans()) else _npz)(d, key, blob)
     got = _read(path)
@@ -196,15 +200,7 @@ def test_fuzz_features_members_bytes_and_truncations(tmp_path_factory, data):
 def test_fuzz_features_archive_bytes(tmp_path_factory, data):
     d = tmp_path_factory.mktemp("npzfuzz")
     image = _npz(d).read_bytes()
-    how = data.draw(st.sampled_from(["random", "truncated", "flipped"]))
-    if how == "random":
-        blob = data.draw(st.binary(max_size=1024))
-    elif how == "truncated":
-        blob = image[:data.draw(st.integers(0, len(image) - 1))]
-    else:
-        pos = data.draw(st.integers(0, len(image) - 1))
-        blob = image[:pos] + bytes([image[pos] ^ data.draw(st.integers(1, 255))]) \
-            + image[pos + 1:]
+    how, blob = _mutated(data, image, 1024)
     (d / "emb.npz").write_bytes(blob)
     _read(d / "emb.npz")
 
