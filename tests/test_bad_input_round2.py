@@ -345,3 +345,34 @@ def test_checkpoint_with_finite_offsets_still_fuses(capsys, tmp_path, files, che
     torch.save(_tamper(torch.load(checkpoint, weights_only=True), _open_set([0.25])), good)
     assert cli.main(["fuse", str(good), str(files["ex"]), "--out", str(tmp_path / "f.h5"),
                      "--quiet"]) == 0
+
+
+# ------------------------------------------------------------------------------------------
+# API argument errors name the argument
+# ------------------------------------------------------------------------------------------
+def test_api_sizes_and_seeds_are_named_errors():
+    from qme_ext import fusion
+    from qme_ext.datasets import make_example_scoreset
+    ss = make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6, seed=1)
+    ids = [getattr(ss, k) for k in ("q_pids", "q_camids", "q_clothes_ids", "g_pids",
+                                    "g_camids", "g_clothes_ids", "unique_g_pids")]
+    S, M = ss.score_mats["face"], ss.merge_score_mats["face"]
+    with pytest.raises(ValueError, match="^n_boot: "):
+        metrics.evaluate(S, M, *ids, ci=0.9, n_boot=10 ** 12)
+    with pytest.raises(ValueError, match="^seed: "):
+        fusion.fuse(ss, "bssf", seed=-1)
+    with pytest.raises(ValueError, match="^n_points: "):
+        metrics.dev_eval([1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [0.0, 1.0], epc_points=10 ** 12)
+    for dev in ("meta", 5):
+        with pytest.raises(ValueError, match="^device: "):
+            metrics.evaluate(S, M, *ids, device=dev)
+
+
+def test_verify_epc_points_too_many(tmp_path, capsys):
+    for n in ("d", "e"):
+        (tmp_path / f"{n}g.txt").write_text("1\n2\n")
+        (tmp_path / f"{n}i.txt").write_text("0\n0.5\n")
+    _refused_unchanged(capsys, tmp_path, ["verify", "--dev", tmp_path / "dg.txt",
+                                          tmp_path / "di.txt", "--eval", tmp_path / "eg.txt",
+                                          tmp_path / "ei.txt", "--epc-points", str(10 ** 9)],
+                       "--epc-points")

@@ -157,8 +157,10 @@ def run_verify(args) -> int:
     costs = _options(args)
     if (args.dev is None) != (args.eval is None):
         raise UserError("--dev and --eval go together")
-    if args.epc_points < 2:
-        raise UserError(f"--epc-points: expected an integer >= 2, got {args.epc_points}")
+    from ..metrics.dev_eval import MAX_EPC_POINTS
+    if not 2 <= args.epc_points <= MAX_EPC_POINTS:
+        raise UserError(f"--epc-points: expected an integer in [2, {MAX_EPC_POINTS}], got "
+                        f"{args.epc_points}")
     if args.dev is not None:
         if args.files:
             raise UserError("give either FILE... or --dev/--eval, not both")

@@ -37,7 +37,10 @@ from .core import _distinct_counts, midpoint_candidates
 from .orientation import check_larger_is_better
 from .verification import DEFAULT_FMRS, _negated, _one_row, verification
 
-__all__ = ["dev_eval", "epc", "DevEvalResult", "OperatingPoint", "rates_at"]
+__all__ = ["dev_eval", "epc", "DevEvalResult", "OperatingPoint", "rates_at", "MAX_EPC_POINTS"]
+
+# the most EPC points (one threshold search over the dev candidates each)
+MAX_EPC_POINTS = 100_000
 
 
 def _counts(genuine, impostor, name: str):
@@ -113,8 +116,10 @@ class DevEvalResult:
 
 
 def _epc(dev_counts, eval_counts, n_points: int) -> tuple:
-    if not isinstance(n_points, (int, np.integer)) or isinstance(n_points, bool) or n_points < 2:
-        raise ValueError(f"n_points: expected an integer >= 2, got {n_points!r}")
+    if not isinstance(n_points, (int, np.integer)) or isinstance(n_points, bool) \
+            or not 2 <= n_points <= MAX_EPC_POINTS:
+        raise ValueError(f"n_points: expected an integer in [2, {MAX_EPC_POINTS}], got "
+                         f"{n_points!r}")
     cand_t, cand_imp, cand_gen = midpoint_candidates(*dev_counts)
     far = cand_imp / dev_counts[2].sum()
     frr = cand_gen / dev_counts[1].sum()
