@@ -376,3 +376,22 @@ def test_verify_epc_points_too_many(tmp_path, capsys):
                                           tmp_path / "di.txt", "--eval", tmp_path / "eg.txt",
                                           tmp_path / "ei.txt", "--epc-points", str(10 ** 9)],
                        "--epc-points")
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda"])
+def test_file_predict_and_erc_device_errors_are_named(tmp_path, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    from qme_ext.qme.modules import QME
+    from qme_ext.qme.train import predict
+    ss = make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6, seed=1)
+    save_scores(tmp_path / "a.h5", ss)
+    with pytest.raises(ValueError, match="^device: "):
+        metrics.evaluate_file(tmp_path / "a.h5", model="face", device=device)
+    with pytest.raises(ValueError, match="^device: "):
+        predict(QME(ss.models), None, ss, device=device)
+    if device == "meta":
+        with pytest.raises(ValueError, match="^scores: "):
+            metrics.erc(torch.zeros(12, 24, device="meta"), ss.q_pids, ss.g_pids, np.ones(12))

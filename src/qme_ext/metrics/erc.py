@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops.inputs import as_ids
+from ..ops.inputs import as_ids, check_device
 from .core import tar_at_far
 
 DEFINITIONS = ("fixed", "recomputed")
@@ -167,6 +167,8 @@ def erc(scores, q_pids, g_pids, q_quality, g_quality=None, **options) -> ErcResu
     ``q_quality`` (P,) or (P, 1) and optional per-gallery qualities ``g_quality`` (G,):
     pair quality min(q_p, g_g), or q_p without gallery qualities. Genuine pairs share the
     pid; every pair is used (O(P·G) memory). ``options`` as :func:`erc_pairs`."""
+    if isinstance(scores, torch.Tensor):
+        check_device(scores, "scores")  # a 'meta' tensor has no data to copy
     S = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     if S.ndim != 2:
         raise ValueError(f"scores: expected a (P, G) matrix, got shape {S.shape}")

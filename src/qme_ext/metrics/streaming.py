@@ -273,6 +273,8 @@ def _file_source(path, model, fusion, models, calibration, max_memory, block_row
         raise ValueError("block_rows, max_memory: give at most one")
     if max_memory is not None:
         max_memory = parse_memory(max_memory)  # a bad value is reported before the file is read
+    from ..ops.inputs import check_target_device
+    device = check_target_device(device) or torch.device("cpu")  # 'meta', CUDA on a CPU build
     names, ids, shapes = load_ids(path, models if fusion else [model])
     check_file_ids(names, ids, shapes, seed)
     if block_rows is None:
