@@ -395,3 +395,22 @@ def test_file_predict_and_erc_device_errors_are_named(tmp_path, device):
     if device == "meta":
         with pytest.raises(ValueError, match="^scores: "):
             metrics.erc(torch.zeros(12, 24, device="meta"), ss.q_pids, ss.g_pids, np.ones(12))
+
+
+def test_evaluate_distance_protocols_rank_like_the_similarities(tmp_path, capsys):
+    """--distance reaches the multi-query and single-gallery-shot tables (they ranked the
+    distances as similarities)."""
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    ss = make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6, seed=1)
+    save_scores(tmp_path / "s.h5", ss)
+    neg = ss.subset_models(ss.models)
+    neg.score_mats = {m: -a for m, a in ss.score_mats.items()}
+    neg.merge_score_mats = {m: -a for m, a in ss.merge_score_mats.items()}
+    save_scores(tmp_path / "d.h5", neg)
+    opts = ["--multi-query", "max", "--single-shot", "3"]
+    want = _run_json(capsys, tmp_path, ["evaluate", tmp_path / "s.h5"] + opts)
+    got = _run_json(capsys, tmp_path, ["evaluate", tmp_path / "d.h5", "--distance"] + opts)
+    for row in ss.models:
+        for k in ("MQ_top1", "MQ_mAP", "SGS_top1", "SGS_mAP", "GR_top1"):
+            assert got[row][k] == want[row][k], (row, k)

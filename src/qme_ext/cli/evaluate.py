@@ -334,12 +334,15 @@ def run_evaluate(args) -> int:
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
-    protocols.add(args, results, rows, scores)
+    # the protocols and ranked lists rank similarities: distances are read as their negation
+    ranked = ({r: (-mat, -merge) for r, (mat, merge) in rows.items()} if args.distance
+              else rows)
+    protocols.add(args, results, ranked, scores)
     _print_results(args, results, pairs)
     protocols.table(args, results)
     if args.plots:
         _write_plots(args, rows, scores, boot)
-    ranked_lists.write(args, rows, scores)
+    ranked_lists.write(args, ranked, scores)
     return 0
 
 
