@@ -229,3 +229,18 @@ def test_fuzz_features_dtypes_and_shapes(tmp_path_factory, key, dtype, shape, la
     got = _read(path)
     if got is not None:
         assert dt.kind in ("f" if key.endswith("feats") else "iubf")
+
+
+@pytest.mark.parametrize("link", ["soft", "external"])
+def test_score_file_ids_that_are_dangling_links(tmp_path, capsys, link):
+    from qme_ext.datasets import make_example_scoreset
+    from qme_ext.io import save_scores
+    path = tmp_path / "a.h5"
+    save_scores(path, make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6,
+                                            seed=1))
+    with h5py.File(path, "r+") as f:
+        del f["g_pids"]
+        f["g_pids"] = (h5py.SoftLink("/nowhere") if link == "soft"
+                       else h5py.ExternalLink("missing.h5", "/g_pids"))
+    _refused_unchanged(capsys, tmp_path, ["evaluate", path], "g_pids")
+    _refused_unchanged(capsys, tmp_path, ["evaluate", path, "--max-memory", "1MB"], "g_pids")

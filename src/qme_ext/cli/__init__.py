@@ -11,7 +11,7 @@ Subcommands
     FARs (each point exact) from further passes over the file.
 ``evaluate-embeddings FEATURES``
     The same report from probe and gallery features (cosine, dot or euclidean), scored tile
-    by tile in bounded memory (``--max-memory``); file layout: :mod:`qme_ext.cli.embeddings`.
+    by tile in bounded memory (``--max-memory``); file layout: :mod:`qme_ext.io.features`.
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
@@ -23,7 +23,9 @@ Subcommands
     QME training, fusion with a checkpoint, and the end-to-end synthetic demo
     (:mod:`qme_ext.commands_qme`).
 
-A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``.
+A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``
+and of ``FILES``: ``name -> CommandFiles`` (the options it reads and writes,
+:mod:`qme_ext.cli.files`): no output of any command replaces one of its inputs.
 
 Conventions: progress lines go to stderr (silenced by ``--quiet``); the table goes to stdout.
 A user error (missing or malformed file, unknown model or fusion name, unusable option) exits

@@ -396,9 +396,15 @@ _ID_KINDS, _MATRIX_KINDS = "iubf", "f"
 
 
 def _checked_dataset(f, key: str, kinds: str, source: str):
-    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError."""
+    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError (a
+    group, a dangling soft or external link, another dtype)."""
     import h5py
-    obj = f[key]
+    try:
+        obj = f[key]
+    except KeyError:  # the name exists (a link) but leads nowhere
+        link = f.get(key, getlink=True)
+        raise ScoreFileError(f"{source}: key '{key}' is a dangling link "
+                             f"({type(link).__name__}), expected a dataset") from None
     if not isinstance(obj, h5py.Dataset):
         raise ScoreFileError(f"{source}: key '{key}' is a {type(obj).__name__.lower()}, "
                              f"expected a dataset")

@@ -92,10 +92,6 @@ class FeaturesFile:
             return npz_array(self._data, self.path, key, self.items[key])
         from . import _checked_dataset
         try:
-            link = self._h5.get(key, getlink=True)
-            if link is not None and self._h5.get(key) is None:
-                raise ScoreFileError(f"{self.path}: key '{key}' is a dangling link "
-                                     f"({type(link).__name__}), expected a dataset")
             return _checked_dataset(self._h5, key, "f" if key in _MATRICES else "iubf",
                                     self.path)
         except (KeyError, OSError, RuntimeError, ValueError) as exc:

@@ -150,8 +150,12 @@ def _safe_norms(dtype) -> tuple:
 
 
 def _max_norm(t: torch.Tensor) -> float:
-    """The largest row norm of ``t``, in float64 (rows scaled first: never inf for finite
-    rows of any dtype)."""
+    """The largest row norm of ``t``, in float64 (rows scaled first where the dtype's own
+    norm would under- or overflow: never inf for finite rows of any dtype)."""
+    n = torch.linalg.vector_norm(t, dim=1)
+    lo, hi = _safe_norms(t.dtype)
+    if bool(((n > lo) & (n < hi)).all()):  # the usual case: one norm pass in the dtype
+        return float(n.max())
     m = t.abs().amax(dim=1, keepdim=True).to(torch.float64)
     scaled = t.to(torch.float64) / torch.where(m > 0, m, 1.0)
     return float((torch.linalg.vector_norm(scaled, dim=1) * m[:, 0]).max())
