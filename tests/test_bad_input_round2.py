@@ -295,7 +295,7 @@ def test_embeddings_option_errors_come_before_any_work(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------
 from test_bad_input_values import (_digest, _tamper, assert_user_error, checkpoint,  # noqa: E402,F401
                                    example,
-                                   files, run, TRAIN)
+                                   files, run)
 
 
 def _open_set(offsets, **kw):
@@ -414,3 +414,9 @@ def test_evaluate_distance_protocols_rank_like_the_similarities(tmp_path, capsys
     for row in ss.models:
         for k in ("MQ_top1", "MQ_mAP", "SGS_top1", "SGS_mAP", "GR_top1"):
             assert got[row][k] == want[row][k], (row, k)
+
+
+def test_demo_bad_regime_creates_nothing(tmp_path, capsys):
+    _refused_unchanged(capsys, tmp_path, ["demo", "--out", tmp_path / "out", "--regime", "x"],
+                       "--regime")
+    assert not (tmp_path / "out").exists()

@@ -299,6 +299,12 @@ def _evaluate(ss, S, M) -> dict:
     return {k: float(v) for k, v in res.items()}
 
 
+def _check_regime(regime: str) -> None:
+    from ..datasets.synthetic import REGIMES
+    if regime not in REGIMES:
+        raise UserError(f"unknown --regime {regime!r}; choose from {list(REGIMES)}")
+
+
 def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
                   quick: bool = False, train_seed: int = 42, quiet: bool = True,
                   sizes: Optional[dict] = None, baselines=BASELINES, recipe: str = "robust",
@@ -316,12 +322,11 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     """
     import dataclasses
 
-    from ..datasets.synthetic import REGIMES, synthetic_wholebody
+    from ..datasets.synthetic import synthetic_wholebody
     from ..fusion import fuse
     from ..qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
                              overall_score, predict)
-    if regime not in REGIMES:
-        raise UserError(f"unknown --regime {regime!r}; choose from {list(REGIMES)}")
+    _check_regime(regime)
     size = dict(sizes or DEMO_SIZES["quick" if quick else "default"])
     log = (lambda msg: None) if quiet else (
         lambda msg: print(f"{PROG}: {msg}", file=sys.stderr, flush=True))
@@ -444,6 +449,7 @@ def _demo_plots(out: str, res: dict) -> list:
 def run_demo(args) -> int:
     import numpy as np
     check_device(args.device)
+    _check_regime(args.regime)  # before --out is created
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
     os.makedirs(args.out, exist_ok=True)
