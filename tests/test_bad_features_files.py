@@ -244,3 +244,17 @@ def test_score_file_ids_that_are_dangling_links(tmp_path, capsys, link):
                        else h5py.ExternalLink("missing.h5", "/g_pids"))
     _refused_unchanged(capsys, tmp_path, ["evaluate", path], "g_pids")
     _refused_unchanged(capsys, tmp_path, ["evaluate", path, "--max-memory", "1MB"], "g_pids")
+
+
+@hypothesis.given(data=st.data())
+def test_fuzz_features_hdf5_truncations(tmp_path_factory, data):
+    # truncations and random tails only: libhdf5 can segfault on flipped bytes (see
+    # tests/test_bad_input.py), which no Python reader can catch
+    d = tmp_path_factory.mktemp("h5featfuzz")
+    image = _h5(d).read_bytes()
+    if data.draw(st.booleans()):
+        blob = image[:data.draw(st.integers(0, len(image) - 1))]
+    else:
+        blob = image[:8] + data.draw(st.binary(max_size=2048))
+    (d / "emb.h5").write_bytes(blob)
+    assert _read(d / "emb.h5") is None

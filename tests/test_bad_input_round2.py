@@ -138,6 +138,10 @@ def test_features_in_the_usual_range_are_scored_as_before():
     p, g = torch.from_numpy(pro), torch.from_numpy(gal)
     want = ((p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * p @ g.T).clamp_min(0).sqrt()
     assert torch.equal(s, want)
+    s, _ = metrics.embedding_matrices(pro, gal, g_pids=ids["g_pids"], metric="cosine")
+    pn = p / torch.linalg.vector_norm(p, dim=1, keepdim=True)
+    gn = g / torch.linalg.vector_norm(g, dim=1, keepdim=True)
+    assert torch.equal(s, pn @ gn.T)
 
 
 @pytest.mark.parametrize("scale,needle", [(1e30, "exceed"), (1e-30, "underflows")])
