@@ -423,4 +423,6 @@ def test_evaluate_distance_protocols_rank_like_the_similarities(tmp_path, capsys
 def test_demo_bad_regime_creates_nothing(tmp_path, capsys):
     _refused_unchanged(capsys, tmp_path, ["demo", "--out", tmp_path / "out", "--regime", "x"],
                        "--regime")
+    _refused_unchanged(capsys, tmp_path, ["demo", "--out", tmp_path / "out", "--seed", "-1"],
+                       "--seed")  # was a numpy traceback after --out was created
     assert not (tmp_path / "out").exists()

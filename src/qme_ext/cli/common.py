@@ -19,6 +19,16 @@ def progress(args, message: str) -> None:
         print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+def check_seed_option(seed, option: str = "--seed") -> int:
+    """``seed`` if numpy takes it (an integer in [0, 2**32 - 1]), else :class:`UserError`
+    naming ``option``."""
+    from ..ops.inputs import check_seed
+    try:
+        return check_seed(seed, option)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def check_device(name: str) -> str:
     """``name`` if it is a usable torch device, else :class:`UserError`."""
     if name == "cpu":  # spares the torch import when nothing runs on a device

@@ -10,8 +10,8 @@ from typing import Optional
 
 from . import protocols, ranked_lists
 from .files import CommandFiles
-from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
-                     progress)
+from .common import (PROG, UserError, check_device, check_seed_option, format_comparison,
+                     format_table, json_value, progress)
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -266,13 +266,9 @@ def common_options(args) -> dict:
     """--device, --protocol, --seed, --max-memory and the bootstrap options of evaluate and
     evaluate-embeddings, checked before any file is read (issue 27: an option error is the
     only line, never after progress lines); the bootstrap keyword arguments."""
-    from ..ops.inputs import check_seed
     check_device(args.device)
     _check_protocol(args.protocol)
-    try:
-        check_seed(args.seed, "--seed")
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    check_seed_option(args.seed)
     if args.max_memory is not None:
         _budget(args.max_memory)
     return _boot_options(args)

@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from .common import PROG, UserError, check_device, format_table, json_value, progress
+from .common import (PROG, UserError, check_device, check_seed_option, format_table,
+                     json_value, progress)
 
 __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "demo_erc", "COMMANDS", "BASELINES",
@@ -450,6 +451,7 @@ def run_demo(args) -> int:
     import numpy as np
     check_device(args.device)
     _check_regime(args.regime)  # before --out is created
+    check_seed_option(args.seed)  # the data generator's numpy seed
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
     os.makedirs(args.out, exist_ok=True)
