@@ -297,9 +297,9 @@ def test_embeddings_option_errors_come_before_any_work(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------
 # checkpoint extra fields: validated by the schema at load
 # ------------------------------------------------------------------------------------------
-from test_bad_input_values import (_digest, _tamper, assert_user_error, checkpoint,  # noqa: E402,F401
-                                   example,
-                                   files, run)
+# the fixtures (checkpoint, example, files) of the issue-23 value rows
+from test_bad_input_values import (_digest, _tamper, assert_user_error,  # noqa: E402,F401
+                                   checkpoint, example, files, run)
 
 
 def _open_set(offsets, **kw):
