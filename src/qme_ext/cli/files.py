@@ -118,19 +118,26 @@ def _same(a: str, b: str) -> bool:
     return same_file(a, b)
 
 
-def _matches(pattern: str, path: str) -> bool:
-    """Whether the pattern output ``pattern`` could be ``path``: a name in the same folder
-    matching it, or an existing file matching it that is ``path`` (a link)."""
+def _pattern_hits(pattern: str, inputs: list):
+    """The first input (dest, path) that the pattern output ``pattern`` could write: a name
+    in the pattern's folder matching it (as given, or resolved), or an existing file
+    matching it that is the input (a link). Each folder is listed once, each file stat-ed
+    once, whatever the number of inputs (an image list may name thousands)."""
+    from ..io.output import file_identity
     folder, name = os.path.split(pattern)
-    real = os.path.realpath(path)
-    if (os.path.dirname(real) == os.path.realpath(folder or ".")
-            and fnmatch.fnmatch(os.path.basename(real), name)):
-        return True
-    if (os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder or ".")
-            and fnmatch.fnmatch(os.path.basename(path), name)):
-        return True
-    return any(_same(c, path) for c in glob.glob(glob.escape(folder) + os.sep + name
-                                                 if folder else name))
+    real_folder, abs_folder = os.path.realpath(folder or "."), os.path.abspath(folder or ".")
+    existing = {file_identity(c) for c in glob.glob(os.path.join(glob.escape(folder or "."), name))}
+    reals = {r for r, _ in existing}
+    inodes = {i for _, i in existing if i is not None}
+    for dest, src in inputs:
+        real, inode = file_identity(src)
+        if ((os.path.dirname(real) == real_folder and fnmatch.fnmatch(os.path.basename(real),
+                                                                      name))
+                or (os.path.dirname(os.path.abspath(src)) == abs_folder
+                    and fnmatch.fnmatch(os.path.basename(src), name))
+                or real in reals or (inode is not None and inode in inodes)):
+            return dest, src
+    return None
 
 
 def check_outputs(spec: CommandFiles, args) -> None:
@@ -139,15 +146,20 @@ def check_outputs(spec: CommandFiles, args) -> None:
     inputs = input_paths(spec, args)
     allowed = set(spec.in_place)
     for out_dest, option, out in output_paths(spec, args):
-        wild = any(c in os.path.basename(out) for c in "*?[")
+        if any(c in os.path.basename(out) for c in "*?["):  # a name that depends on the data
+            hit = _pattern_hits(out, inputs)
+            if hit is not None:
+                src = hit[1]
+                _refuse(option, os.path.join(os.path.dirname(out), os.path.basename(src)), src)
+            continue
         for in_dest, src in inputs:
-            if (out_dest, in_dest) in allowed and not wild:
-                continue
-            if (_matches(out, src) if wild else _same(out, src)):
-                shown = out if not wild else os.path.join(os.path.dirname(out),
-                                                          os.path.basename(src))
-                raise UserError(f"{option} {shown} is the input file {src}; refusing to "
-                                "overwrite an input (choose another output name)")
+            if (out_dest, in_dest) not in allowed and _same(out, src):
+                _refuse(option, out, src)
+
+
+def _refuse(option: str, out: str, src: str):
+    raise UserError(f"{option} {out} is the input file {src}; refusing to overwrite an "
+                    "input (choose another output name)")
 
 
 def protected_paths(spec: CommandFiles, args) -> list:

@@ -34,13 +34,14 @@ import stat
 from .errors import OutputError
 
 __all__ = ["atomic_output", "write_atomic", "same_file", "OutputError", "protected_inputs",
-           "refuse_input"]
+           "file_identity", "refuse_input"]
 
 # the inputs of the running command: [(shown path, realpath, (st_dev, st_ino) or None)]
 _PROTECTED: list = []
 
 
-def _identity(path: str) -> tuple:
+def file_identity(path: str) -> tuple:
+    """(realpath, (st_dev, st_ino) of a regular file or None): what names one file."""
     real = os.path.realpath(path)
     try:
         st = os.stat(path)
@@ -54,7 +55,7 @@ def _identity(path: str) -> tuple:
 def protected_inputs(paths):
     """While the block runs, :func:`atomic_output` refuses to write over any of ``paths``
     (None entries skipped; identities taken now, so a later rename cannot hide one)."""
-    entries = [(os.fspath(p),) + _identity(os.fspath(p)) for p in paths if p is not None]
+    entries = [(os.fspath(p),) + file_identity(os.fspath(p)) for p in paths if p is not None]
     saved = list(_PROTECTED)
     _PROTECTED[:] = saved + entries
     try:
@@ -68,7 +69,7 @@ def refuse_input(path, option: str = "") -> None:
     if not _PROTECTED:
         return
     path = os.fspath(path)
-    real, inode = _identity(path)
+    real, inode = file_identity(path)
     for shown, src_real, src_inode in _PROTECTED:
         if real == src_real or (inode is not None and inode == src_inode):
             what = f"{option} {path}" if option else path
