@@ -126,7 +126,8 @@ def _pattern_hits(pattern: str, inputs: list):
     from ..io.output import file_identity
     folder, name = os.path.split(pattern)
     real_folder, abs_folder = os.path.realpath(folder or "."), os.path.abspath(folder or ".")
-    existing = {file_identity(c) for c in glob.glob(os.path.join(glob.escape(folder or "."), name))}
+    existing = {file_identity(c)
+                for c in glob.glob(os.path.join(glob.escape(folder or "."), name))}
     reals = {r for r, _ in existing}
     inodes = {i for _, i in existing if i is not None}
     for dest, src in inputs:
