@@ -382,19 +382,20 @@ def test_diverging_training_is_a_named_error(tmp_path, example):
 # verification labels; what torch users pass
 # ------------------------------------------------------------------------------------------
 def test_verification_labels_of_any_numeric_dtype():
-    """0/1 int or float labels used to be read as impostor scores (EER 0.280, not 0.166)."""
+    """0/1 int or float labels used to be read as impostor scores (EER 0.280, not 0.166);
+    since issue 27 labels are given by name (``labels=``), never guessed from values."""
     rng = np.random.default_rng(1)
     gen, imp = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)
     scores, y = np.r_[gen, imp], np.r_[np.ones(200), np.zeros(200)]
     want = metrics.verification(gen, imp).as_dict()
     for labels in (y.astype(bool), y.astype(np.int64), y.astype(np.uint8), y,
                    y.astype(np.float32), torch.as_tensor(y, dtype=torch.int32), y.tolist()):
-        assert metrics.verification(scores, labels).as_dict() == want
+        assert metrics.verification(scores, labels=labels).as_dict() == want
     for labels in ((2 * y - 1).astype(np.int64), (y + 1).astype(np.int16)):
         with pytest.raises(ValueError, match="labels: expected bool or 0/1 labels"):
-            metrics.verification(scores, labels)
-    with pytest.raises(TypeError, match="impostor: expected a numeric vector"):
-        metrics.verification(scores, np.array(["genuine"] * 400))
+            metrics.verification(scores, labels=labels)
+    with pytest.raises(TypeError, match="labels: expected a numeric vector"):
+        metrics.verification(scores, labels=np.array(["genuine"] * 400))
     # float impostor scores as many as the genuine ones stay scores
     assert metrics.verification(gen, imp[::-1].copy()).num_impostor == 200
 

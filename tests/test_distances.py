@@ -112,6 +112,6 @@ def test_verification_of_distances():
     # scores + labels form, and torch input
     labels = np.concatenate([np.ones(gen.size, bool), np.zeros(imp.size, bool)])
     both = np.concatenate([gen, imp])
-    got2 = metrics.verification(torch.from_numpy(both), torch.from_numpy(labels),
+    got2 = metrics.verification(torch.from_numpy(both), labels=torch.from_numpy(labels),
                                 larger_is_better=False, warn=False)
     assert got2.eer == got.eer and got2.eer_threshold == got.eer_threshold

@@ -39,7 +39,7 @@ def test_verification_is_the_one_row_engine(device, tied):
     for got, want in zip(r.roc, (far, tar, thr)):
         np.testing.assert_array_equal(got, want)
     # the (scores, labels) form and the float32 / tensor forms give the same report
-    r2 = verification(s, y)
+    r2 = verification(s, labels=y)
     assert r2.as_dict() == r.as_dict()
     r32 = verification(g.astype(np.float32), i.astype(np.float32))
     assert r32.num_genuine == g.size and r32.num_impostor == i.size
@@ -56,7 +56,7 @@ def test_verification_definitions_small():
     with pytest.raises(ValueError, match="convention"):
         verification([1.0], [0.0], convention="fvc")
     with pytest.raises(ValueError, match="genuine and one impostor"):
-        verification([1.0, 2.0], np.array([True, True]))
+        verification([1.0, 2.0], labels=np.array([True, True]))
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -94,7 +94,7 @@ import torch
 
 from .ops.fusion import (NORM_AFFINE, NORM_TANH, RULE_ASYM_AO, RULE_MAX, RULE_MIN, RULE_SUM,
                          fuse_scores, score_stats)
-from .ops.inputs import check_target_device, require_finite_score
+from .ops.inputs import check_seed, check_target_device, require_finite_score
 from .io import ScoreSet
 
 __all__ = [
@@ -655,6 +655,7 @@ def fit_fusion(method: str, calibration: ScoreSet, models: Optional[Sequence[str
     is how :mod:`qme_ext.streaming` fuses files larger than memory.
     """
     norm_name, rule = parse_method(method)
+    check_seed(seed)  # numpy would say "expected non-negative integer" without the name
     models = list(calibration.models if models is None else models)
     if not models:
         raise ValueError("no model to fuse")

@@ -254,7 +254,7 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
         raise ValueError(f"k1: expected k1 < P + G = {N}, got {k1}")
     if k2 > k1 + 1:
         raise ValueError(f"k2: expected k2 <= k1 + 1 = {k1 + 1}, got {k2}")
-    lam = float(lambda_value)
+    lam = _real(lambda_value, "lambda_value")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_value: expected a number in [0, 1], got {lambda_value!r}")
 
@@ -303,6 +303,14 @@ def k_reciprocal(scores, probe_scores, gallery_scores, k1: int = 20, k2: int = 6
     return out.cpu().numpy() if is_numpy else out
 
 
+def _real(x, name: str) -> float:
+    """``x`` as a float if it is a real number (not a bool), else a TypeError naming it."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer,
+                                                             np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {x!r}")
+    return float(x)
+
+
 def average_query_expansion(scores, gallery_scores, k: int = 10, alpha: float = 0.0):
     """Average query expansion on a score matrix.
 
@@ -332,16 +340,23 @@ def average_query_expansion(scores, gallery_scores, k: int = 10, alpha: float = 
     qg = _matrix(scores, "scores", (P, G), qg0.device)
     gg = _matrix(gallery_scores, "gallery_scores", (G, G), qg0.device)
     k = as_count(k, "k")
-    alpha = float(alpha)
-    if not alpha >= 0.0:
-        raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
+    alpha = _real(alpha, "alpha")
+    if not 0.0 <= alpha < float("inf"):
+        raise ValueError(f"alpha: expected a finite number >= 0, got {alpha!r}")
     vals, idx = topk(qg, k)
     w = vals.to(torch.float64).clamp_min(0.0) ** alpha  # (P, k); 0 ** 0 = 1
+    self_w = torch.ones((P, 1), dtype=torch.float64, device=qg.device)
+    if not bool(torch.isfinite(w).all()):
+        # a huge alpha overflows s ** alpha: the same weights divided by the row's largest
+        # (1 for the probe itself included), in logs, so that the mean stays finite
+        logw = alpha * torch.log(vals.to(torch.float64).clamp_min(0.0))
+        top = logw.amax(dim=1, keepdim=True).clamp_min(0.0)
+        w, self_w = torch.exp(logw - top), torch.exp(-top)
     out = torch.empty(qg.shape, dtype=torch.float64, device=qg.device)
     block = max(1, _BLOCK_ELEMENTS // (k * G))
     for a in range(0, P, block):
         b = min(P, a + block)
         neighbours = (w[a:b, :, None] * gg[idx[a:b]].to(torch.float64)).sum(dim=1)
-        out[a:b] = ((qg[a:b].to(torch.float64) + neighbours)
-                    / (1.0 + w[a:b].sum(dim=1, keepdim=True)))
+        out[a:b] = ((self_w[a:b] * qg[a:b].to(torch.float64) + neighbours)
+                    / (self_w[a:b] + w[a:b].sum(dim=1, keepdim=True)))
     return out.cpu().numpy() if is_numpy else out

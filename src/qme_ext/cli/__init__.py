@@ -11,7 +11,7 @@ Subcommands
     FARs (each point exact) from further passes over the file.
 ``evaluate-embeddings FEATURES``
     The same report from probe and gallery features (cosine, dot or euclidean), scored tile
-    by tile in bounded memory (``--max-memory``); file layout: :mod:`qme_ext.cli.embeddings`.
+    by tile in bounded memory (``--max-memory``); file layout: :mod:`qme_ext.io.features`.
 ``example FILE.h5``
     Write the built-in synthetic score file (:func:`qme_ext.datasets.make_example_scoreset`).
 
@@ -23,7 +23,9 @@ Subcommands
     QME training, fusion with a checkpoint, and the end-to-end synthetic demo
     (:mod:`qme_ext.cli.qme`).
 
-A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``.
+A subcommand is an entry of ``COMMANDS``: ``name -> (help, add_arguments(parser), run(args))``
+and of ``FILES``: ``name -> CommandFiles`` (the options it reads and writes,
+:mod:`qme_ext.cli.files`): no output of any command replaces one of its inputs.
 
 Conventions: progress lines go to stderr (silenced by ``--quiet``); the table goes to stdout.
 A user error (missing or malformed file, unknown model or fusion name, unusable option) exits
@@ -42,12 +44,16 @@ import argparse
 import sys
 
 from .._version import __version__
+from . import files as _files
 from .common import PROG, UserError
 from .embeddings import COMMANDS as _EMBEDDINGS_COMMANDS
+from .embeddings import FILES as _EMBEDDINGS_FILES
 from .evaluate import COMMANDS as _EVALUATE_COMMANDS
+from .evaluate import FILES as _EVALUATE_FILES
 from .evaluate import TABLE_COLUMNS  # noqa: F401  (the evaluate table's columns)
 from .qme import COMMANDS as _QME_COMMANDS
 from .verify import COMMANDS as _VERIFY_COMMANDS
+from .verify import FILES as _VERIFY_FILES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +68,20 @@ COMMANDS = {
     **_EMBEDDINGS_COMMANDS,
     **_QME_COMMANDS,
     **_VERIFY_COMMANDS,
+}
+
+# {command: CommandFiles}: the files each command reads and writes (qme_ext.cli.files);
+# main() refuses an output that is an input, and the writer refuses it again, for all
+FILES = {
+    **_EVALUATE_FILES,
+    **_EMBEDDINGS_FILES,
+    "train": _files.CommandFiles(inputs=("train", "val", "resume"),
+                                 outputs=(("out", "file"), ("checkpoint", "file")),
+                                 in_place=(("checkpoint", "resume"),)),
+    "fuse": _files.CommandFiles(inputs=("model", "scores"), outputs=(("out", "file"),),
+                                in_place=(("out", "scores"),)),
+    "demo": _files.CommandFiles(outputs=(("out", "demo"),)),
+    **_VERIFY_FILES,
 }
 
 
@@ -79,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     from ..io import ScoreFileError  # h5py on first use only
+    from ..io.output import protected_inputs
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command][2](args)
+        spec = FILES[args.command]
+        _files.check_outputs(spec, args)  # before any work or any other write
+        with protected_inputs(_files.protected_paths(spec, args)):
+            return COMMANDS[args.command][2](args)
     except (UserError, ScoreFileError, OSError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"{PROG}: error: {message}", file=sys.stderr)

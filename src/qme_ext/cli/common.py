@@ -1,10 +1,9 @@
 """What every ``qme-ext`` subcommand shares: the program name, the user-error type,
-progress lines, device checks, the refusal to write over an input, and the fixed-width
-metrics table."""
+progress lines, device checks and the fixed-width metrics table (the refusal to write
+over an input: :mod:`qme_ext.cli.files`)."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 PROG = "qme-ext"
@@ -18,6 +17,16 @@ def progress(args, message: str) -> None:
     """One progress line on stderr unless ``args.quiet``."""
     if not getattr(args, "quiet", False):
         print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def check_seed_option(seed, option: str = "--seed") -> int:
+    """``seed`` if numpy takes it (an integer in [0, 2**32 - 1]), else :class:`UserError`
+    naming ``option``."""
+    from ..ops.inputs import check_seed
+    try:
+        return check_seed(seed, option)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def check_device(name: str) -> str:
@@ -41,31 +50,6 @@ def check_device(name: str) -> str:
     elif dev.type != "cpu":
         raise UserError(f"--device {name}: expected cpu or cuda[:N]")
     return name
-
-
-def refuse_overwriting_inputs(inputs, outputs) -> None:
-    """:class:`UserError` when an output would replace an input of the same command.
-
-    ``inputs``: paths read (None entries skipped); ``outputs``: ``(option, path)`` pairs of
-    every file the command will write. Paths are compared resolved (symlinks, ``..``) and by
-    inode (hard links). Called after the inputs are known and before anything is written.
-    """
-    from ..io import same_file
-    for option, out in outputs:
-        if out is None:
-            continue
-        for src in inputs:
-            if src is not None and same_file(out, src):
-                raise UserError(f"{option} {out} is the input file {src}; refusing to "
-                                "overwrite an input (choose another output name)")
-
-
-def plot_outputs(folder, names) -> list:
-    """``("--plots DIR", DIR/name)`` pairs for :func:`refuse_overwriting_inputs` (none
-    without ``--plots``)."""
-    if not folder:
-        return []
-    return [(f"--plots {folder}:", os.path.join(folder, n)) for n in names]
 
 
 def json_value(v):

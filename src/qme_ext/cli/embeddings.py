@@ -2,20 +2,8 @@
 scored tile by tile (:func:`qme_ext.metrics.evaluate_embeddings`), with the evaluate
 command's table, JSON and plots.
 
-Input file layout (one of)
---------------------------
-* HDF5 (``.h5``/``.hdf5``): datasets ``probe_feats`` (P, D) and ``gallery_feats`` (G, D),
-  read slice by slice; root id vectors as in a SPEC §1 score file: ``q_pids`` (P,),
-  ``g_pids`` (G,), optional ``q_camids, q_clothes_ids`` (P,), ``g_camids, g_clothes_ids``
-  (G,), ``unique_g_pids`` (S,) and ``gallery_templates`` (S, D).
-* ``.npz``: the same keys (members are loaded whole when read).
-* a directory of ``<key>.npy`` files with the same names, memory-mapped (``np.load(...,
-  mmap_mode="r")``): the features are read block by block from disk.
-
-Features float16/float32/float64, ids integers (or floats holding integers). Without
-camera ids every probe and gallery entry count as different cameras (every same-pid
-entry is good); without clothes ids everyone wears the same clothes (CC has no valid
-probe and reports zeros).
+Input file layout and its checks: :mod:`qme_ext.io.features` (the one reader of the
+command and the API).
 """
 from __future__ import annotations
 
@@ -24,18 +12,16 @@ import os
 import sys
 import time
 
-from .common import PROG, UserError, check_device, progress
+from .files import CommandFiles
+from .common import PROG, UserError, progress
 
-FEATURE_KEYS = ("probe_feats", "gallery_feats")
-ID_KEYS = ("q_pids", "q_camids", "q_clothes_ids", "g_pids", "g_camids", "g_clothes_ids")
-OPTIONAL_KEYS = ("unique_g_pids", "gallery_templates")
 # a progress bar once a run has taken this long (seconds): short runs stay quiet
 BAR_AFTER_S = 2.0
 
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FEATURES", help="features and ids: .h5/.hdf5, .npz, or a "
-                   "directory of .npy files (layout: python -m pydoc qme_ext.cli.embeddings)")
+                   "directory of .npy files (layout: python -m pydoc qme_ext.io.features)")
     p.add_argument("--metric", default="cosine", choices=("cosine", "dot", "euclidean"),
                    help="score of a probe/gallery pair (default cosine; euclidean is a "
                    "distance, its thresholds are distances: accept d <= t)")
@@ -52,55 +38,6 @@ def _add(p: argparse.ArgumentParser) -> None:
     add_bootstrap_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(compare=None)  # the evaluate command's --compare: one row here
-
-
-class _Inputs:
-    """The arrays of a features file, opened lazily (HDF5 datasets stay on disk)."""
-
-    def __init__(self, path: str):
-        import numpy as np
-        self.path, self._h5 = path, None
-        if os.path.isdir(path):
-            self.items = {os.path.splitext(f)[0]: os.path.join(path, f)
-                          for f in os.listdir(path) if f.endswith(".npy")}
-            self.get = lambda k: np.load(self.items[k], mmap_mode="r")
-        elif path.endswith(".npz"):
-            self._npz = np.load(path)
-            self.items = set(self._npz.files)
-            self.get = lambda k: self._npz[k]
-        elif path.endswith((".h5", ".hdf5")):
-            import h5py
-            self._h5 = h5py.File(path, "r")
-            self.items = set(self._h5.keys())
-            self.get = lambda k: self._h5[k] if k in FEATURE_KEYS + ("gallery_templates",) \
-                else self._h5[k][()]
-        elif not os.path.exists(path):
-            raise UserError(f"{path}: no such file or directory")
-        else:
-            raise UserError(f"{path}: expected a .h5/.hdf5 or .npz file, or a directory of "
-                            ".npy files")
-        for key in FEATURE_KEYS + ("q_pids", "g_pids"):
-            if key not in self.items:
-                raise UserError(f"{path}: missing {key!r} (layout: see qme_ext.cli.embeddings)")
-
-    def arrays(self) -> dict:
-        import numpy as np
-        out = {k: self.get(k) for k in FEATURE_KEYS + ("gallery_templates",)
-               if k in self.items}
-        # id vectors are small: loaded whole (and writable, unlike a memory map)
-        out.update({k: np.array(self.get(k)) for k in ID_KEYS + ("unique_g_pids",)
-                    if k in self.items})
-        P, G = len(out["q_pids"]), len(out["g_pids"])
-        if "q_camids" not in out or "g_camids" not in out:
-            out["q_camids"], out["g_camids"] = np.zeros(P, np.int64), np.ones(G, np.int64)
-        if "q_clothes_ids" not in out or "g_clothes_ids" not in out:
-            out["q_clothes_ids"], out["g_clothes_ids"] = np.zeros(P, np.int64), np.zeros(G,
-                                                                                        np.int64)
-        return out
-
-    def close(self):
-        if self._h5 is not None:
-            self._h5.close()
 
 
 class _Bar:
@@ -125,24 +62,13 @@ class _Bar:
 
 
 def run(args) -> int:
-    from .evaluate import _boot_options, _check_protocol, _plots_available, _print_results
-    from ..metrics.streaming import parse_memory
-    check_device(args.device)
-    _check_protocol(args.protocol)
-    if args.max_memory is not None:
-        try:
-            parse_memory(args.max_memory)
-        except ValueError:
-            raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such "
-                            "as 2GB, 512MiB or a number of bytes") from None
-    boot = _boot_options(args)
-    inputs = _Inputs(args.file)
+    from .evaluate import _plots_available, _print_results, common_options
+    boot = common_options(args)
+    from ..io.features import open_features
     row = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.file)))[0]
-    try:
+    with open_features(args.file) as inputs:
         results, curves = _evaluate(args, inputs, row, boot,
                                     bool(args.plots) and _plots_available())
-    finally:
-        inputs.close()
     _print_results(args, results)
     if curves:
         from .. import plots
@@ -151,7 +77,8 @@ def run(args) -> int:
     return 0
 
 
-def _evaluate(args, inputs: _Inputs, row: str, boot: dict, plotting: bool) -> tuple:
+def _evaluate(args, inputs, row: str, boot: dict, plotting: bool) -> tuple:
+    from ..io.features import ID_KEYS
     from ..metrics.core import _curves_source
     from ..metrics.embeddings import evaluate_embeddings
     from ..metrics.orientation import NegatedSource
@@ -182,6 +109,9 @@ def _evaluate(args, inputs: _Inputs, row: str, boot: dict, plotting: bool) -> tu
                    f"{t['matmul']:.1f} s")
     return {row: res}, curves
 
+
+FILES = {"evaluate-embeddings": CommandFiles(inputs=("file",), folders=("file",),
+                                            outputs=(("json", "file"), ("plots", "plots")))}
 
 COMMANDS = {
     "evaluate-embeddings": ("evaluate probe/gallery features without a score matrix "

@@ -9,8 +9,9 @@ import warnings
 from typing import Optional
 
 from . import protocols, ranked_lists
-from .common import (PROG, UserError, check_device, format_comparison, format_table, json_value,
-                     plot_outputs, progress, refuse_overwriting_inputs)
+from .files import CommandFiles
+from .common import (PROG, UserError, check_device, check_seed_option, format_comparison,
+                     format_table, json_value, progress)
 
 # (header, metric key, std key or None) of the printed table; values are fractions
 TABLE_COLUMNS = (
@@ -144,7 +145,6 @@ def _load_inputs(args, items):
     _check_protocol(args.protocol)
     scores = load_scores(args.file, models=args.models)
     _check_rows(args, scores.models, scores.merge_score_mats, items)
-    _check_outputs(args, list(scores.models) + items)
     merge = scores.merge_score_mats[scores.models[0]]
     _check_evaluation(args, scores.ids(), (scores.num_probes, scores.num_gallery), merge.shape[1])
     calibration = args.calibration if args.calibration in _SELF else "self"
@@ -176,29 +176,16 @@ def _check_rows(args, models, merge_models, items) -> None:
             raise UserError(f"fusion item {item!r} repeats a model name or another item")
 
 
-def _check_outputs(args, rows) -> None:
-    """Refuse a ``--json`` or ``--plots`` file that is the score or the calibration file."""
-    from ..plots import curve_plot_names
-    inputs = [args.file] + ([] if args.calibration in _SELF else [args.calibration])
-    refuse_overwriting_inputs(inputs, [("--json", args.json)]
-                              + plot_outputs(args.plots, curve_plot_names(rows)))
-
-
 def _streaming_results(args, items) -> dict:
     """{row: report} evaluated out of core (``--max-memory``), after every user-input check."""
     from ..io import load_calibration, load_ids
-    from ..metrics.streaming import curves_file, evaluate_file, parse_memory, plan_block_rows
+    from ..metrics.streaming import curves_file, evaluate_file, plan_block_rows
     from ..metrics.nonfinite import NonFiniteScoreWarning
-    try:
-        budget = parse_memory(args.max_memory)
-    except ValueError:
-        raise UserError(f"invalid --max-memory {args.max_memory!r}; expected a size such as "
-                        f"2GB, 512MiB or a number of bytes") from None
+    budget = _budget(args.max_memory)
     check_device(args.device)
     _check_protocol(args.protocol)
     models, ids, shapes = load_ids(args.file, args.models)
     _check_rows(args, models, [m for m in models if f"{m}/merge_score_mat" in shapes], items)
-    _check_outputs(args, list(models) + items)
     _check_evaluation(args, ids, shapes[f"{models[0]}/score_mat"],
                       shapes[f"{models[0]}/merge_score_mat"][1])
     boot = _boot_options(args)
@@ -281,7 +268,37 @@ def _write_plots(args, rows, scores, boot) -> None:
     progress(args, f"plots written to {args.plots}")
 
 
+def common_options(args) -> dict:
+    """--device, --protocol, --seed, --max-memory and the bootstrap options of evaluate and
+    evaluate-embeddings, checked before any file is read (issue 27: an option error is the
+    only line, never after progress lines); the bootstrap keyword arguments."""
+    check_device(args.device)
+    _check_protocol(args.protocol)
+    check_seed_option(args.seed)
+    if args.max_memory is not None:
+        _budget(args.max_memory)
+    return _boot_options(args)
+
+
+def _check_options(args) -> None:
+    """Every option of evaluate that needs no file (:func:`common_options` and more)."""
+    common_options(args)
+    protocols.wanted(args)
+    ranked_lists.check_options(args)
+
+
+def _budget(text) -> int:
+    """Bytes of ``--max-memory``; UserError when it is no size."""
+    from ..metrics.streaming import parse_memory
+    try:
+        return parse_memory(text)
+    except ValueError:
+        raise UserError(f"invalid --max-memory {text!r}; expected a size such as 2GB, "
+                        "512MiB or a number of bytes") from None
+
+
 def run_evaluate(args) -> int:
+    _check_options(args)
     items = _fusion_items(args.fusion)
     if getattr(args, "distance", False) and (items or args.plots):
         raise UserError("--distance: not with --fusion or --plots (they read similarities)")
@@ -321,12 +338,15 @@ def run_evaluate(args) -> int:
         results[row] = res
         results[row]["num_nonfinite"] = _nonfinite_line(row, caught, NonFiniteScoreWarning,
                                                         bool(items) and row in scores.models)
-    protocols.add(args, results, rows, scores, boot)
+    # the protocols and ranked lists rank similarities: distances are read as their negation
+    ranked = ({r: (-mat, -merge) for r, (mat, merge) in rows.items()} if args.distance
+              else rows)
+    protocols.add(args, results, ranked, scores, boot)
     _print_results(args, results, pairs)
     protocols.table(args, results)
     if args.plots:
         _write_plots(args, rows, scores, boot)
-    ranked_lists.write(args, rows, scores)
+    ranked_lists.write(args, ranked, scores)
     return 0
 
 
@@ -396,6 +416,15 @@ def run_example(args) -> int:
                     f"{scores.num_probes} probes x {scores.num_gallery} gallery")
     return 0
 
+
+FILES = {
+    "evaluate": CommandFiles(
+        inputs=("file", "calibration", "gallery_images", "probe_images"),
+        literals=(("calibration", _SELF),), image_lists=("gallery_images", "probe_images"),
+        outputs=(("json", "file"), ("plots", "plots"), ("ranked_prefix", "prefix")),
+        when=(("ranked_prefix", "ranked_lists"),)),
+    "example": CommandFiles(outputs=(("file", "file"),)),
+}
 
 COMMANDS = {
     "evaluate": ("evaluate models and fusions of a score file", _add_evaluate, run_evaluate),

@@ -21,8 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def wanted(args) -> bool:
-    if args.single_shot is not None and args.single_shot < 1:
-        raise UserError(f"--single-shot {args.single_shot}: expected REPEATS >= 1")
+    """Whether a protocol table is asked for; UserError for a bad --single-shot (checked
+    before any file is read)."""
+    if args.single_shot is not None:
+        from ..metrics.protocols import check_repeats
+        try:
+            check_repeats(args.single_shot, "--single-shot")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     return args.multi_query is not None or args.single_shot is not None
 
 
@@ -59,6 +65,9 @@ def add_file(args, report: dict, how: dict, max_memory, device, boot: dict) -> N
     source, ids = _file_source(args.file, how.get("model"), how.get("fusion"), how.get("models"),
                                how.get("calibration"), max_memory, None, device, None, 2.0, 0,
                                None, args.seed)
+    if getattr(args, "distance", False):  # distances ranked as their negation, as in memory
+        from ..metrics.orientation import NegatedSource
+        source = NegatedSource(source)
     b = bootstrap.options(boot["ci"], boot["n_boot"], boot["boot_seed"],
                           boot["boot_unit"]) if boot else None
     mq = sgs = None

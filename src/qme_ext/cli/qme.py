@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from .common import (PROG, UserError, check_device, format_table, json_value, progress,
-                     refuse_overwriting_inputs)
+from .common import (PROG, UserError, check_device, check_seed_option, format_table,
+                     json_value, progress)
 
 __all__ = ["UserError", "run_train",
            "run_fuse", "run_demo", "demo_pipeline", "demo_erc", "COMMANDS", "BASELINES",
@@ -154,9 +154,7 @@ def run_train(args) -> int:
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
-    # --checkpoint may be the --resume file: training goes on saving its state there
-    refuse_overwriting_inputs([args.train, args.val, args.resume], [("--out", args.out)])
-    refuse_overwriting_inputs([args.train, args.val], [("--checkpoint", args.checkpoint)])
+    # outputs against inputs: qme_ext.cli.files (--checkpoint may be the --resume file)
     train = load_scores(args.train, models=args.models)
     val = load_scores(args.val, models=train.models)
     for path, ss in ((args.train, train), (args.val, val)):
@@ -253,7 +251,6 @@ def run_fuse(args) -> int:
     from ..qme.train import predict
     check_device(args.device)
     _positive("--batch", args.batch)
-    refuse_overwriting_inputs([args.model], [("--out", args.out)])  # --out TEST.h5: in place
     try:
         check_model_name(args.name, "--name")
     except ValueError as exc:
@@ -303,6 +300,12 @@ def _evaluate(ss, S, M) -> dict:
     return {k: float(v) for k, v in res.items()}
 
 
+def _check_regime(regime: str) -> None:
+    from ..datasets.synthetic import REGIMES
+    if regime not in REGIMES:
+        raise UserError(f"unknown --regime {regime!r}; choose from {list(REGIMES)}")
+
+
 def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
                   quick: bool = False, train_seed: int = 42, quiet: bool = True,
                   sizes: Optional[dict] = None, baselines=BASELINES, recipe: str = "robust",
@@ -320,12 +323,11 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     """
     import dataclasses
 
-    from ..datasets.synthetic import REGIMES, synthetic_wholebody
+    from ..datasets.synthetic import synthetic_wholebody
     from ..fusion import fuse
     from ..qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
                              overall_score, predict)
-    if regime not in REGIMES:
-        raise UserError(f"unknown --regime {regime!r}; choose from {list(REGIMES)}")
+    _check_regime(regime)
     size = dict(sizes or DEMO_SIZES["quick" if quick else "default"])
     log = (lambda msg: None) if quiet else (
         lambda msg: print(f"{PROG}: {msg}", file=sys.stderr, flush=True))
@@ -448,6 +450,8 @@ def _demo_plots(out: str, res: dict) -> list:
 def run_demo(args) -> int:
     import numpy as np
     check_device(args.device)
+    _check_regime(args.regime)  # before --out is created
+    check_seed_option(args.seed)  # the data generator's numpy seed
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
     os.makedirs(args.out, exist_ok=True)

@@ -39,12 +39,20 @@ def _image_list(path, n: int, option: str):
     return [os.path.join(base, s.strip()) if s.strip() else None for s in lines]
 
 
-def check(args, rows, scores) -> tuple:
-    """Reject unusable --ranked-* options before any work; (probe, gallery) image lists."""
+def check_options(args) -> bool:
+    """Whether ranked lists are asked for; UserError for a bad N or K (before any file is
+    read)."""
     if args.ranked_lists is None:
-        return None, None
+        return False
     if args.ranked_lists < 1 or args.ranked_k < 1:
         raise UserError("--ranked-lists N and --ranked-k K must be >= 1")
+    return True
+
+
+def check(args, rows, scores) -> tuple:
+    """Reject unusable --ranked-* options before any work; (probe, gallery) image lists."""
+    if not check_options(args):
+        return None, None
     if args.ranked_row is not None and args.ranked_row not in rows:
         raise UserError(f"--ranked-row {args.ranked_row!r}: no such row; rows are {list(rows)}")
     return (_image_list(args.probe_images, scores.num_probes, "--probe-images"),

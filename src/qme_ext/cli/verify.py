@@ -23,8 +23,8 @@ import os
 import sys
 import warnings
 
-from .common import (PROG, UserError, check_device, format_table, json_value, plot_outputs,
-                     progress, refuse_overwriting_inputs)
+from .files import CommandFiles
+from .common import PROG, UserError, check_device, format_table, json_value, progress
 
 VERIFY_HELP = "verification metrics (EER, FNMR@FMR, ...) of genuine/impostor score files"
 
@@ -157,8 +157,10 @@ def run_verify(args) -> int:
     costs = _options(args)
     if (args.dev is None) != (args.eval is None):
         raise UserError("--dev and --eval go together")
-    if args.epc_points < 2:
-        raise UserError(f"--epc-points: expected an integer >= 2, got {args.epc_points}")
+    from ..metrics.dev_eval import MAX_EPC_POINTS
+    if not 2 <= args.epc_points <= MAX_EPC_POINTS:
+        raise UserError(f"--epc-points: expected an integer in [2, {MAX_EPC_POINTS}], got "
+                        f"{args.epc_points}")
     if args.dev is not None:
         if args.files:
             raise UserError("give either FILE... or --dev/--eval, not both")
@@ -170,11 +172,6 @@ def run_verify(args) -> int:
         raise UserError("give score FILEs, or --dev DEV... --eval EVAL...")
     else:
         systems = _systems(args)
-    inputs = args.files + (args.dev or []) + (args.eval or [])
-    from ..plots import hist_plot_name
-    refuse_overwriting_inputs(inputs, [("--json", args.json)] + plot_outputs(
-        args.plots, ["roc.png", "det.png", "epc.png"] + [hist_plot_name(s.name)
-                                                         for s in systems]))
     far_convention = args.far_convention or ("conservative" if args.dev else "qme")
     from ..metrics.nonfinite import describe_nonfinite
     from ..metrics.verification import verification
@@ -217,7 +214,7 @@ def _dev_eval(args, systems, fmrs, far_convention, costs):
     dev, ev = systems
     de = dev_eval(dev.genuine, dev.impostor, ev.genuine, ev.impostor, fmrs,
                   far_convention=far_convention, epc_points=args.epc_points,
-                  convention=args.convention, **costs)
+                  convention=args.convention, larger_is_better=not args.distance, **costs)
     rows = {p.name: {key: getattr(p, key) for _, key in DEV_EVAL_COLUMNS} for p in de.points}
     table = format_table(rows, [(h, k, None) for h, k in DEV_EVAL_COLUMNS])
     thr = "\n".join(f"  {p.name}: threshold {p.threshold:.6g}" for p in de.points)
@@ -244,5 +241,8 @@ def _plots(args, systems, results, de=None) -> None:
         plots.plot_epc(de.epc[0], de.epc[1], os.path.join(args.plots, "epc.png"))
     progress(args, f"plots written to {args.plots}")
 
+
+FILES = {"verify": CommandFiles(inputs=("files", "dev", "eval"),
+                                outputs=(("json", "file"), ("plots", "plots")))}
 
 COMMANDS = {"verify": (VERIFY_HELP, _add_verify_args, run_verify)}

@@ -35,7 +35,8 @@ Choices
   (seekable) file: a pipe is refused with a message rather than read twice.
 
 Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only) but the numpy-only
-``ops.ids``; ``errors``, ``pair_files`` and ``output`` (the one writer of every output file)
+``ops.ids``; ``errors``, ``pair_files``, ``features`` (features files), ``npy_files`` (the
+one check of ``.npy``/``.npz`` members) and ``output`` (the one writer of every output file)
 are its parts; the layers above (fusion, metrics, qme, plots, cli) read and write files
 through it.
 """
@@ -395,9 +396,15 @@ _ID_KINDS, _MATRIX_KINDS = "iubf", "f"
 
 
 def _checked_dataset(f, key: str, kinds: str, source: str):
-    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError."""
+    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError (a
+    group, a dangling soft or external link, another dtype)."""
     import h5py
-    obj = f[key]
+    try:
+        obj = f[key]
+    except KeyError:  # the name exists (a link) but leads nowhere
+        link = f.get(key, getlink=True)
+        raise ScoreFileError(f"{source}: key '{key}' is a dangling link "
+                             f"({type(link).__name__}), expected a dataset") from None
     if not isinstance(obj, h5py.Dataset):
         raise ScoreFileError(f"{source}: key '{key}' is a {type(obj).__name__.lower()}, "
                              f"expected a dataset")
@@ -600,5 +607,7 @@ def _write_scoreset(f, scoreset: ScoreSet) -> None:
 
 # genuine/impostor pair files (bob, pyeer, CSV, numpy): qme_ext.io.pair_files
 from .pair_files import Pairs, load_pairs  # noqa: E402,F401
+# probe/gallery features files (HDF5, .npz, .npy folders): qme_ext.io.features
+from .features import open_features  # noqa: E402,F401
 
-__all__ += ["Pairs", "load_pairs"]
+__all__ += ["Pairs", "load_pairs", "open_features"]

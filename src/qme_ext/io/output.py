@@ -15,6 +15,13 @@ Modes: a new file gets the mode the umask gives (``0o666 & ~umask``, like ``open
 
 :func:`same_file` tells whether two paths name one file (realpath, or the same inode for
 hard links), for the command line's refusal to write over its own inputs.
+
+The inputs rule (issue 27): :func:`protected_inputs` registers the files a command reads
+(the command line sets it once per invocation, from the table of
+:mod:`qme_ext.cli.files`); while it is set, :func:`atomic_output` refuses (an
+:class:`OutputError`, before creating anything) every target that is one of them: the same
+resolved path (a symlink onto it), the same inode (a hard link), or a link through which
+the write would land on it. The one writer enforces the rule, so no command can forget it.
 """
 from __future__ import annotations
 
@@ -26,7 +33,48 @@ import stat
 
 from .errors import OutputError
 
-__all__ = ["atomic_output", "write_atomic", "same_file", "OutputError"]
+__all__ = ["atomic_output", "write_atomic", "same_file", "OutputError", "protected_inputs",
+           "file_identity", "refuse_input"]
+
+# the inputs of the running command: [(shown path, realpath, (st_dev, st_ino) or None)]
+_PROTECTED: list = []
+
+
+def file_identity(path: str) -> tuple:
+    """(realpath, (st_dev, st_ino) of a regular file or None): what names one file."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(path)
+        inode = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        inode = None
+    return real, inode
+
+
+@contextlib.contextmanager
+def protected_inputs(paths):
+    """While the block runs, :func:`atomic_output` refuses to write over any of ``paths``
+    (None entries skipped; identities taken now, so a later rename cannot hide one)."""
+    entries = [(os.fspath(p),) + file_identity(os.fspath(p)) for p in paths if p is not None]
+    saved = list(_PROTECTED)
+    _PROTECTED[:] = saved + entries
+    try:
+        yield
+    finally:
+        _PROTECTED[:] = saved
+
+
+def refuse_input(path, option: str = "") -> None:
+    """:class:`OutputError` when ``path`` would write over a registered input."""
+    if not _PROTECTED:
+        return
+    path = os.fspath(path)
+    real, inode = file_identity(path)
+    for shown, src_real, src_inode in _PROTECTED:
+        if real == src_real or (inode is not None and inode == src_inode):
+            what = f"{option} {path}" if option else path
+            raise OutputError(f"{what} is the input file {shown}; refusing to overwrite an "
+                              "input (choose another output name)")
 
 
 def _create_temporary(path: str) -> str:
@@ -85,6 +133,7 @@ def atomic_output(path):
     ``path`` (not the temporary).
     """
     path = os.fspath(path)
+    refuse_input(path)
     if os.path.islink(path):  # update the file the link names, keep the link
         path = os.path.realpath(path)
     if os.path.isdir(path):

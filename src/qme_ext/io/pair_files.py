@@ -34,13 +34,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import zipfile
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 
 from .errors import ScoreFileError, input_path
+from .npy_files import NPY_MAGIC as _NPY_MAGIC
+from .npy_files import ZIP_MAGICS as _ZIP_MAGICS
+from .npy_files import npy_array, npz_array, npz_members
 
 PAIR_FORMATS = ("auto", "bob4", "bob5", "scores", "csv", "npz", "npy")
 LABEL_COLUMNS = ("label", "genuine", "is_genuine", "labels")
@@ -48,8 +50,7 @@ _TRUE = {"1", "true", "t", "yes", "y", "genuine", "1.0"}
 _FALSE = {"0", "false", "f", "no", "n", "impostor", "0.0", "-1"}
 # a histogram expands to this many float64 scores at most (8 GiB): larger totals are refused
 MAX_HISTOGRAM_SCORES = 2 ** 30
-_NPY_MAGIC, _HDF5_MAGIC = b"\x93NUMPY", b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _SCORE_KINDS = "iuf"  # what verification() takes as scores
 
 __all__ = ["Pairs", "PairSource", "read_pair_source", "load_pairs", "score_list_format",
@@ -155,7 +156,7 @@ def score_list_format(path: Union[str, os.PathLike, PairSource]) -> bool:
     src = read_pair_source(path)
     fmt = _sniff(src)
     if fmt == "npy":
-        return _npy_array(src.data, src.path).ndim == 1
+        return npy_array(src.data, src.path).ndim == 1
     return fmt == "scores"
 
 
@@ -262,54 +263,12 @@ def _read_csv(src: PairSource) -> tuple:
                          f"claimed_id and real_id columns (columns: {list(fields)})")
 
 
-def _npy_array(data: bytes, path: str, key: Optional[str] = None) -> np.ndarray:
-    """The array of a ``.npy`` image; its header is checked against the bytes present
-    before numpy allocates the array (a corrupt header must not ask for terabytes)."""
-    where = f"{path}" + (f" (array '{key}')" if key else "")
-    fp = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-        if dtype.hasobject:
-            raise ScoreFileError(f"{where}: an object array (pickled Python objects), expected "
-                                 f"numbers; object arrays are never loaded")
-        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if need > len(data) - fp.tell():
-            raise ScoreFileError(f"{where}: truncated: the header announces shape {shape} "
-                                 f"({dtype}), {need} bytes, the file holds "
-                                 f"{len(data) - fp.tell()}")
-        fp.seek(0)
-        return np.load(fp, allow_pickle=False)
-    except ScoreFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - numpy parses an untrusted header with ast and
-        # tokenize, whose errors (TokenError, SyntaxError, RecursionError...) are no
-        # ValueError; in this block every one of them means a corrupt file
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise ScoreFileError(f"{where}: not a readable .npy array ({message})") from None
-
-
 def _npz_arrays(src: PairSource, keys: tuple) -> Optional[list]:
     """The arrays ``keys`` of a ``.npz`` image, or None when it lacks one of them."""
-    path = src.path
-    try:
-        with zipfile.ZipFile(io.BytesIO(src.data)) as z:
-            names = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
-            if not set(keys) <= set(names):
-                return None
-            return [_npy_array(z.read(names[k]), path, k) for k in keys]
-    except ScoreFileError:
-        raise
-    except MemoryError:
-        raise ScoreFileError(f"{path}: an array of the .npz archive is too large for memory") \
-            from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            NotImplementedError, RuntimeError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise ScoreFileError(f"{path}: not a readable .npz archive ({message})") from None
+    names = npz_members(src.data, src.path)
+    if not set(keys) <= set(names):
+        return None
+    return [npz_array(src.data, src.path, k, names[k]) for k in keys]
 
 
 def _read_npz(src: PairSource):
@@ -324,18 +283,14 @@ def _read_npz(src: PairSource):
         if labels.size != s.size:
             raise ScoreFileError(f"{path}: {labels.size} labels for {s.size} scores")
         return _split(s, _bool_labels(labels, path), path, "npz", None)
-    try:
-        with zipfile.ZipFile(io.BytesIO(src.data)) as z:
-            found = sorted(n[:-4] if n.endswith(".npy") else n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        found = []
+    found = sorted(npz_members(src.data, path))
     raise ScoreFileError(f"{path}: expected arrays 'genuine' and 'impostor' or 'scores' and "
                          f"'labels', found {found}")
 
 
 def _read_npy(src: PairSource):
     path = src.path
-    arr = _npy_array(src.data, path)
+    arr = npy_array(src.data, path)
     if arr.dtype.names:
         if not {"score", "label"} <= set(arr.dtype.names) or arr.ndim != 1:
             raise ScoreFileError(f"{path}: a structured array needs 'score' and 'label' fields "

@@ -85,14 +85,19 @@ class Bootstrap:
         return lo, hi
 
 
+# the most bootstrap replicates (each one a weighted pass; 1000 is the default)
+MAX_N_BOOT = 1_000_000
+
+
 def options(ci, n_boot=1000, boot_seed=0, boot_unit="subject") -> Optional[Bootstrap]:
     """The validated :class:`Bootstrap` of the public ``ci=...`` arguments (None: no CI)."""
     if ci is None:
         return None
     if isinstance(ci, bool) or not isinstance(ci, (float, int)) or not 0.0 < float(ci) < 1.0:
         raise ValueError(f"ci: expected a level in (0, 1) such as 0.95, got {ci!r}")
-    if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 2:
-        raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
+    if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) \
+            or not 2 <= n_boot <= MAX_N_BOOT:  # 10**12 was a 7 TiB MemoryError
+        raise ValueError(f"n_boot: expected an integer in [2, {MAX_N_BOOT}], got {n_boot!r}")
     if not isinstance(boot_seed, (int, np.integer)) or isinstance(boot_seed, bool):
         raise ValueError(f"boot_seed: expected an integer, got {boot_seed!r}")
     if boot_unit not in UNITS:

@@ -88,11 +88,16 @@ def min_cllr_of_counts(values: np.ndarray, n_gen: np.ndarray, n_imp: np.ndarray)
 
 
 def check_costs(p_target: float, c_miss: float, c_fa: float) -> None:
-    """ValueError unless 0 < p_target < 1 and the costs are finite and > 0."""
-    if not (isinstance(p_target, (int, float)) and 0.0 < float(p_target) < 1.0):
+    """ValueError unless 0 < p_target < 1 and the costs are finite and > 0 (Python or
+    numpy real numbers, not bools: ``np.float32(0.05)`` is a prior like 0.05)."""
+    def real(x) -> bool:
+        return isinstance(x, (int, float, np.integer, np.floating)) and \
+            not isinstance(x, (bool, np.bool_))
+
+    if not (real(p_target) and 0.0 < float(p_target) < 1.0):
         raise ValueError(f"p_target: expected a prior probability in (0, 1), got {p_target!r}")
     for name, c in (("c_miss", c_miss), ("c_fa", c_fa)):
-        if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        if not (real(c) and math.isfinite(float(c)) and float(c) > 0):
             raise ValueError(f"{name}: expected a finite cost > 0, got {c!r}")
 
 

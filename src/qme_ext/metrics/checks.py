@@ -33,11 +33,14 @@ def _few(values) -> str:
 def check_evaluation(q_pids, g_pids, unique_g_pids, seed, shape: Optional[tuple] = None,
                      num_subjects: Optional[int] = None) -> None:
     """Check the id vectors of a whole evaluation, q_pids (P,), g_pids (G,), unique_g_pids
-    (S,) (arrays or tensors, as :func:`qme_ext.metrics.evaluate` takes them), against the
-    matrices' ``shape`` (P, G) and ``num_subjects`` S when given, and the split ``seed``;
-    ValueError (TypeError for a wrong dtype) naming what is wrong."""
+    (S,) (arrays or tensors, as :func:`qme_ext.metrics.evaluate` takes them; None: the
+    distinct ``g_pids``, as :func:`qme_ext.metrics.evaluate_embeddings` derives them),
+    against the matrices' ``shape`` (P, G) and ``num_subjects`` S when given, and the split
+    ``seed``; ValueError (TypeError for a wrong dtype) naming what is wrong."""
     check_seed(seed)
     cpu = torch.device("cpu")
+    if unique_g_pids is None:
+        unique_g_pids = np.unique(as_ids(g_pids, "g_pids", len(g_pids), cpu).numpy())
     P, G = shape if shape is not None else (len(q_pids), len(g_pids))
     S = len(unique_g_pids) if num_subjects is None else num_subjects
     if P == 0:

@@ -18,6 +18,12 @@ below the minimum and one just above the maximum, as for the EER; ties go to the
 threshold), and the eval HTER at it.
 
 NaN scores take the minimum finite score of their set, like :func:`verification`.
+
+Orientation (issue 27): ``larger_is_better=False`` (distances, lower = more alike) is
+honoured by every number: the rates are those of the negated distances, and every
+threshold (operating points, EPC) is reported in distance units, accepting ``d <= t``,
+as :func:`verification` reports them. The four vectors are always score vectors: a 0/1
+impostor vector is scores, never labels.
 """
 from __future__ import annotations
 
@@ -28,14 +34,18 @@ import numpy as np
 import torch
 
 from .core import _distinct_counts, midpoint_candidates
-from .verification import DEFAULT_FMRS, _one_row, verification
+from .orientation import check_larger_is_better
+from .verification import DEFAULT_FMRS, _negated, _one_row, verification
 
-__all__ = ["dev_eval", "epc", "DevEvalResult", "OperatingPoint", "rates_at"]
+__all__ = ["dev_eval", "epc", "DevEvalResult", "OperatingPoint", "rates_at", "MAX_EPC_POINTS"]
+
+# the most EPC points (one threshold search over the dev candidates each)
+MAX_EPC_POINTS = 100_000
 
 
 def _counts(genuine, impostor, name: str):
     """(values desc (T,), n_gen (T,), n_imp (T,)) of one set's score vectors."""
-    S, labels = _one_row(genuine, impostor, None, sniff_labels=False)
+    S, labels = _one_row(genuine, impostor, None)
     if not bool(labels.any()) or bool(labels.all()):
         raise ValueError(f"{name}: need at least one genuine and one impostor score")
     one = torch.ones(1, dtype=torch.int64, device=S.device)
@@ -54,9 +64,12 @@ def _rates(counts, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (N_imp - imp_below) / N_imp, gen_below / N_gen
 
 
-def rates_at(genuine, impostor, thresholds) -> tuple[np.ndarray, np.ndarray]:
-    """(FMR, FNMR) of genuine/impostor score vectors at each of ``thresholds`` (K,)."""
-    return _rates(_counts(genuine, impostor, "scores"), thresholds)
+def rates_at(genuine, impostor, thresholds, larger_is_better: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(FMR, FNMR) of genuine/impostor score vectors at each of ``thresholds`` (K,)
+    (``larger_is_better=False``: distances and distance thresholds, accepting d <= t)."""
+    sign, g, i = _oriented(larger_is_better, genuine, impostor)
+    return _rates(_counts(g, i, "scores"), sign * np.asarray(thresholds, dtype=np.float64))
 
 
 @dataclass
@@ -103,8 +116,10 @@ class DevEvalResult:
 
 
 def _epc(dev_counts, eval_counts, n_points: int) -> tuple:
-    if not isinstance(n_points, (int, np.integer)) or isinstance(n_points, bool) or n_points < 2:
-        raise ValueError(f"n_points: expected an integer >= 2, got {n_points!r}")
+    if not isinstance(n_points, (int, np.integer)) or isinstance(n_points, bool) \
+            or not 2 <= n_points <= MAX_EPC_POINTS:
+        raise ValueError(f"n_points: expected an integer in [2, {MAX_EPC_POINTS}], got "
+                         f"{n_points!r}")
     cand_t, cand_imp, cand_gen = midpoint_candidates(*dev_counts)
     far = cand_imp / dev_counts[2].sum()
     frr = cand_gen / dev_counts[1].sum()
@@ -114,12 +129,23 @@ def _epc(dev_counts, eval_counts, n_points: int) -> tuple:
     return alphas, (fmr + fnmr) / 2.0, thr
 
 
+def _oriented(larger_is_better, *vectors) -> tuple:
+    """(sign, vectors as similarities): sign -1 when they were distances (negated)."""
+    if check_larger_is_better(larger_is_better):
+        return (1.0,) + vectors
+    return (-1.0,) + tuple(_negated(v) for v in vectors)
+
+
 def epc(dev_genuine, dev_impostor, eval_genuine, eval_impostor,
-        n_points: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n_points: int = 100, larger_is_better: bool = True
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected performance curve (bob.measure ``epc``): (alpha (A,), eval HTER (A,), dev
-    threshold (A,)) for alpha in linspace(0, 1, n_points); see the module docstring."""
-    return _epc(_counts(dev_genuine, dev_impostor, "dev"),
-                _counts(eval_genuine, eval_impostor, "eval"), n_points)
+    threshold (A,)) for alpha in linspace(0, 1, n_points); see the module docstring
+    (``larger_is_better=False``: distances, thresholds in distance units)."""
+    sign, dg, di, eg, ei = _oriented(larger_is_better, dev_genuine, dev_impostor,
+                                     eval_genuine, eval_impostor)
+    alphas, hter, thr = _epc(_counts(dg, di, "dev"), _counts(eg, ei, "eval"), n_points)
+    return alphas, hter, sign * thr
 
 
 def dev_eval(dev_genuine, dev_impostor, eval_genuine, eval_impostor,
@@ -131,19 +157,25 @@ def dev_eval(dev_genuine, dev_impostor, eval_genuine, eval_impostor,
     dev impostor (Ni,), eval genuine (Mg,), eval impostor (Mi,). ``fmrs``: FMR targets
     (fractions); ``far_convention``: "conservative" (bob.measure ``far_threshold``) or
     "qme"; ``verification_options`` go to :func:`verification` of both sets (e.g.
-    ``p_target``); its results are on ``dev`` and ``eval``.
+    ``p_target``, ``larger_is_better``); its results are on ``dev`` and ``eval``.
+    ``larger_is_better=False``: the scores are distances (module docstring).
     """
+    larger = verification_options.pop("larger_is_better", True)
+    sign, dg, di, eg, ei = _oriented(larger, dev_genuine, dev_impostor, eval_genuine,
+                                     eval_impostor)
     dev = verification(dev_genuine, dev_impostor, fmrs, far_convention=far_convention,
-                       **verification_options)
+                       larger_is_better=larger, **verification_options)
     ev = verification(eval_genuine, eval_impostor, fmrs, far_convention=far_convention,
-                      **verification_options)
+                      larger_is_better=larger, **verification_options)
     names = ["EER"] + [f"FMR={f:.2%}" for f in dev.fmrs]
-    thresholds = np.concatenate([[dev.eer_threshold], dev.fmr_threshold]).astype(np.float64)
-    dev_counts = _counts(dev_genuine, dev_impostor, "dev")
-    eval_counts = _counts(eval_genuine, eval_impostor, "eval")
+    # dev's thresholds in the similarity orientation of dg/di (negated back for distances)
+    thresholds = sign * np.concatenate([[dev.eer_threshold],
+                                        dev.fmr_threshold]).astype(np.float64)
+    dev_counts = _counts(dg, di, "dev")
+    eval_counts = _counts(eg, ei, "eval")
     dfmr, dfnmr = _rates(dev_counts, thresholds)
     efmr, efnmr = _rates(eval_counts, thresholds)
-    points = [OperatingPoint(n, float(t), float(a), float(b), float(c), float(d))
+    points = [OperatingPoint(n, float(sign * t), float(a), float(b), float(c), float(d))
               for n, t, a, b, c, d in zip(names, thresholds, dfmr, dfnmr, efmr, efnmr)]
-    return DevEvalResult(points, far_convention, _epc(dev_counts, eval_counts, epc_points),
-                         dev, ev)
+    alphas, hter, thr = _epc(dev_counts, eval_counts, epc_points)
+    return DevEvalResult(points, far_convention, (alphas, hter, sign * thr), dev, ev)

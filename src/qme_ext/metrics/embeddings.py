@@ -49,6 +49,15 @@ under ``cosine``, zero-norm vectors are each a ``ValueError`` naming the argumen
 number of rows and the first one: a cosine of a zero vector is undefined, and the engine
 is never handed a NaN that the user did not give.
 
+Finite features never give a non-finite score (issue 27): under ``cosine`` a row whose
+norm would underflow or overflow the compute dtype (features scaled by 1e-30 or 1e30) is
+divided by its largest magnitude before it is normalised; under ``euclidean`` features
+whose squares would leave the dtype's range are scaled by a power of two (exact) and the
+distances scaled back; under ``dot``, where the scale is the score's, features whose
+largest possible product (the two largest norms, in float64) is beyond the dtype's range,
+or so small that every product underflows, are a ``ValueError`` naming both arguments.
+Features in the usual range are computed exactly as before (no scaling applied).
+
 Fusion
 ------
 ``probe_feats`` and ``gallery_feats`` may be dicts ``{model: features}``: each block is
@@ -66,7 +75,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops.inputs import as_ids, check_device
+from ..ops.inputs import as_ids, check_device, check_target_device
 from .accumulate import Block, BlockSource, check_block_rows
 from .core import DEFAULT_FARS
 from .streaming import (_handed_over, _max_group, bytes_per_row, fuse_rows, parse_memory,
@@ -134,6 +143,24 @@ class FeatureArray:
         return t.to(device=device, dtype=self.compute_dtype).contiguous()
 
 
+def _safe_norms(dtype) -> tuple:
+    """(lo, hi): row norms inside this range are computed without under- or overflow."""
+    fi = torch.finfo(dtype)
+    return fi.tiny ** 0.5 * 2.0 ** 12, fi.max ** 0.5 / 2.0 ** 12
+
+
+def _max_norm(t: torch.Tensor) -> float:
+    """The largest row norm of ``t``, in float64 (rows scaled first where the dtype's own
+    norm would under- or overflow: never inf for finite rows of any dtype)."""
+    n = torch.linalg.vector_norm(t, dim=1)
+    lo, hi = _safe_norms(t.dtype)
+    if bool(((n > lo) & (n < hi)).all()):  # the usual case: one norm pass in the dtype
+        return float(n.max())
+    m = t.abs().amax(dim=1, keepdim=True).to(torch.float64)
+    scaled = t.to(torch.float64) / torch.where(m > 0, m, 1.0)
+    return float((torch.linalg.vector_norm(scaled, dim=1) * m[:, 0]).max())
+
+
 def _first_bad(bad: torch.Tensor, offset: int, found: list) -> None:
     n = int(bad.sum())
     if n:
@@ -142,15 +169,19 @@ def _first_bad(bad: torch.Tensor, offset: int, found: list) -> None:
         found.append(n)
 
 
-def _bad_rows(feats: FeatureArray, metric: str, device, each=None, rows: int = GALLERY_TILE):
+def _bad_rows(feats: FeatureArray, metric: str, device, each=None,
+              rows: int = GALLERY_TILE) -> float:
     """Raise ValueError for NaN/inf rows or (cosine) zero-norm rows of ``feats``, after
-    handing each tile to ``each(a, t)`` (rows a.., one read of the features for both)."""
-    nonfinite, zero = [], []
+    handing each tile to ``each(a, t)`` (rows a.., one read of the features for both);
+    the largest row norm (float64) otherwise."""
+    nonfinite, zero, largest = [], [], 0.0
     for a in range(0, feats.num, rows):
         t = feats.rows(a, min(a + rows, feats.num), device)
         _first_bad(~torch.isfinite(t).all(dim=1), a, nonfinite)
         if metric == "cosine":
             _first_bad((t == 0).all(dim=1), a, zero)
+        elif not nonfinite:
+            largest = max(largest, _max_norm(t))
         if each is not None:
             each(a, t)
         del t
@@ -159,13 +190,23 @@ def _bad_rows(feats: FeatureArray, metric: str, device, each=None, rows: int = G
         if found:
             raise ValueError(f"{feats.name}: {sum(found[1:])} row(s) with {what} (first: row "
                              f"{found[0]}); drop or repair them (e.g. a failed detection)")
+    return largest
 
 
 def _prepare(t: torch.Tensor, metric: str) -> torch.Tensor:
-    """Rows as the matmul reads them: L2-normalised under cosine, else unchanged."""
-    if metric == "cosine":
-        return t / torch.linalg.vector_norm(t, dim=1, keepdim=True)
-    return t
+    """Rows as the matmul reads them: L2-normalised under cosine, else unchanged. A row
+    whose norm leaves the dtype's safe range is divided by its largest magnitude first
+    (module docstring); the others are normalised as they always were."""
+    if metric != "cosine":
+        return t
+    n = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    lo, hi = _safe_norms(t.dtype)
+    bad = ~((n > lo) & (n < hi))
+    if bool(bad.any()):
+        m = t.abs().amax(dim=1, keepdim=True)
+        t = torch.where(bad, t / torch.where(m > 0, m, 1.0), t)
+        n = torch.where(bad, torch.linalg.vector_norm(t, dim=1, keepdim=True), n)
+    return t / n
 
 
 def _scores(p: torch.Tensor, g: torch.Tensor, metric: str, p_sq=None, g_sq=None) -> torch.Tensor:
@@ -187,25 +228,56 @@ class _Model:
                              f"{probes.name}), got shape ({gallery.num}, {gallery.dim})")
         self.gallery, self.metric, self.device = gallery, metric, device
         self.dtype = torch.promote_types(probes.compute_dtype, gallery.compute_dtype)
-        _bad_rows(probes, metric, device)
+        p_max = _bad_rows(probes, metric, device)
         self.probes = _prepare(probes.rows(0, probes.num, device).to(self.dtype), metric)
-        self.p_sq = (self.probes * self.probes).sum(1) if metric == "euclidean" else None
         if templates is None:
-            self.templates = self._mean_templates(g_pids, uniq)
+            self.templates, g_max = self._mean_templates(g_pids, uniq)
         else:
-            _bad_rows(gallery, metric, device)
+            g_max = _bad_rows(gallery, metric, device)
             tf = FeatureArray(templates, "gallery_templates")
             if tf.num != uniq.size or tf.dim != probes.dim:
                 raise ValueError(f"gallery_templates: expected shape ({uniq.size}, {probes.dim}) "
                                  f"(one row per unique_g_pids entry), got ({tf.num}, {tf.dim})")
-            _bad_rows(tf, metric, device)
+            g_max = max(g_max, _bad_rows(tf, metric, device))
             self.templates = tf.rows(0, tf.num, device).to(self.dtype)
         self.templates = _prepare(self.templates, metric)
+        self.scale = self._range(probes.name, gallery.name, p_max, g_max)
+        if self.scale != 1.0:
+            self.probes, self.templates = self.probes * self.scale, self.templates * self.scale
+        self.p_sq = (self.probes * self.probes).sum(1) if metric == "euclidean" else None
         self.t_sq = (self.templates ** 2).sum(1) if metric == "euclidean" else None
 
-    def _mean_templates(self, g_pids: np.ndarray, uniq: np.ndarray) -> torch.Tensor:
-        """(S, D) per-subject means of the (cosine: normalised) gallery rows, float64 sums
-        in gallery order, in the pass that checks the gallery (:func:`_bad_rows`)."""
+    def _range(self, p_name: str, g_name: str, p_max: float, g_max: float) -> float:
+        """The power of two the euclidean features are scaled by (1.0: none needed); a
+        ValueError when dot products cannot be represented (module docstring)."""
+        fi = torch.finfo(self.dtype)
+        if self.metric == "dot":
+            bound = p_max * g_max
+            if bound > fi.max:
+                raise ValueError(f"{p_name}, {g_name}: dot products up to {bound:.3g} (the "
+                                 f"largest norms {p_max:.3g} x {g_max:.3g}) exceed {self.dtype}'s "
+                                 f"range ({fi.max:.3g}); rescale the features or use cosine")
+            if 0 < bound < fi.tiny / fi.eps:
+                raise ValueError(f"{p_name}, {g_name}: every dot product is below "
+                                 f"{bound:.3g} and underflows {self.dtype} (smallest normal "
+                                 f"{fi.tiny:.3g}); rescale the features or use cosine")
+            return 1.0
+        if self.metric != "euclidean":
+            return 1.0
+        lo, hi = _safe_norms(self.dtype)
+        big = max(p_max, g_max)
+        if big == 0 or lo < big < hi:
+            return 1.0
+        if 2.0 * big > fi.max:
+            raise ValueError(f"{p_name}, {g_name}: distances up to {2 * big:.3g} exceed "
+                             f"{self.dtype}'s range ({fi.max:.3g}); rescale the features")
+        # an even power of two: the squares scale by an exact power of four, sqrt exactly
+        return 2.0 ** (-2 * (int(np.frexp(big)[1]) // 2))
+
+    def _mean_templates(self, g_pids: np.ndarray, uniq: np.ndarray) -> tuple:
+        """((S, D) per-subject means of the (cosine: normalised) gallery rows, float64 sums
+        in gallery order, the largest gallery norm), in the pass that checks the gallery
+        (:func:`_bad_rows`)."""
         col = np.searchsorted(uniq, g_pids).clip(max=uniq.size - 1)
         member = uniq[col] == g_pids
         counts = np.bincount(col[member], minlength=uniq.size)
@@ -222,9 +294,9 @@ class _Model:
             g = _prepare(t.to(self.dtype), self.metric)
             sums.index_add_(0, cols[keep], g[keep].to(torch.float64))
 
-        _bad_rows(self.gallery, self.metric, self.device, add)
+        g_max = _bad_rows(self.gallery, self.metric, self.device, add)
         return (sums / torch.from_numpy(counts).to(self.device, torch.float64)[:, None]).to(
-            self.dtype)
+            self.dtype), g_max
 
     def _tiles(self):
         G = self.gallery.num
@@ -244,15 +316,18 @@ class _Model:
         out = torch.empty(r1 - r0, self.gallery.num, dtype=self.dtype, device=self.device)
         for a, b in self._tiles():
             g = _prepare(self.gallery.rows(a, b, self.device).to(self.dtype), self.metric)
+            if self.scale != 1.0:
+                g = g * self.scale
             g_sq = (g * g).sum(1) if self.metric == "euclidean" else None
             for p, p_sq, o in self._chunks(r0, r1, chunk):
                 out[o:o + p.shape[0], a:b] = _scores(p, g, self.metric, p_sq, g_sq)
-        return out
+        return out if self.scale == 1.0 else out.div_(self.scale)
 
     def merge_rows(self, r0: int, r1: int, chunk: int) -> torch.Tensor:
         """(r1 - r0, S) scores of probes r0..r1 against the subject templates."""
-        return torch.cat([_scores(p, self.templates, self.metric, p_sq, self.t_sq)
-                          for p, p_sq, _ in self._chunks(r0, r1, chunk)])
+        out = torch.cat([_scores(p, self.templates, self.metric, p_sq, self.t_sq)
+                         for p, p_sq, _ in self._chunks(r0, r1, chunk)])
+        return out if self.scale == 1.0 else out.div_(self.scale)
 
 
 class EmbeddingSource(BlockSource):
@@ -390,7 +465,7 @@ def embedding_source(probe_feats, gallery_feats, *, g_pids, unique_g_pids=None,
                                  f"got {f.num}")
     if device is None:
         device = first_p.device if first_p.device.type == "cuda" else torch.device("cpu")
-    device = torch.device(device)
+    device = check_target_device(device)
     P, G = first_p.num, first_g.num
     gp = _ids_numpy(g_pids, "g_pids", G)
     if unique_g_pids is None:
@@ -493,8 +568,11 @@ def evaluate_embeddings(probe_feats, gallery_feats, *, q_pids, q_camids, q_cloth
     Returns the report dict (a ``BootReport`` with ``ci``).
     """
     from . import bootstrap, core
+    from .checks import check_evaluation
     core._check_protocol(protocol)
     boot = bootstrap.options(ci, n_boot, boot_seed, boot_unit)
+    # the ids as evaluate checks them (one shared check), before any feature is read
+    check_evaluation(q_pids, g_pids, unique_g_pids, seed)
     if larger_is_better is None:
         larger_is_better = metric != "euclidean"
     ids = dict(q_pids=q_pids, q_camids=q_camids, q_clothes_ids=q_clothes_ids, g_pids=g_pids,

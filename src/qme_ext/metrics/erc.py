@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..ops.inputs import as_ids, check_device
 from .core import tar_at_far
 
 DEFINITIONS = ("fixed", "recomputed")
@@ -64,7 +65,19 @@ class ErcResult:
 
 
 def _vector(x, name: str, n: Optional[int] = None) -> np.ndarray:
-    v = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+    """(N,) float64 copy of a real vector; TypeError naming ``name`` for complex, string,
+    object or other non-numeric values (never a silently dropped imaginary part)."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name}: expected real numbers, got {x.dtype}")
+        v = x.detach().cpu().numpy()
+    else:
+        try:
+            v = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name}: expected a vector of real numbers ({exc})") from None
+    if v.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {v.dtype}")
     v = v.astype(np.float64, copy=False).reshape(-1)
     if n is not None and v.size != n:
         raise ValueError(f"{name}: expected {n} values (one per pair), got {v.size}")
@@ -89,9 +102,11 @@ def erc_pairs(genuine, impostor, genuine_quality, impostor_quality=None, fmr: fl
     FMR in (0, 1]. See the module docstring for the two definitions."""
     if threshold not in DEFINITIONS:
         raise ValueError(f"threshold: expected one of {list(DEFINITIONS)}, got {threshold!r}")
-    if not 0.0 < float(fmr) <= 1.0:
+    if isinstance(fmr, (bool, np.bool_)) or not isinstance(fmr, (int, float, np.integer,
+                                                                  np.floating)) \
+            or not 0.0 < float(fmr) <= 1.0:
         raise ValueError(f"fmr: expected a rate in (0, 1], got {fmr!r}")
-    rej = np.asarray(rejection, dtype=np.float64).reshape(-1)
+    rej = _vector(rejection, "rejection")
     if rej.size == 0 or not np.all((rej >= 0) & (rej < 1)):
         raise ValueError(f"rejection: expected fractions in [0, 1), got {rejection!r}")
     gen, imp = _vector(genuine, "genuine"), _vector(impostor, "impostor")
@@ -107,6 +122,9 @@ def erc_pairs(genuine, impostor, genuine_quality, impostor_quality=None, fmr: fl
         raise ValueError("impostor_quality: threshold='recomputed' rejects impostor pairs too "
                          "and needs their quality")
     both = np.concatenate([gen, imp])
+    if not np.isfinite(both).any():
+        raise ValueError(f"genuine/impostor: no finite score (all {both.size} are NaN or "
+                         "+-inf); nothing can be measured")
     if np.isnan(both).any():  # NaN -> the minimum finite score (SPEC 2.2)
         finite = both[np.isfinite(both)]
         low = finite.min() if finite.size else 0.0
@@ -149,11 +167,19 @@ def erc(scores, q_pids, g_pids, q_quality, g_quality=None, **options) -> ErcResu
     ``q_quality`` (P,) or (P, 1) and optional per-gallery qualities ``g_quality`` (G,):
     pair quality min(q_p, g_g), or q_p without gallery qualities. Genuine pairs share the
     pid; every pair is used (O(P·G) memory). ``options`` as :func:`erc_pairs`."""
+    if isinstance(scores, torch.Tensor):
+        check_device(scores, "scores")  # a 'meta' tensor has no data to copy
     S = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     if S.ndim != 2:
         raise ValueError(f"scores: expected a (P, G) matrix, got shape {S.shape}")
     P, G = S.shape
-    qp, gp = _vector(q_pids, "q_pids", P), _vector(g_pids, "g_pids", G)
+    if S.dtype.kind not in "biuf":
+        raise TypeError(f"scores: expected real scores, got dtype {S.dtype}")
+    if S.size and not np.isfinite(S).any():
+        raise ValueError(f"scores: no finite score (all {P} x {G} entries are NaN or +-inf); "
+                         "nothing can be measured")
+    cpu = torch.device("cpu")  # ids as integers: 2**53 and 2**53 + 1 are two subjects
+    qp, gp = as_ids(q_pids, "q_pids", P, cpu).numpy(), as_ids(g_pids, "g_pids", G, cpu).numpy()
     qq = _vector(q_quality, "q_quality", P)
     pair_q = np.repeat(qq[:, None], G, axis=1)
     if g_quality is not None:

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from ..ops.inputs import as_count, as_ids, as_score_matrix
+from ..ops.inputs import as_count, as_ids, as_score_matrix, check_seed, require_finite_score
 from .accumulate import Block, BlockSource, check_block_rows
 from ..ops.keys import keys64
 from . import bootstrap as _bootstrap
@@ -122,6 +122,20 @@ class SingleShotResult:
         return getattr(self, key)
 
 
+# the most repeats of single_gallery_shot (the protocol draws 10): each one is a full pass
+# over the matrix, so more than this is a typo, not a protocol (10**9 asked for 447 GiB)
+MAX_REPEATS = 10_000
+
+
+def check_repeats(repeats, name: str = "repeats") -> int:
+    """``repeats`` if an integer in [1, MAX_REPEATS], else a ValueError naming ``name``."""
+    repeats = as_count(repeats, name)
+    if repeats > MAX_REPEATS:
+        raise ValueError(f"{name}: expected at most {MAX_REPEATS} repeats (the protocol uses "
+                         f"10; each is a pass over the matrix), got {repeats}")
+    return repeats
+
+
 def single_gallery_shot(scores, q_pids, g_pids, q_camids=None, g_camids=None,
                         repeats: int = 10, seed: int = 0, max_rank: int = 20,
                         block_rows: int = 256, ci: Optional[float] = None, n_boot: int = 1000,
@@ -136,16 +150,21 @@ def single_gallery_shot(scores, q_pids, g_pids, q_camids=None, g_camids=None,
     number of drawn impostor entries ranked before its drawn genuine entry (the
     package's order: higher score first, ties to the lower gallery index, NaN last).
     Probes without a non-junk genuine entry are skipped. ``repeats`` = 10 as in
-    open-reid and deep-person-reid. Memory: a few (block_rows, G) arrays. The draws do
-    not depend on ``block_rows`` (:func:`_sgs_first_pos`). ``ci=0.95`` sets ``cmc_ci`` and
-    ``mAP_ci``: bootstrap percentile intervals over probe subjects (``boot_unit="probe"``:
-    rows) of the mean over the repeats, the draws held fixed.
+    open-reid and deep-person-reid, at most :data:`MAX_REPEATS`. Memory: a few
+    (block_rows, G) arrays and the (repeats, P) first-hit positions. The draws do not
+    depend on ``block_rows`` (:func:`_sgs_first_pos`). A matrix without a finite score is a
+    ValueError (every rank would be decided by the NaN rule alone). ``ci=0.95`` sets
+    ``cmc_ci`` and ``mAP_ci``: bootstrap percentile intervals over probe subjects
+    (``boot_unit="probe"``: rows) of the mean over the repeats, the draws held fixed.
     """
     max_rank = _check_max_rank(max_rank)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
     repeats, block_rows = as_count(repeats, "repeats"), as_count(block_rows, "block_rows")
+    check_repeats(repeats)
+    seed = check_seed(seed)
     S = as_score_matrix(scores, "scores")
     P, G = S.shape
+    require_finite_score(S, "scores")
     if (q_camids is None) != (g_camids is None):
         raise ValueError("q_camids/g_camids: give both camera id vectors or neither")
     cpu = torch.device("cpu")
@@ -340,7 +359,8 @@ def single_gallery_shot_source(source: BlockSource, q_pids, g_pids, q_camids=Non
     process draws every row's permutation (the draws are one sequence) but scores only
     its rows; the ranks are gathered, so every process gets the one-process result."""
     max_rank = _check_max_rank(max_rank)
-    repeats = as_count(repeats, "repeats")
+    repeats = check_repeats(repeats)
+    seed = check_seed(seed)
     if (q_camids is None) != (g_camids is None):
         raise ValueError("q_camids/g_camids: give both camera id vectors or neither")
     cpu = torch.device("cpu")

@@ -45,6 +45,7 @@ a streaming estimate would not reproduce the in-memory statistics bit for bit.
 from __future__ import annotations
 
 import os
+import math
 import re
 from typing import Optional, Sequence, Union
 
@@ -89,7 +90,10 @@ def parse_memory(value: Union[str, int, float]) -> int:
         if m is None or unit not in _UNITS:
             raise ValueError(f"max_memory: expected a size such as 2GB, 512MiB or 1000000 "
                              f"(bytes), got {value!r}")
-        n = int(float(m.group(1)) * _UNITS[unit])
+        size = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(size):  # "1e400": no size, not an OverflowError
+            raise ValueError(f"max_memory: {value!r} is not a finite size")
+        n = int(size)
     else:
         raise ValueError(f"max_memory: expected a size such as 2GB or a number of bytes, "
                          f"got {value!r}")
@@ -269,6 +273,8 @@ def _file_source(path, model, fusion, models, calibration, max_memory, block_row
         raise ValueError("block_rows, max_memory: give at most one")
     if max_memory is not None:
         max_memory = parse_memory(max_memory)  # a bad value is reported before the file is read
+    from ..ops.inputs import check_target_device
+    device = check_target_device(device) or torch.device("cpu")  # 'meta', CUDA on a CPU build
     names, ids, shapes = load_ids(path, models if fusion else [model])
     check_file_ids(names, ids, shapes, seed)
     if block_rows is None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -133,47 +133,43 @@ def _vector(x, name: str) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def _as_labels(first: torch.Tensor, second: torch.Tensor) -> Optional[torch.Tensor]:
-    """(N,) int64 labels when ``second`` is the label vector of ``verification(scores,
-    labels)``, None when it is an impostor score vector; ValueError for a label vector
-    that is not 0/1.
-
-    Labels: a bool vector; or a vector as long as the scores holding only 0 and 1 (any
-    numeric dtype: 0/1 ints and floats are labels, never impostor scores); or an integer
-    vector as long as the scores (integer labels other than 0/1, e.g. -1/+1, are refused
-    rather than read as impostor scores; integer impostor scores of exactly that length
-    must be passed as floats).
-    """
-    if second.dtype != torch.bool and second.numel() != first.numel():
-        return None
-    if second.dtype != torch.bool and second.numel() == 0:
-        return None
-    if second.dtype != torch.bool:
-        binary = bool(((second == 0) | (second == 1)).all())
+def _label_vector(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """(N,) int64 labels 1 = genuine of an explicit ``labels=`` vector: bool, or 0/1 of any
+    numeric dtype, one per score; ValueError naming ``labels`` otherwise."""
+    if labels.numel() != n:
+        raise ValueError(f"labels: expected {n} labels (one per score), got {labels.numel()}")
+    if labels.dtype != torch.bool:
+        binary = bool(((labels == 0) | (labels == 1)).all())
         if not binary:
-            if second.is_floating_point():
-                return None  # impostor scores that happen to be as many as the genuine ones
-            values = torch.unique(second.cpu())[:5].tolist()
-            raise ValueError(f"labels: expected bool or 0/1 labels (1 = genuine), got integer "
-                             f"values {values}; integer impostor scores of the same length "
-                             "as the genuine ones must be passed as floats")
-    if second.numel() != first.numel():
-        raise ValueError(f"labels: expected {first.numel()} labels (one per score), got "
-                         f"{second.numel()}")
-    return second.to(first.device, torch.int64)
+            values = torch.unique(labels.cpu())[:5].tolist()
+            raise ValueError(f"labels: expected bool or 0/1 labels (1 = genuine), got values "
+                             f"{values}")
+    return labels.to(torch.int64)
 
 
-def _one_row(genuine, impostor, device, sniff_labels: bool = True) -> tuple:
-    """((1, N) score tensor, (N,) int64 labels 1 = genuine) of either calling form;
-    ``sniff_labels=False``: ``impostor`` is always a score vector (internal callers that
-    hold both vectors, where a 0/1 impostor vector as long as the genuine one is scores)."""
+def _negated(x):
+    """-x of a score vector (numpy, list or tensor) for the distance orientation."""
+    return torch.neg(x) if isinstance(x, torch.Tensor) else -np.asarray(x)
+
+
+def _one_row(genuine, impostor, device, labels=None) -> tuple:
+    """((1, N) score tensor, (N,) int64 labels 1 = genuine) of either calling form: two
+    score vectors, or (``impostor`` None) scores and explicit ``labels``. Labels are never
+    guessed from values: a 0/1 impostor vector is impostor scores (issue 27)."""
     device = check_target_device(device)
-    first = _vector(genuine, "genuine")
-    second = _vector(impostor, "impostor")
-    labels = _as_labels(first, second) if sniff_labels else None
+    first = _vector(genuine, "genuine" if labels is None else "scores")
     if labels is not None:
+        if impostor is not None:
+            raise TypeError("impostor, labels: give impostor scores or labels, not both")
         scores = first
+        labels = _label_vector(_vector(labels, "labels"), first.numel()).to(first.device)
     else:
+        if impostor is None:
+            raise TypeError("impostor: required (or labels= with a single score vector)")
+        second = _vector(impostor, "impostor")
+        if second.dtype == torch.bool:
+            raise TypeError("impostor: a bool vector is no score vector; pass labels= "
+                            "(verification(scores, labels=labels)) to give labels")
         if not first.is_floating_point():
             first = first.to(torch.float64)
         second = second.to(first.device)
@@ -214,17 +210,17 @@ def _sklearn_eer(fpr, fnr, thresholds) -> tuple:
     return float(fpr[j - 1] + a * (fpr[j] - fpr[j - 1])), thr
 
 
-def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
+def verification(genuine, impostor=None, fars: Sequence[float] = DEFAULT_FMRS,
                  fnmrs: Sequence[float] = DEFAULT_FNMRS, convention: str = "bob", *,
-                 far_convention: str = "qme", device=None,
+                 labels=None, far_convention: str = "qme", device=None,
                  warn: bool = True, p_target: float = 0.01, c_miss: float = 1.0,
                  c_fa: float = 1.0, larger_is_better: bool = True) -> VerificationResult:
     """Verification metrics of genuine and impostor score vectors (higher = more alike).
 
-    ``verification(genuine, impostor)`` takes two vectors; ``verification(scores, labels)``
-    a score vector and a label vector (True or 1 = genuine pair): bool, or 0/1 of any
-    numeric dtype as long as the scores (a second vector of exactly that length holding
-    only 0 and 1 is always read as labels; integer labels other than 0/1 are refused). Vectors are numpy
+    ``verification(genuine, impostor)`` takes two score vectors (a 0/1 impostor vector is
+    impostor scores: labels are never guessed from values);
+    ``verification(scores, labels=labels)`` a score vector and a label vector (True or 1 =
+    genuine pair): bool, or 0/1 of any numeric dtype, one per score. Vectors are numpy
     arrays, lists or torch tensors (CPU or CUDA), any float dtype. ``fars``: the FMRs at
     which FNMR is reported; ``fnmrs``: the FNMRs at which FMR is reported; ``convention``:
     the EER convention of :attr:`VerificationResult.eer` (module docstring), every
@@ -242,12 +238,9 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
     """
     from .orientation import check_larger_is_better
     if not check_larger_is_better(larger_is_better):
-        neg = (lambda x: torch.neg(x) if isinstance(x, torch.Tensor)  # noqa: E731
-               else -np.asarray(x))
-        is_labels = isinstance(impostor, torch.Tensor) and impostor.dtype == torch.bool or \
-            isinstance(impostor, np.ndarray) and impostor.dtype == np.bool_
-        res = verification(neg(genuine), impostor if is_labels else neg(impostor), fars, fnmrs,
-                           convention, far_convention=far_convention, device=device, warn=warn,
+        res = verification(_negated(genuine), None if impostor is None else _negated(impostor),
+                           fars, fnmrs, convention, labels=labels,
+                           far_convention=far_convention, device=device, warn=warn,
                            p_target=p_target, c_miss=c_miss, c_fa=c_fa)
         return _negate_thresholds(res)
     from .core import _distinct_counts, _largest_k_at_most, eer, tar_at_far
@@ -256,7 +249,7 @@ def verification(genuine, impostor, fars: Sequence[float] = DEFAULT_FMRS,
         raise ValueError(f"convention: expected one of {list(EER_CONVENTIONS)}, got "
                          f"{convention!r}")
     fnmr_list = as_probabilities(fnmrs, "fnmrs")
-    S, labels = _one_row(genuine, impostor, device)
+    S, labels = _one_row(genuine, impostor, device, labels)
     nonfinite = count_nonfinite(S)
     require_finite_counts({"scores": nonfinite}, {"scores": S.shape})  # before any warning
     if warn:

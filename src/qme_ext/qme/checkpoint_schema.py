@@ -16,13 +16,23 @@ never a model of NaN weights:
   allocate nothing), every floating tensor finite;
 * ``extra["train_state"]`` (``train --resume``): counters, the best weights (the same
   schema as ``qme_state``), the history lists, an Adam state whose moments match the
-  parameters' shapes and are finite, the scheduler dict and the RNG state.
+  parameters' shapes and are finite, the scheduler dict and the RNG state;
+* ``extra["open_set"]`` (what ``predict`` applies, issue 27): a dict whose
+  ``quality_model`` is None or one of ``models``, ``quality_name`` None or a name, and
+  whose ``calibration`` (the per-stratum offsets) is None or ``edges`` (3 non-NaN
+  quartiles), ``keys`` (T distinct stratum integers) and ``offsets`` (T finite numbers
+  that float32 holds: a NaN or 1e39 offset would make every fused score NaN or inf),
+  ``quality_index`` None or a model index;
+* ``extra["safety_net"]``, ``best_step``, ``best_val_overall``, ``history`` (what
+  ``train`` records): None or a dict of names and numbers, an integer >= 0, a number, a
+  dict of number lists.
 """
 from __future__ import annotations
 
 import math
 import numbers
 
+import numpy as np
 import torch
 
 __all__ = ["FORMAT", "CheckpointError", "check_payload", "check_train_state"]
@@ -151,6 +161,79 @@ def check_payload(data, path: str) -> None:
     extra = _dict(path, "extra", data["extra"])
     if "train_state" in extra:
         check_train_state(extra["train_state"], qme_want, path)
+    _check_extra(path, extra, list(models))
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _name_or_none(path, key, value, allowed=None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or (allowed is not None and value not in allowed):
+        _fail(path, key, f"must be None or " + (f"one of {allowed}" if allowed is not None
+                                                else "a name") + f", got {value!r}"[:200])
+
+
+def _numbers(path, key, values, n=None, finite=True, limit=None) -> list:
+    if not isinstance(values, (list, tuple)) or not all(_real(v) for v in values):
+        _fail(path, key, "must be a list of numbers")
+    if n is not None and len(values) != n:
+        _fail(path, key, f"must hold {n} numbers, got {len(values)}")
+    for v in values:
+        bad = (not math.isfinite(v)) if finite else math.isnan(v)
+        if bad or (limit is not None and abs(v) > limit):
+            _fail(path, key, "must hold " + ("finite numbers" if finite else "numbers, not NaN")
+                  + (f" within +-{limit:.3g} (float32)" if limit is not None else "")
+                  + f", got {v!r}")
+    return list(values)
+
+
+def _check_extra(path: str, extra: dict, models: list) -> None:
+    """The fields of ``extra`` that ``predict`` and ``train`` read (module docstring)."""
+    spec = extra.get("open_set")
+    if spec is not None and spec is not False:
+        spec = _dict(path, "extra.open_set", spec)
+        _name_or_none(path, "extra.open_set.quality_model", spec.get("quality_model"), models)
+        _name_or_none(path, "extra.open_set.quality_name", spec.get("quality_name"))
+        _name_or_none(path, "extra.open_set.method", spec.get("method"))
+        cal = spec.get("calibration")
+        if cal is not None:
+            key = "extra.open_set.calibration"
+            cal = _args(path, key, cal, ("edges", "keys", "offsets"), ("quality_index",))
+            _numbers(path, f"{key}.edges", cal["edges"], n=3, finite=False)
+            keys = cal["keys"]
+            if not isinstance(keys, (list, tuple)) or not all(
+                    isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in keys) \
+                    or len(set(keys)) != len(keys):
+                _fail(path, f"{key}.keys", "must be a list of distinct stratum integers")
+            _numbers(path, f"{key}.offsets", cal["offsets"], n=len(keys),
+                     limit=float(np.finfo(np.float32).max))
+            qi = cal.get("quality_index")
+            if qi is not None and (_int(path, f"{key}.quality_index", qi, lo=0) >= len(models)):
+                _fail(path, f"{key}.quality_index", f"must index one of the {len(models)} "
+                                                    f"models, got {qi}")
+    net = extra.get("safety_net")
+    if net is not None:
+        net = _dict(path, "extra.safety_net", net)
+        for k, v in net.items():
+            where = f"extra.safety_net.{k}"
+            if isinstance(v, dict):
+                if not all(_real(x) for x in v.values()):
+                    _fail(path, where, "must map names to numbers")
+            elif not (v is None or isinstance(v, str) or _real(v)):
+                _fail(path, where, f"must be None, a name or a number, got {v!r}"[:200])
+    if "best_step" in extra:
+        _int(path, "extra.best_step", extra["best_step"], lo=0)
+    if "best_val_overall" in extra and not _real(extra["best_val_overall"]):
+        _fail(path, "extra.best_val_overall", f"must be a number, got "
+                                              f"{extra['best_val_overall']!r}"[:200])
+    if "history" in extra and extra["history"] is not None:
+        hist = _dict(path, "extra.history", extra["history"])
+        for k, v in hist.items():
+            if not isinstance(v, (list, tuple)) or not all(_real(x) for x in v):
+                _fail(path, f"extra.history.{k}", "must be a list of numbers")
 
 
 def check_train_state(state, qme_want: dict, path: str) -> None:

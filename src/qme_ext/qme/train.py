@@ -371,7 +371,9 @@ def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optiona
     missing = [m for m in models if m not in scoreset.models]
     if missing:
         raise ValueError(f"scoreset lacks model(s) {missing}; the fusion needs {models}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    from ..ops.inputs import check_target_device  # 'meta', CUDA on a CPU build: ValueError
+    dev = (check_target_device(device) if device is not None
+           else next(model.parameters()).device)
     q_np = _quality_of(qe, scoreset, quality or "face", const_quality, dev)
     q = torch.as_tensor(q_np)
     spec = getattr(model, "open_set", None)
