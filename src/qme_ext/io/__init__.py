@@ -35,7 +35,8 @@ Choices
   (seekable) file: a pipe is refused with a message rather than read twice.
 
 Layer: imports nothing of qme_ext outside ``io`` (numpy and h5py only) but the numpy-only
-``ops.ids``; ``errors``, ``pair_files``, ``features`` (features files), ``npy_files`` (the
+``ops.ids``; ``errors``, ``members`` (the checked HDF5 dataset and id readers that score and
+features files share), ``pair_files``, ``features`` (features files), ``npy_files`` (the
 one check of ``.npy``/``.npz`` members) and ``output`` (the one writer of every output file)
 are its parts; the layers above (fusion, metrics, qme, plots, cli) read and write files
 through it.
@@ -46,13 +47,12 @@ import contextlib
 import dataclasses
 import io as _bytes_io
 import os
-import stat
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..ops.ids import beyond_int64, describe_beyond  # numpy only, like io
-from .errors import OutputError, ScoreFileError, input_path
+from .errors import OutputError, ScoreFileError
+from .members import _ID_KINDS, _MATRIX_KINDS, _as_ids, _checked_dataset, _open, _where
 from .output import atomic_output, same_file, write_atomic
 
 __all__ = [
@@ -80,10 +80,6 @@ ID_KEYS = PROBE_ID_KEYS + GALLERY_ID_KEYS + ("unique_g_pids",)
 QUALITY_GROUP = "quality"
 
 Rows = Union[slice, Sequence[int], np.ndarray, None]
-
-
-def _where(source: Optional[str]) -> str:
-    return f"{source}: " if source else ""
 
 
 def check_model_name(name, what: str = "model name") -> str:
@@ -160,34 +156,6 @@ def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = N
         if key.endswith("_weights") and shape[1] != 1:
             raise ScoreFileError(f"{w}key '{key}' has shape {tuple(shape)}, expected "
                                  f"(P, 1) = {(n_probe, 1)}")
-
-
-def _as_ids(values, key: str, source: Optional[str] = None) -> np.ndarray:
-    """1-D int64 copy of ``values``; floats must be finite and integral (else ScoreFileError)."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in "iub":
-        return _int64(arr, key, source)
-    if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
-        if not bad.any():
-            bad = arr != np.round(arr)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}, {arr.dtype}) "
-                                 f"holds a non-integral or non-finite id {arr.flat[i]!r} at "
-                                 f"index {i}")
-        return _int64(arr, key, source)
-    raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}) has dtype "
-                         f"{arr.dtype}, expected integer or integral float ids")
-
-
-def _int64(arr: np.ndarray, key: str, source: Optional[str]) -> np.ndarray:
-    """int64 copy of integral ids; an id that int64 cannot hold is refused, not wrapped."""
-    i = beyond_int64(arr)
-    if i is not None:
-        raise ScoreFileError(f"{_where(source)}key '{key}' (shape {arr.shape}, {arr.dtype}): "
-                             f"{describe_beyond(arr, i)}")
-    return arr.astype(np.int64)
 
 
 def _float32(values, key: str, source: Optional[str]) -> np.ndarray:
@@ -348,29 +316,6 @@ def load_calibration(path, models: Sequence[str]) -> "ScoreSet":
     return load_scores(source, models=held)
 
 
-def _open(path):
-    """Open ``path`` read-only, turning every failure into a ScoreFileError naming the file."""
-    import h5py
-    path = input_path(path, "an HDF5 file")
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-    except OSError as exc:
-        raise ScoreFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not regular:  # h5py reads a file several times: a pipe would be consumed by the first
-        raise ScoreFileError(f"{path}: not a regular file (a pipe?); an HDF5 score file must "
-                             f"be seekable: save it to a file first")
-    try:
-        ok = h5py.is_hdf5(path)
-    except OSError as exc:
-        raise ScoreFileError(f"{path}: cannot read ({exc})") from None
-    if not ok:
-        raise ScoreFileError(f"{path}: not an HDF5 file")
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise ScoreFileError(f"{path}: cannot open as HDF5 ({exc})") from None
-
-
 @contextlib.contextmanager
 def _reading(path):
     """The open file (as :func:`_open`); whatever h5py or numpy raise while it is read (a
@@ -389,33 +334,6 @@ def _reading(path):
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise ScoreFileError(f"{source}: cannot read ({message})") from None
-
-
-# dtype kinds a key may hold: ids as the metrics API takes them (as_ids), matrices float only
-_ID_KINDS, _MATRIX_KINDS = "iubf", "f"
-
-
-def _checked_dataset(f, key: str, kinds: str, source: str):
-    """``f[key]`` if it is a dataset of a dtype kind in ``kinds``, else ScoreFileError (a
-    group, a dangling soft or external link, another dtype)."""
-    import h5py
-    try:
-        obj = f[key]
-    except KeyError:  # the name exists (a link) but leads nowhere
-        link = f.get(key, getlink=True)
-        raise ScoreFileError(f"{source}: key '{key}' is a dangling link "
-                             f"({type(link).__name__}), expected a dataset") from None
-    if not isinstance(obj, h5py.Dataset):
-        raise ScoreFileError(f"{source}: key '{key}' is a {type(obj).__name__.lower()}, "
-                             f"expected a dataset")
-    dt = obj.dtype
-    if dt.kind not in kinds or dt.names is not None or dt.subdtype is not None:
-        want = ("floating-point scores (float16/float32/float64; the metrics API refuses "
-                "other dtypes too)" if kinds == _MATRIX_KINDS
-                else "integer or integral float ids")
-        raise ScoreFileError(f"{source}: key '{key}' (shape {obj.shape}) has dtype {dt}, "
-                             f"expected {want}")
-    return obj
 
 
 def _dataset_shapes(f, models: Sequence[str]) -> dict:

@@ -63,7 +63,7 @@ class FeaturesFile:
                     self._data = fh.read()
                 self.items = npz_members(self._data, path)
             elif path.endswith((".h5", ".hdf5")):
-                from . import _open
+                from .members import _open
                 self.kind = "h5"
                 self._h5 = _open(path)
                 self.items = set(self._h5.keys())
@@ -90,7 +90,7 @@ class FeaturesFile:
         if self.kind == "npz":
             from .npy_files import npz_array
             return npz_array(self._data, self.path, key, self.items[key])
-        from . import _checked_dataset
+        from .members import _checked_dataset
         try:
             return _checked_dataset(self._h5, key, "f" if key in _MATRICES else "iubf",
                                     self.path)
@@ -103,7 +103,7 @@ class FeaturesFile:
     def get(self, key: str):
         """Member ``key`` checked: features float (N, D), kept on disk where the format
         allows; ids an int64 vector in memory."""
-        from . import _as_ids
+        from .members import _as_ids
         raw = self._raw(key)
         dtype = np.dtype(raw.dtype)
         where = f"{self.path}: key '{key}' (shape {tuple(raw.shape)}, {dtype})"
