@@ -1,5 +1,5 @@
 """The engine's fused passes (issue 20): every output of ``rank_counts`` (with
-``last_pos``) against the sort-based reference, the non-finite counts that come out
+``last_pos``, and issue 30's ``r_hits`` / ``map_r``) against the sort-based reference, the non-finite counts that come out
 of the passes, and results independent of the thread count."""
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from conftest import make_problem, to_device
 import qme_ext
 from qme_ext.metrics.accumulate import GalleryIndex, mode_flags
 from qme_ext.ops import evaluation as _ops
-from qme_ext.reference.metrics import _good_junk_masks, average_precision, good_positions
+from qme_ext.reference.metrics import (_good_junk_masks, average_precision, good_positions,
+                                       r_precision_terms)
 
 MODES = ("general", "sc", "cc")
 
@@ -27,8 +28,9 @@ def _rank_counts(S, ids, device, modes=MODES):
 
 def _reference(S, ids, modes=MODES):
     P = S.shape[0]
-    fp, ap, ng, lp = (np.full((len(modes), P), v, dtype=d) for v, d in
-                      ((-1, np.int64), (0.0, np.float64), (0, np.int64), (-1, np.int64)))
+    fp, ap, ng, lp, rh, mr = (np.full((len(modes), P), v, dtype=d) for v, d in
+                              ((-1, np.int64), (0.0, np.float64), (0, np.int64), (-1, np.int64),
+                               (0, np.int64), (0.0, np.float64)))
     args = [np.asarray(ids[k]) for k in ("q_pids", "g_pids", "q_camids", "g_camids",
                                          "q_clothes", "g_clothes")]
     for m, mode in enumerate(modes):
@@ -39,7 +41,8 @@ def _reference(S, ids, modes=MODES):
             if pos.size:
                 fp[m, i], lp[m, i] = pos[0], pos[-1]
                 ap[m, i] = average_precision(pos)
-    return fp, ap, ng, lp
+                rh[m, i], mr[m, i] = r_precision_terms(pos)
+    return fp, ap, ng, lp, rh, mr
 
 
 # (G, n_ids): ~65 goods per row (bucket index), and ~4 per row over several key blocks
@@ -52,12 +55,15 @@ def test_rank_counts_every_output_equals_reference(device, seed, nan_frac, G, n_
     S = np.round(S * 2) / 2  # coarse: many ties with the goods
     S[0, :7] = np.inf
     S[1, :5] = -np.inf
-    fp, ap, ng, lp = _rank_counts(S, ids, device)
-    rfp, rap, rng_, rlp = _reference(S, ids)
+    fp, ap, ng, lp, rh, mr = _rank_counts(S, ids, device)
+    rfp, rap, rng_, rlp, rrh, rmr = _reference(S, ids)
     np.testing.assert_array_equal(fp, rfp)
     np.testing.assert_array_equal(ng, rng_)
     np.testing.assert_array_equal(lp, rlp)
     np.testing.assert_allclose(ap, rap, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(rh, rrh)
+    np.testing.assert_allclose(mr, rmr, rtol=0, atol=1e-12)
+    assert (rh <= ng).all() and (mr <= ap + 1e-15).all()
     assert (lp >= fp).all() and ((lp == -1) == (ng == 0)).all()
 
 

@@ -8,7 +8,8 @@ from qme_ext import metrics
 from qme_ext.reference import evaluate_ref
 
 EXPECTED_KEYS = (
-    [f"{m}_{k}" for m in ("GR", "SC", "CC") for k in ("top1", "top5", "top10", "top20", "mAP", "mINP")]
+    [f"{m}_{k}" for m in ("GR", "SC", "CC") for k in ("top1", "top5", "top10", "top20", "mAP", "mINP",
+                                                         "RP", "MAP@R")]
     + [f"TAR@{f}%FAR" for f in ("0.01", "0.10", "1.00")]
     + [f"Threshold@{f}%FAR" for f in ("0.01", "0.10", "1.00")]
     + [f"TPIR@{f}%FPIR" for f in ("0.01", "0.10", "1.00")]

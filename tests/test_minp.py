@@ -1,18 +1,17 @@
 """mINP (issue 22): fast-reid's definition on small hand cases, the rank_counts op's
 last_pos against the reference, every mode in evaluate's report, intervals, row
 blocks, column shards and the CLI table/JSON."""
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_problem, to_device
-from qme_ext import cli, metrics
+from qme_ext import metrics
 from qme_ext.metrics import core as metrics_core
 from qme_ext.metrics.accumulate import TensorSource
 from qme_ext.reference import rank_metrics_ref
-from report_helpers import evaluation_inputs
+from report_helpers import cli_table_and_json, evaluation_inputs, hand_case
 
 
 def fastreid_minp(S, q_pids, g_pids, q_camids, g_camids):
@@ -37,11 +36,7 @@ def test_hand_case():
     # After junk removal the goods sit at positions 0 and 3: INP = 2 / 4.
     # probe 1 (pid 2, cam 1): its only good g1 is at position 1: INP = 1 / 2.
     # probe 2 (pid 9): no good entry, skipped.
-    S = np.array([[0.9, 0.8, 0.7, 0.6, 0.5],
-                  [0.9, 0.8, 0.7, 0.6, 0.5],
-                  [0.1, 0.2, 0.3, 0.4, 0.5]], dtype=np.float32)
-    q_pids, q_cams = np.array([1, 2, 9]), np.array([0, 0, 0])
-    g_pids, g_cams = np.array([1, 2, 1, 3, 1]), np.array([1, 1, 0, 0, 2])
+    S, q_pids, q_cams, g_pids, g_cams = hand_case()
     r = metrics.rank_metrics(S, q_pids, g_pids, q_cams, g_cams, per_probe=True)
     assert r.mINP == pytest.approx((0.5 + 0.5) / 2, abs=1e-15)
     np.testing.assert_array_equal(r.inp[:2], [0.5, 0.5])
@@ -89,7 +84,7 @@ def test_op_last_pos_is_the_last_good_position(device):
     index = torch.tensor([0, 2, 4], device=device)
     # mode 0: goods 2 and 0, junk 4 (rank order 1, 4, 2, 3, 0; without 4: 1, 2, 3, 0)
     flags = torch.tensor([1, 1, 2], dtype=torch.uint8, device=device)
-    first, ap, n, last = _ops.rank_counts(S, offs, index, flags, 1, 3)
+    first, ap, n, last, *_ = _ops.rank_counts(S, offs, index, flags, 1, 3)
     assert (first.tolist(), n.tolist(), last.tolist()) == ([[1]], [[2]], [[3]])
     none = _ops.rank_counts(S, offs, index, torch.full((3,), 2, dtype=torch.uint8,
                                                         device=device), 1, 3)
@@ -130,22 +125,8 @@ def test_intervals():
 
 
 def test_cli_table_json_and_max_memory(tmp_path, capsys):
-    from qme_ext.datasets import make_example_scoreset
-    from qme_ext.io import save_scores
-    ss = make_example_scoreset(num_probes=30, num_gallery=60, num_subjects=8, seed=2)
-    save_scores(tmp_path / "t.h5", ss)
-    outs = []
-    for extra in ([], ["--max-memory", "20KB"]):
-        out = tmp_path / f"m{len(extra)}.json"
-        assert cli.main(["evaluate", str(tmp_path / "t.h5"), "--models", "face", "--json",
-                         str(out), "--quiet", *extra]) == 0
-        lines = capsys.readouterr().out.splitlines()
-        outs.append(json.loads(out.read_text())["face"])
-    header = lines[0].split()
+    header, lines, outs, want = cli_table_and_json(tmp_path, capsys)
     assert "mINP" in header and "CC-mINP" in header
-    want = metrics.evaluate(ss.score_mats["face"], ss.merge_score_mats["face"], ss.q_pids,
-                            ss.q_camids, ss.q_clothes_ids, ss.g_pids, ss.g_camids,
-                            ss.g_clothes_ids, ss.unique_g_pids)
     for rep in outs:
         for name in ("GR", "SC", "CC"):
             assert rep[f"{name}_mINP"] == want[f"{name}_mINP"]

@@ -370,7 +370,8 @@ def test_evaluate_ref_keys_and_consistency():
     out = evaluate_ref(S, M, q_pids, q_cams, q_clo, g_pids, g_cams, g_clo, uniq, seed=45)
 
     pct = ["0.01%", "0.10%", "1.00%"]
-    keys = [f"{m}_{k}" for m in ("GR", "SC", "CC") for k in ("top1", "top5", "top10", "top20", "mAP", "mINP")]
+    keys = [f"{m}_{k}" for m in ("GR", "SC", "CC") for k in ("top1", "top5", "top10", "top20", "mAP", "mINP",
+                                                         "RP", "MAP@R")]
     keys += [f"TAR@{p}FAR" for p in pct] + [f"Threshold@{p}FAR" for p in pct]
     keys += [f"TPIR@{p}FPIR" for p in pct] + [f"FNIR@{p}FPIR" for p in pct]
     keys += [f"FNIR@{p}FPIR_threshold" for p in pct]

@@ -27,6 +27,26 @@ using detail::rank_code;
 constexpr int64_t kChunk = 2048;  // keys of one block of a row, in L1
 constexpr int64_t kFewGoods = 16;  // up to this many goods: a vectorised sweep per good
 
+// R-precision / MAP@R (Musgrave et al. 2020) of one mode, R = n_m (its goods): a second
+// walk of the same positions, keeping the goods at positions < R. Positions grow with
+// the good's index, so those goods are a prefix; the sum runs in the AP loop's order.
+template <class Goods>
+void r_precision_terms(const Goods& goods, const std::vector<int64_t>& counts,
+                       const std::vector<int64_t>& junk_fix, int64_t n, uint8_t good_m, int64_t R,
+                       int64_t* r_hits, double* map_r) {
+  int64_t before = 0, i_m = 0;
+  double sum = 0.0;
+  for (int64_t u = 0; u < n && i_m < R; ++u) {
+    before += counts[u] + junk_fix[u];
+    if (!(goods[u].flags & good_m)) continue;
+    if (before >= R) break;
+    sum += static_cast<double>(i_m + 1) / static_cast<double>(before + 1);
+    ++i_m;
+  }
+  *r_hits = i_m;
+  *map_r = R ? sum / static_cast<double>(R) : 0.0;
+}
+
 template <DType D>
 void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
   using T = ScoreTraits<D>;
@@ -137,6 +157,7 @@ void rank_rows(const RankCountsArgs& a, int64_t r0, int64_t r1) {
       a.num_good[out] = i_m;
       a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
+      r_precision_terms(goods, counts, junk_fix[m], n, good_m, i_m, a.r_hits + out, a.map_r + out);
     }
   }
 }

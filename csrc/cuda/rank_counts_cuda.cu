@@ -167,6 +167,8 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
         a.first_pos[out] = -1;
         a.last_pos[out] = -1;
         a.ap[out] = __longlong_as_double(0x7FF8000000000000ll);
+        a.r_hits[out] = -1;
+        a.map_r[out] = __longlong_as_double(0x7FF8000000000000ll);
         continue;
       }
       const unsigned good_m = 1u << (2 * m);
@@ -186,6 +188,21 @@ rank_counts_kernel(RankCountsArgs a, Layout l,
       a.num_good[out] = i_m;
       a.last_pos[out] = last;
       a.ap[out] = i_m ? sum / static_cast<double>(i_m) : 0.0;
+      // R-precision / MAP@R with R = n: the same walk again, keeping the goods at
+      // positions < R (a prefix of them), summed in the CPU twin's order
+      const int64_t R = i_m;
+      before = 0;
+      i_m = 0;
+      sum = 0.0;
+      for (int64_t u = 0; u < n && i_m < R; ++u) {
+        before += static_cast<int64_t>(counts[u] + junk[m * slots + u]);
+        if (!(uflags[u] & good_m)) continue;
+        if (before >= R) break;
+        sum += static_cast<double>(i_m + 1) / static_cast<double>(before + 1);
+        ++i_m;
+      }
+      a.r_hits[out] = i_m;
+      a.map_r[out] = R ? sum / static_cast<double>(R) : 0.0;
     }
     __syncthreads();  // the next row reuses the scratch and s_count
   }
@@ -208,7 +225,7 @@ void rank_counts_cuda(const RankCountsArgs& a, void* workspace, size_t workspace
   // cand_index/cand_flags may be null: a block whose rows hold no candidate passes empty
   // tensors, and the kernel reads them only inside the (then empty) offset ranges
   if (a.cand_offsets == nullptr || a.first_pos == nullptr || a.ap == nullptr ||
-      a.num_good == nullptr || a.last_pos == nullptr)
+      a.num_good == nullptr || a.last_pos == nullptr || a.r_hits == nullptr || a.map_r == nullptr)
     throw InvalidArgument("rank_counts: null offsets or output buffer");
   const Layout l = make_layout(a);
   const rank_order::RowScratch plan = rank_order::row_scratch(P, l.bytes);

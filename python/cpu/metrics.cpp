@@ -15,12 +15,12 @@ void register_metrics(py::module_& m) {
   m.def("rank_counts",
         [](py::tuple scores, uintptr_t offsets, uintptr_t index, uintptr_t flags, int num_modes,
            int64_t max_candidates, uintptr_t first_pos, uintptr_t ap, uintptr_t num_good,
-           uintptr_t last_pos) {
+           uintptr_t last_pos, uintptr_t r_hits, uintptr_t map_r) {
           qme::RankCountsArgs a{matrix_from(scores, "scores"), ptr<const int64_t>(offsets),
                                 ptr<const int64_t>(index), ptr<const uint8_t>(flags), num_modes,
                                 max_candidates,
                                 ptr<int64_t>(first_pos), ptr<double>(ap), ptr<int64_t>(num_good),
-                                ptr<int64_t>(last_pos)};
+                                ptr<int64_t>(last_pos), ptr<int64_t>(r_hits), ptr<double>(map_r)};
           py::gil_scoped_release nogil;
           qme::rank_counts_cpu(a, qme_py::cpu_threads());
         });

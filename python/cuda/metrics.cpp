@@ -23,7 +23,7 @@ void register_metrics_cuda(py::module_& m) {
   // ---- workspace sizes: argument blocks with only the sizing fields set ----
   m.def("rank_counts_workspace", [](py::tuple scores, int num_modes, int64_t max_candidates) {
     qme::RankCountsArgs a{matrix_from(scores, "scores"), nullptr, nullptr, nullptr, num_modes,
-                          max_candidates, nullptr, nullptr, nullptr, nullptr};
+                          max_candidates, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     return qme::rank_counts_cuda_workspace(a);
   });
   m.def("key_histogram_workspace", [](py::tuple scores, int digit_bits, int num_prefixes) {
@@ -44,12 +44,13 @@ void register_metrics_cuda(py::module_& m) {
   m.def("rank_counts",
         [](py::tuple scores, uintptr_t offsets, uintptr_t index, uintptr_t flags, int num_modes,
            int64_t max_candidates, uintptr_t first_pos, uintptr_t ap, uintptr_t num_good,
-           uintptr_t last_pos, uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
+           uintptr_t last_pos, uintptr_t r_hits, uintptr_t map_r, uintptr_t workspace,
+           size_t workspace_bytes, uintptr_t stream) {
           qme::RankCountsArgs a{matrix_from(scores, "scores"), ptr<const int64_t>(offsets),
                                 ptr<const int64_t>(index), ptr<const uint8_t>(flags), num_modes,
                                 max_candidates,
                                 ptr<int64_t>(first_pos), ptr<double>(ap), ptr<int64_t>(num_good),
-                                ptr<int64_t>(last_pos)};
+                                ptr<int64_t>(last_pos), ptr<int64_t>(r_hits), ptr<double>(map_r)};
           py::gil_scoped_release nogil;
           qme::rank_counts_cuda(a, ptr<void>(workspace), workspace_bytes, stream_from(stream));
         });

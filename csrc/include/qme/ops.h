@@ -30,6 +30,9 @@ struct RankCountsArgs {
   double* ap;                    // (num_modes, P) (1/n) sum_i i / (p_i + 1); 0 when n = 0
   int64_t* num_good;             // (num_modes, P) n
   int64_t* last_pos;             // (num_modes, P) p_n (position of the last good entry), -1 when n = 0
+  // R-precision / MAP@R (Musgrave et al. 2020) with R = n: the goods at positions p_i < n
+  int64_t* r_hits;               // (num_modes, P) #{i : p_i < n}; R-precision = r_hits / n
+  double* map_r;                 // (num_modes, P) (1/n) sum_{i : p_i < n} i / (p_i + 1); 0 when n = 0
 };
 // Checks shared by both twins and the CUDA workspace query (throws InvalidArgument):
 // the view, num_modes, max_candidates >= 0, and for 32-bit keys G <= 2^32 (the

@@ -20,6 +20,8 @@ TABLE_COLUMNS = (
     ("Rank-20", "GR_top20", None),
     ("mAP", "GR_mAP", None),
     ("mINP", "GR_mINP", None),
+    ("R-Prec", "GR_RP", None),
+    ("MAP@R", "GR_MAP@R", None),
     ("CC-Rank-1", "CC_top1", None),
     ("CC-mAP", "CC_mAP", None),
     ("CC-mINP", "CC_mINP", None),

@@ -245,7 +245,8 @@ class Plan:
 class Partials:
     """Reduced states, identical in every process, ready for the finishing code."""
 
-    rank: Optional[tuple] = None  # (first_pos, ap, num_good, last_pos), each (n_modes, P)
+    # (first_pos, ap, num_good, last_pos, r_hits, map_r), each (n_modes, P)
+    rank: Optional[tuple] = None
     impostors: Optional[ImpostorKeys] = None
     num_genuine: int = 0
     openset: Optional[tuple] = None  # (max_other (NS, P), num_ge (NS, P), gen (P,), gcol (P,))
@@ -273,7 +274,7 @@ class _RankRows:
 
     def reduce(self, red: Reducer, source: BlockSource) -> tuple:
         return tuple(red.cat(np.concatenate([p[k] for p in self.parts], axis=1))
-                     for k in range(4))
+                     for k in range(6))  # rank_counts' outputs
 
 
 class _RankColumns:
@@ -324,7 +325,8 @@ class _RankColumns:
 
 def _per_probe_from_ranks(probe: np.ndarray, flags: np.ndarray, total: np.ndarray, P: int,
                           M: int) -> tuple:
-    """(first_pos, ap, num_good, last_pos), each (M, P), as ``rank_counts`` returns them, from every
+    """(first_pos, ap, num_good, last_pos, r_hits, map_r), each (M, P), as ``rank_counts``
+    returns them, from every
     candidate in rank order within its probe: ``probe`` (nnz,) sorted, ``flags`` (nnz,),
     ``total`` (nnz,) entries of the whole row ranked before each good candidate."""
     seg_start = np.searchsorted(probe, np.arange(P))
@@ -332,6 +334,8 @@ def _per_probe_from_ranks(probe: np.ndarray, flags: np.ndarray, total: np.ndarra
     ap = np.zeros((M, P), dtype=np.float64)
     ng = np.zeros((M, P), dtype=np.int64)
     lp = np.full((M, P), -1, dtype=np.int64)
+    rh = np.zeros((M, P), dtype=np.int64)
+    mr = np.zeros((M, P), dtype=np.float64)
     for m in range(M):
         good = (flags >> np.uint8(2 * m)) & np.uint8(1)
         junk = ((flags >> np.uint8(2 * m + 1)) & np.uint8(1)).astype(np.int64)
@@ -349,7 +353,13 @@ def _per_probe_from_ranks(probe: np.ndarray, flags: np.ndarray, total: np.ndarra
         ap[m] = _segment_sequential_sum(i_m / (pos + 1.0), gp, P)
         has = ng[m] > 0
         ap[m, has] /= ng[m, has]
-    return fp, ap, ng, lp
+        # R-precision / MAP@R, R = n: the goods at positions < R (adding 0.0 elsewhere
+        # keeps the kernels' left-to-right sum bit for bit)
+        top = pos < ng[m, gp]
+        rh[m] = np.bincount(gp[top], minlength=P)
+        mr[m] = _segment_sequential_sum(np.where(top, i_m / (pos + 1.0), 0.0), gp, P)
+        mr[m, has] /= ng[m, has]
+    return fp, ap, ng, lp, rh, mr
 
 
 def _rows(t: Optional[torch.Tensor], rows: slice):

@@ -54,6 +54,7 @@ import torch
 
 from ..ops import keys as _keys
 from .minp import inp_of
+from .rprecision import r_precision_of
 from .order_stats import ImpostorKeys, select_desc
 
 UNITS = ("subject", "probe")
@@ -239,15 +240,29 @@ def rank_replicates(W: Weights, first_pos: np.ndarray, ap: np.ndarray, num_good:
     n_valid = W.unit_totals(valid)
     with np.errstate(invalid="ignore", divide="ignore"):
         hits = np.stack([W.unit_totals(valid * (first_pos < k)) for k in ranks]) / n_valid
-        mAP = W.weighted_sums(np.where(num_good > 0, ap, 0.0)) / n_valid
-        mINP = None if inp is None else W.weighted_sums(np.where(num_good > 0, inp, 0.0)) / n_valid
-    bad = n_valid == 0
-    hits[:, bad] = np.nan
-    mAP[bad] = np.nan
-    if mINP is None:
+    hits[:, n_valid == 0] = np.nan
+    mAP = mean_replicates(W, ap, num_good)
+    if inp is None:
         return hits, mAP
-    mINP[bad] = np.nan
-    return hits, mAP, mINP
+    return hits, mAP, mean_replicates(W, inp, num_good)
+
+
+def mean_replicates(W: Weights, values: np.ndarray, num_good: np.ndarray) -> np.ndarray:
+    """(n_boot,) replicates of the mean of a per-probe value (P,) over the valid probes
+    (``num_good > 0``; the value is ignored elsewhere), NaN where a replicate has none."""
+    valid = (num_good > 0).astype(np.float64)
+    n_valid = W.unit_totals(valid)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = W.weighted_sums(np.where(num_good > 0, values, 0.0)) / n_valid
+    out[n_valid == 0] = np.nan
+    return out
+
+
+def r_precision_replicates(W: Weights, num_good: np.ndarray, r_hits: np.ndarray,
+                           map_r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n_boot,) replicates of R-precision and of MAP@R of one protocol."""
+    return (mean_replicates(W, r_precision_of(r_hits, num_good), num_good),
+            mean_replicates(W, map_r, num_good))
 
 
 # ---------------------------------------------------------------------------
@@ -539,7 +554,7 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
         W = Weights.of(boot, red.cat(q_local))
         n_gen_probe = red.cat(n_gen_probe)
     reps: dict = {}
-    fp, ap, ng, lp = parts.rank
+    fp, ap, ng, lp, rh, mr = parts.rank
     for m, name in enumerate(("GR", "SC", "CC")):
         hits, mAP, mINP = rank_replicates(W, fp[m], ap[m], ng[m], (1, 5, 10, 20),
                                           inp_of(lp[m], ng[m]))
@@ -547,6 +562,8 @@ def report_replicates(parts, source, ids, setup, far_list, boot: Bootstrap, key_
             reps[f"{name}_top{k}"] = hits[i]
         reps[f"{name}_mAP"] = mAP
         reps[f"{name}_mINP"] = mINP
+        reps[f"{name}_RP"], reps[f"{name}_MAP@R"] = r_precision_replicates(W, ng[m], rh[m],
+                                                                           mr[m])
     tars, thr = tar_replicates(W, source, ids, parts.impostors, n_gen_probe, far_list,
                                num_cols, red, row_offset, gen_units)
     fnir, tpir, othr = openset_replicates(W, parts.openset, setup.enrolled, far_list, 1)
@@ -575,13 +592,16 @@ def _pairs(boot: Bootstrap, reps: np.ndarray) -> np.ndarray:
 
 
 def rank_intervals(res, counts: tuple, q_pids: np.ndarray, max_rank: int, boot: Bootstrap):
-    """Set ``cmc_ci`` (max_rank, 2), ``mAP_ci`` and ``mINP_ci`` (lo, hi) on RankResult `res`."""
+    """Set ``cmc_ci`` (max_rank, 2), ``mAP_ci``, ``mINP_ci``, ``RP_ci`` and ``MAP_at_R_ci``
+    (lo, hi) on RankResult `res`."""
     W = Weights.of(boot, q_pids)
-    fp, ap, ng, lp = (c[0] for c in counts)
+    fp, ap, ng, lp, rh, mr = (c[0] for c in counts)
     hits, mAP, mINP = rank_replicates(W, fp, ap, ng, range(1, max_rank + 1), inp_of(lp, ng))
+    rp, map_r = r_precision_replicates(W, ng, rh, mr)
     res.cmc_ci, res.mAP_ci = _pairs(boot, hits), tuple(_pairs(boot, mAP).tolist())
     res.mINP_ci = tuple(_pairs(boot, mINP).tolist())
-    res.replicates = {"cmc": hits, "mAP": mAP, "mINP": mINP}
+    res.RP_ci, res.MAP_at_R_ci = (tuple(_pairs(boot, r).tolist()) for r in (rp, map_r))
+    res.replicates = {"cmc": hits, "mAP": mAP, "mINP": mINP, "RP": rp, "MAP@R": map_r}
     return res
 
 

@@ -49,6 +49,7 @@ from .accumulate import (LOCAL, BlockSource, Candidates as _Candidates, GalleryI
 from ..ops.inputs import as_ids, as_probabilities, as_score_matrix, require_finite_score
 from .checks import check_evaluation
 from .minp import inp_of
+from .rprecision import r_precision_of
 from .order_stats import ImpostorKeys, select_desc
 from .nonfinite import require_finite_counts, warn_matrix_counts
 from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
@@ -89,6 +90,12 @@ class RankResult:
     mINP: float = 0.0  # mean INP over valid probes (metrics.minp)
     inp: Optional[np.ndarray] = None  # (P,) per-probe INP, NaN where skipped (per_probe)
     mINP_ci: Optional[tuple] = None
+    RP: float = 0.0  # mean R-precision over valid probes (metrics.rprecision)
+    MAP_at_R: float = 0.0  # mean MAP@R over valid probes
+    rp: Optional[np.ndarray] = None  # (P,) per-probe R-precision, NaN where skipped (per_probe)
+    map_r: Optional[np.ndarray] = None  # (P,) per-probe MAP@R, NaN where skipped (per_probe)
+    RP_ci: Optional[tuple] = None
+    MAP_at_R_ci: Optional[tuple] = None
 
     def __getitem__(self, key):  # dict-style access for convenience
         return getattr(self, key)
@@ -96,7 +103,9 @@ class RankResult:
 
 def _rank_from_counts(first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarray,
                       max_rank: int, per_probe: bool,
-                      last_pos: Optional[np.ndarray] = None) -> RankResult:
+                      last_pos: Optional[np.ndarray] = None,
+                      r_hits: Optional[np.ndarray] = None,
+                      map_r: Optional[np.ndarray] = None) -> RankResult:
     valid = num_good > 0
     n_valid = int(valid.sum())
     n_skip = int(valid.size - n_valid)
@@ -114,6 +123,13 @@ def _rank_from_counts(first_pos: np.ndarray, ap: np.ndarray, num_good: np.ndarra
         res.mINP = float(np.sum(inp[valid]) / n_valid) if n_valid else 0.0
         if per_probe:
             res.inp = np.where(valid, inp, np.nan)
+    if r_hits is not None:
+        rp = r_precision_of(r_hits, num_good)
+        res.RP = float(np.sum(rp[valid]) / n_valid) if n_valid else 0.0
+        res.MAP_at_R = float(np.sum(map_r[valid]) / n_valid) if n_valid else 0.0
+        if per_probe:
+            res.rp = np.where(valid, rp, np.nan)
+            res.map_r = np.where(valid, map_r, np.nan)
     if per_probe:
         res.ap = np.where(valid, ap, np.nan)
         res.first_pos = np.where(valid, first_pos, -1)
@@ -148,10 +164,10 @@ def _check_max_rank(max_rank) -> int:
 
 
 def _rank_results(counts: tuple, max_rank: int, per_probe: bool) -> list[RankResult]:
-    """One RankResult per mode from the per-probe (first_pos, ap, num_good, last_pos)
-    arrays, each (n_modes, P)."""
-    fp, ap, ng, lp = counts
-    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe, lp[m])
+    """One RankResult per mode from the per-probe (first_pos, ap, num_good, last_pos,
+    r_hits, map_r) arrays, each (n_modes, P)."""
+    fp, ap, ng, lp, rh, mr = counts
+    return [_rank_from_counts(fp[m], ap[m], ng[m], max_rank, per_probe, lp[m], rh[m], mr[m])
             for m in range(fp.shape[0])]
 
 
@@ -167,8 +183,11 @@ def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes
     same-pid entry is good and nothing is junk. Probes with no good entry are
     skipped and counted in ``num_skipped``. ``mINP`` is the mean inverse negative
     penalty of fast-reid (per valid probe ``n_good / (p_n + 1)``, ``p_n`` the 0-based
-    position after junk removal of the last good entry). ``ci=0.95`` also sets ``cmc_ci``,
-    ``mAP_ci`` and ``mINP_ci``: bootstrap percentile intervals (see :func:`evaluate`).
+    position after junk removal of the last good entry). ``RP`` and ``MAP_at_R`` are the
+    mean R-precision and MAP@R of Musgrave et al. 2020 with R = the probe's number of good
+    entries (:mod:`qme_ext.metrics.rprecision`). ``ci=0.95`` also sets ``cmc_ci``,
+    ``mAP_ci``, ``mINP_ci``, ``RP_ci`` and ``MAP_at_R_ci``: bootstrap percentile intervals
+    (see :func:`evaluate`).
     """
     max_rank = _check_max_rank(max_rank)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
@@ -681,7 +700,8 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
              boot_unit: str = "subject", larger_is_better: bool = True) -> dict[str, float]:
     """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
 
-    One ranking pass gives GR/SC/CC Rank-1/5/10/20, mAP and mINP, the radix select gives
+    One ranking pass gives GR/SC/CC Rank-1/5/10/20, mAP, mINP, R-precision (``<mode>_RP``)
+    and MAP@R (``<mode>_MAP@R``; :mod:`qme_ext.metrics.rprecision`), the radix select gives
     TAR@{0.01,0.1,1}%FAR and thresholds, one open-set pass gives FNIR/TPIR@FPIR
     over 10 enrolment splits (mean, ``_std`` with ddof 1) and the thresholds.
 
@@ -763,6 +783,8 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
             out[f"{name}_top{k}"] = float(res.cmc[k - 1])
         out[f"{name}_mAP"] = res.mAP
         out[f"{name}_mINP"] = res.mINP
+        out[f"{name}_RP"] = res.RP
+        out[f"{name}_MAP@R"] = res.MAP_at_R
     tr = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, "qme")
     for f, t in zip(far_list, tr.tar):
         out[_pct_key("TAR", f, "FAR")] = float(t)

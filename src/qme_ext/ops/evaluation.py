@@ -36,9 +36,12 @@ def rank_counts(
     cand_flags: torch.Tensor,  # (nnz,) uint8 bit 2m good / 2m+1 junk in mode m
     num_modes: int,
     max_candidates: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per mode and probe: first good position (int64, -1 if none), AP (float64), #good
-    (int64) and last good position (int64, -1 if none; mINP's denominator).
+    (int64), last good position (int64, -1 if none; mINP's denominator), and with
+    R = #good (Musgrave et al. 2020): ``r_hits`` (int64, goods at positions < R;
+    R-precision = r_hits / R) and ``map_r`` (float64, MAP@R = (1/R) sum over those goods
+    of i / (p_i + 1); 0 if R = 0).
 
     Positions are 0-based, counted after junk removal. Outputs have shape (num_modes, P).
     """
@@ -48,8 +51,11 @@ def rank_counts(
     ap = torch.empty((num_modes, P), dtype=torch.float64, device=dev)
     num_good = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
     last_pos = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
+    r_hits = torch.empty((num_modes, P), dtype=torch.int64, device=dev)
+    map_r = torch.empty((num_modes, P), dtype=torch.float64, device=dev)
+    outs = (first_pos, ap, num_good, last_pos, r_hits, map_r)
     if P == 0:
-        return first_pos, ap, num_good, last_pos
+        return outs
     _check_candidates(scores, cand_offsets, cand_index, cand_flags, max_candidates)
     cand_offsets, cand_index, cand_flags = (t.contiguous() for t in
                                             (cand_offsets, cand_index, cand_flags))
@@ -59,17 +65,17 @@ def rank_counts(
             dev, lambda m: m.rank_counts_workspace(desc, num_modes, max_candidates))
         mod.rank_counts(desc, cand_offsets.data_ptr(), cand_index.data_ptr(), cand_flags.data_ptr(),
                         num_modes, max_candidates, first_pos.data_ptr(), ap.data_ptr(),
-                        num_good.data_ptr(), last_pos.data_ptr(), *extra)
-    return first_pos, ap, num_good, last_pos
+                        num_good.data_ptr(), last_pos.data_ptr(), r_hits.data_ptr(),
+                        map_r.data_ptr(), *extra)
+    return outs
 
 
 @rank_counts.register_fake
 def _(scores, cand_offsets, cand_index, cand_flags, num_modes, max_candidates):
     P = scores.shape[0]
-    return (scores.new_empty((num_modes, P), dtype=torch.int64),
-            scores.new_empty((num_modes, P), dtype=torch.float64),
-            scores.new_empty((num_modes, P), dtype=torch.int64),
-            scores.new_empty((num_modes, P), dtype=torch.int64))
+    return tuple(scores.new_empty((num_modes, P), dtype=dt)
+                 for dt in (torch.int64, torch.float64, torch.int64, torch.int64, torch.int64,
+                            torch.float64))
 
 
 # ---- key_histogram ----------------------------------------------------------------

@@ -167,6 +167,19 @@ def average_precision(positions: np.ndarray) -> float:
     return float(np.sum(ranks / (positions.astype(np.float64) + 1.0)) / n)
 
 
+def r_precision_terms(positions: np.ndarray) -> tuple[int, float]:
+    """R-precision numerator and MAP@R (Musgrave et al. 2020, "A Metric Learning Reality
+    Check") of one probe from its 0-based good positions ``p_1 < ... < p_n`` after junk
+    removal, with R = n: returns ``(#{i : p_i < R}, (1/R) * sum_{i : p_i < R} i / (p_i + 1))``
+    (``(0, 0.0)`` when n = 0). R-precision is the first value over R."""
+    R = len(positions)
+    if R == 0:
+        return 0, 0.0
+    ranks = np.arange(1, R + 1, dtype=np.float64)
+    top = positions < R
+    return int(top.sum()), float(np.sum(ranks[top] / (positions[top] + 1.0)) / R)
+
+
 def rank_metrics_ref(
     scores,
     q_pids,
@@ -198,7 +211,9 @@ def rank_metrics_ref(
       ``ap``: float64 ``(P,)``, NaN for skipped probes;
       ``first_pos``: int64 ``(P,)``, 0-based ``p_1``, -1 for skipped probes;
       ``inp``: float64 ``(P,)``, ``n / (p_n + 1)`` (fast-reid's INP), NaN for skipped probes;
-      ``mINP``: float, mean INP over valid probes (0.0 if none).
+      ``mINP``: float, mean INP over valid probes (0.0 if none);
+      ``rp``, ``map_r``: float64 ``(P,)``, R-precision and MAP@R (:func:`r_precision_terms`),
+      NaN for skipped probes; ``RP``, ``MAP@R``: their means over valid probes (0.0 if none).
     """
     if mode not in ("general", "cc", "sc"):
         raise ValueError(f"mode must be 'general', 'cc' or 'sc', got {mode!r}")
@@ -227,6 +242,8 @@ def rank_metrics_ref(
     ap = np.full(P, np.nan, dtype=np.float64)
     first_pos = np.full(P, -1, dtype=np.int64)
     inp = np.full(P, np.nan, dtype=np.float64)
+    rp = np.full(P, np.nan, dtype=np.float64)
+    map_r = np.full(P, np.nan, dtype=np.float64)
     for i in range(P):
         good, junk = _good_junk_masks(
             i, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode
@@ -237,6 +254,8 @@ def rank_metrics_ref(
         ap[i] = average_precision(pos)
         first_pos[i] = pos[0]
         inp[i] = len(pos) / (pos[-1] + 1.0)
+        hits, map_r[i] = r_precision_terms(pos)
+        rp[i] = hits / len(pos)
 
     valid = first_pos >= 0
     num_valid = int(valid.sum())
@@ -246,13 +265,19 @@ def rank_metrics_ref(
             cmc[k - 1] = np.sum(first_pos[valid] < k) / num_valid
         mAP = float(np.sum(ap[valid]) / num_valid)
         mINP = float(np.sum(inp[valid]) / num_valid)
+        RP = float(np.sum(rp[valid]) / num_valid)
+        MAP_R = float(np.sum(map_r[valid]) / num_valid)
     else:
-        mAP = mINP = 0.0
+        mAP = mINP = RP = MAP_R = 0.0
     return {
         "cmc": cmc,
         "mAP": mAP,
         "mINP": mINP,
         "inp": inp,
+        "RP": RP,
+        "MAP@R": MAP_R,
+        "rp": rp,
+        "map_r": map_r,
         "num_valid": num_valid,
         "num_skipped": int(P - num_valid),
         "ap": ap,
@@ -586,6 +611,8 @@ def evaluate_ref(
             out[f"{prefix}_top{k}"] = float(r["cmc"][k - 1])
         out[f"{prefix}_mAP"] = float(r["mAP"])
         out[f"{prefix}_mINP"] = float(r["mINP"])
+        out[f"{prefix}_RP"] = float(r["RP"])
+        out[f"{prefix}_MAP@R"] = float(r["MAP@R"])
 
     v = tar_at_far_ref(score_mat, q_pids, g_pids, DEFAULT_FARS, convention="qme")
     for j, far in enumerate(DEFAULT_FARS):

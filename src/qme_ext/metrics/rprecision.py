@@ -1,0 +1,31 @@
+"""R-precision and MAP@R (Musgrave, Belongie and Lim, "A Metric Learning Reality Check",
+ECCV 2020; pytorch-metric-learning's ``AccuracyCalculator``).
+
+Per valid probe, with its ``R = n`` good entries at 0-based positions ``p_1 < ... < p_n``
+after junk removal (SPEC 2.1): ``R-precision = #{i : p_i < R} / R`` (the share of good
+entries among the first R) and ``MAP@R = (1/R) * sum_{i : p_i < R} i / (p_i + 1)`` (AP
+truncated to the first R positions: the precision at each good entry there, summed, over
+R). The ranking pass (``rank_counts``) reads both off the same positions as AP and
+returns ``r_hits = #{i : p_i < R}`` and ``map_r``. Means run over the probes with at least
+one good entry, as mAP's.
+
+Junk and cameras: the engine's modes decide what is good and what is removed (GR: same
+pid, other camera good, same camera junk; SC/CC as SPEC 2.1; no camera ids: every same-pid
+entry good, nothing junk). pytorch-metric-learning has no camera filter; its numbers are
+those of the engine without camera ids, and its ``query is reference`` setting (self
+excluded) is that of a square matrix whose own entry is junk — e.g. give camera ids that
+differ everywhere except on the diagonal, or drop the self column
+(:class:`qme_ext.metrics.evaluator.Evaluator` does this for ``is_query`` entries that are
+also gallery entries). Probes whose pid has no good entry are skipped (counted in
+``num_skipped``); pytorch-metric-learning leaves them out the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def r_precision_of(r_hits: np.ndarray, num_good: np.ndarray) -> np.ndarray:
+    """Per-probe R-precision, float64, same shape as the int64 inputs ``r_hits`` (goods at
+    positions < R) and ``num_good`` (R); 0 where R == 0."""
+    valid = num_good > 0
+    return np.where(valid, r_hits / np.where(valid, num_good, 1), 0.0)
