@@ -222,6 +222,9 @@ class CandidateBins:
         self.chosen = False
 
     def _choose(self, part: KeyStats, block_genuine: np.ndarray) -> None:
+        if part.numel == self.numel:  # the first block is the whole matrix: exact bins
+            self._choose_exact(part, block_genuine)
+            return
         top = self.bits - DIGIT_BITS
         hist = part.level0.copy()
         hist[0] -= part.nan_count  # NaN scores: the bottom of the order, never a threshold here
@@ -253,6 +256,22 @@ class CandidateBins:
                 if k < len(p) and len(chosen) < MAX_CANDIDATE_BINS:
                     chosen.add(p[k])
         self.prefixes = sorted(chosen)
+        self.chosen = True
+
+    def _choose_exact(self, part: KeyStats, genuine: np.ndarray) -> None:
+        """The bins of the thresholds' ranks (both conventions' k, and one rank either
+        side), from the impostor histogram the select will see: nothing else is counted."""
+        from .core import _largest_k_at_most, _smallest_k_at_least
+        imp = build_impostor_keys(part, genuine, None)
+        n = imp.num_impostor
+        chosen = set()
+        for far in self.fars:
+            for k in (_smallest_k_at_least(far, n), _largest_k_at_most(far, n)):
+                for r in (k - 1, k, k + 1):
+                    if 1 <= r <= n:
+                        chosen.add(_walk_desc(imp.level0, r)[0])
+        chosen.discard(0)
+        self.prefixes = sorted(chosen)[:MAX_CANDIDATE_BINS]
         self.chosen = True
 
     def add(self, scores: torch.Tensor, part: KeyStats, block_genuine: np.ndarray) -> None:
