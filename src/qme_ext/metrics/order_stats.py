@@ -286,7 +286,10 @@ class CandidateBins:
         # nan_key 0: a NaN's key stays 0, under prefix 0, which is never a candidate
         h, _ = key_histogram(scores, self.shift, DIGIT_BITS, pre_t, self.shift + DIGIT_BITS, 0)
         h = h.cpu().numpy()
-        self.rows = h.astype(np.int64) if self.rows is None else self.rows + h
+        if self.rows is None:
+            self.rows = h  # int64, this pass's own buffer
+        else:
+            self.rows += h  # in place: one set of counts held, whatever the blocks
 
     def lookup(self, shift: int, prefixes: Sequence[int], nan_key: int,
                nan_count: int) -> "np.ndarray | None":
