@@ -22,7 +22,10 @@ After the reduction, the same finishing code (``qme_ext.metrics``) turns the
 states into results, so they are bit-identical whatever the blocking and the
 sharding. Passes over the data: one for ranking and open-set (two with column
 shards: the good entries' and genuine scores are gathered first), plus the
-radix select's digit passes (one more for 32-bit keys, three for float64).
+radix select's digit passes: none more for 32-bit keys when the first walk's
+candidate bins hold the thresholds (``Plan.tar_fars``, one process;
+:class:`~qme_ext.metrics.order_stats.CandidateBins`), else one; two or three for
+float64.
 """
 from __future__ import annotations
 

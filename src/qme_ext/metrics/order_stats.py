@@ -187,8 +187,9 @@ def select_desc(imp: ImpostorKeys, ranks: list[int]) -> list[tuple[int, int, int
 # the first refinement digit in the same walk (issue 29)
 # ---------------------------------------------------------------------------
 # Top-digit bins whose next digit is counted while walking: at most this many
-# (each holds 2**16 int64 counts, 512 KiB: 48 MiB in all, whatever the matrix size).
-MAX_CANDIDATE_BINS = 96
+# (each holds 2**16 int64 counts, 512 KiB: 24 MiB in all, whatever the matrix size;
+# the key_histogram call that counts a block holds 12 bytes per count per thread more).
+MAX_CANDIDATE_BINS = 48
 # A FAR's threshold rank, estimated from the first block, may be off by this factor
 # (and by CANDIDATE_PAD bins either side) before the walk must be repeated.
 CANDIDATE_RANK_FACTOR = 4.0
