@@ -90,6 +90,8 @@ def test_nan_scores_and_high_fars_from_the_first_walk(dtype, far, monkeypatch):
     with 40% NaN: the threshold is the NaN key itself)."""
     S, M, args = evaluation_inputs(7, P=60, G=300, dtype=dtype, nan_frac=0.4)
     S = S.astype(dtype)
+    # in-memory matrices walk again (a read); here they count as a costly source would
+    monkeypatch.setattr(acc.TensorSource, "cheap_rewalk", False)
     calls = _histogram_walks(monkeypatch)
     for block_rows in (None, 7):
         got = metrics.evaluate(S, M, *args, fars=[1e-2, far], block_rows=block_rows)
@@ -110,6 +112,14 @@ def test_nan_scores_and_high_fars_from_the_first_walk(dtype, far, monkeypatch):
     res = metrics.tar_at_far(S, args[0], args[3], fars=[1e-2, far])
     np.testing.assert_array_equal(res.tar, ref["tar"])
     np.testing.assert_array_equal(res.threshold, ref["threshold"])
+
+
+def test_in_memory_matrices_walk_again(monkeypatch):
+    """A TensorSource's second walk is a read of what is in memory: no candidate bins."""
+    S, M, args = evaluation_inputs(8, P=30, G=200)
+    calls = _histogram_walks(monkeypatch)
+    metrics.evaluate(S, M, *args)
+    assert set(calls) == {0}
 
 
 def test_candidate_memory_is_bounded():

@@ -66,6 +66,10 @@ class BlockSource:
     merge_cols: Optional[int] = None  # None: no merge matrix
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    # True: another walk only reads blocks already in memory, so the radix select walks
+    # again for its refinement digits rather than counting candidate bins in the first
+    # walk (order_stats.CandidateBins), which costs as much and may miss
+    cheap_rewalk: bool = False
 
     def blocks(self, scores: bool = True, merge: bool = False) -> Iterator[Block]:
         raise NotImplementedError
@@ -73,6 +77,8 @@ class BlockSource:
 
 class TensorSource(BlockSource):
     """In-memory tensors, as one block (``block_rows=None``) or row blocks (views)."""
+
+    cheap_rewalk = True
 
     def __init__(self, scores: Optional[torch.Tensor],  # (P, G); None: merge matrix only
                  merge: Optional[torch.Tensor] = None,  # (P, S)
@@ -535,7 +541,7 @@ def accumulate(source: BlockSource, ids: Ids, plan: Plan, red: Reducer = LOCAL) 
         # the refinement digit in the first walk: one process only (the processes of a
         # shard group would have to choose the same bins and walk again together)
         bins = None
-        if plan.tar_fars and red.size == 1:
+        if plan.tar_fars and red.size == 1 and not source.cheap_rewalk:
             bins = CandidateBins(bits, plan.tar_fars, source.num_rows * source.num_cols,
                                  gallery.num_candidates(ids.q_pids))
         tar = _Tar(bins)
