@@ -67,6 +67,37 @@ def test_rank_counts_every_output_equals_reference(device, seed, nan_frac, G, n_
     assert (lp >= fp).all() and ((lp == -1) == (ng == 0)).all()
 
 
+def _shaped_rows(S, rng):
+    """Rows whose goods sit where the CPU twin's first-digit table (issue 29) has edge
+    cases: all positive (no zero crossing), one key digit for every score, exact ties
+    with the goods, goods at +-inf, goods spread over 60 decades (a table larger than
+    the row: the bucket index), signed zeros."""
+    S = S.copy()
+    S[0] = np.abs(S[0]) + 1.0
+    S[1] = 1.0 + rng.integers(0, 3, S.shape[1]) * 2.0 ** -20  # one 16-bit digit
+    S[2] = np.round(S[2] * 8) / 8
+    S[3, ::5] = np.inf
+    S[4] = np.sign(S[4]) * 10.0 ** rng.uniform(-30, 30, S.shape[1])
+    S[5, ::3] = 0.0
+    S[5, 1::3] = -0.0
+    return S
+
+
+# float32 and float16 keys, ~250 goods per row over several 2048-entry key blocks
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("nan_frac", [0.0, 0.05])
+def test_rank_counts_many_goods_equal_reference(device, dtype, nan_frac):
+    S, ids = make_problem(11, P=12, G=5000, n_ids=20, ties=False, nan_frac=nan_frac)
+    S = _shaped_rows(S.astype(np.float64), np.random.default_rng(5)).astype(dtype)
+    got = _rank_counts(S, ids, device)
+    want = _reference(S, ids)
+    for g, w in zip(got, want):
+        if g.dtype == np.float64:
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(g, w)
+
+
 def test_rank_counts_same_for_any_thread_count():
     S, ids = make_problem(3, P=64, G=3000, n_ids=4, nan_frac=0.01)
     before = qme_ext.get_num_threads()

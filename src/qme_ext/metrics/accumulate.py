@@ -22,7 +22,10 @@ After the reduction, the same finishing code (``qme_ext.metrics``) turns the
 states into results, so they are bit-identical whatever the blocking and the
 sharding. Passes over the data: one for ranking and open-set (two with column
 shards: the good entries' and genuine scores are gathered first), plus the
-radix select's digit passes (one more for 32-bit keys, three for float64).
+radix select's digit passes: none more for 32-bit keys when the first walk's
+candidate bins hold the thresholds (``Plan.tar_fars``, one process;
+:class:`~qme_ext.metrics.order_stats.CandidateBins`), else one; two or three for
+float64.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ import torch
 from ..ops import keys as _keys
 from ..ops.evaluation import openset_stats, rank_counts
 from ..ops.shard import count_before
-from .order_stats import (HistogramPass, ImpostorKeys, KeyStats, block_histogram,
-                          build_impostor_keys, key_bits_of)
+from .order_stats import (CandidateBins, HistogramPass, ImpostorKeys, KeyStats,
+                          block_histogram, build_impostor_keys, key_bits_of)
 
 
 # ---------------------------------------------------------------------------
@@ -63,6 +66,10 @@ class BlockSource:
     merge_cols: Optional[int] = None  # None: no merge matrix
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
+    # True: another walk only reads blocks already in memory, so the radix select walks
+    # again for its refinement digits rather than counting candidate bins in the first
+    # walk (order_stats.CandidateBins), which costs as much and may miss
+    cheap_rewalk: bool = False
 
     def blocks(self, scores: bool = True, merge: bool = False) -> Iterator[Block]:
         raise NotImplementedError
@@ -70,6 +77,8 @@ class BlockSource:
 
 class TensorSource(BlockSource):
     """In-memory tensors, as one block (``block_rows=None``) or row blocks (views)."""
+
+    cheap_rewalk = True
 
     def __init__(self, scores: Optional[torch.Tensor],  # (P, G); None: merge matrix only
                  merge: Optional[torch.Tensor] = None,  # (P, S)
@@ -164,6 +173,13 @@ class GalleryIndex:
         max_per = int(cnt.max().item()) if P else 0
         return Candidates(offsets, index.contiguous(), probe, max_per)
 
+    def num_candidates(self, q_pids: torch.Tensor) -> int:  # (P,) int64
+        """Same-pid pairs of these probes with the gallery (the genuine pairs)."""
+        if self.uniq.numel() == 0:
+            return 0
+        pos = torch.searchsorted(self.uniq, q_pids).clamp(max=self.uniq.shape[0] - 1)
+        return int(torch.where(self.uniq[pos] == q_pids, self.counts[pos], 0).sum())
+
 
 def mode_flags(cand: Candidates, modes: Sequence[str], q_camids, g_camids, q_clothes,
                g_clothes) -> torch.Tensor:
@@ -227,6 +243,9 @@ class Plan:
     tar: bool = False
     openset: Optional[OpenSetSetup] = None
     shard: str = "rows"  # "rows" or "columns" (how processes split the matrices)
+    # the FARs TAR@FAR will be asked for: their refinement digit is counted in the first
+    # walk (order_stats.CandidateBins), so no second walk is needed; () = walk again
+    tar_fars: Sequence[float] = ()
     col_offset: int = 0  # columns: global column of this process's first score column
     merge_col_offset: int = 0  # columns: global column of its first merge column
 
@@ -383,16 +402,20 @@ def _segment_sequential_sum(terms: np.ndarray, seg: np.ndarray, n_seg: int) -> n
 # verification (TAR@FAR)
 # ---------------------------------------------------------------------------
 class _Tar:
-    """Top-digit key statistics per block (additive) and the genuine scores."""
+    """Top-digit key statistics per block (additive) and the genuine scores; with
+    ``bins`` (a :class:`CandidateBins`) also the next digit of the bins that can hold
+    the thresholds, so that the select needs no second walk."""
 
-    def __init__(self):
-        self.stats, self.genuine = None, []
+    def __init__(self, bins: Optional[CandidateBins] = None):
+        self.stats, self.genuine, self.bins = None, [], bins
 
     def add(self, blk: Block, values: np.ndarray) -> None:
         # a running sum: one 65,536-bin histogram held, whatever the number of blocks
         part = KeyStats.of(blk.scores)
         self.stats = part if self.stats is None else KeyStats.merge([self.stats, part])
         self.genuine.append(values)
+        if self.bins is not None:
+            self.bins.add(blk.scores, part, values)
 
     def reduce(self, red: Reducer, source: BlockSource) -> tuple[ImpostorKeys, int]:
         local = self.stats
@@ -400,6 +423,10 @@ class _Tar:
         genuine = red.cat(np.concatenate(self.genuine))
 
         def histogram(shift: int, prefixes, nan_key: int) -> np.ndarray:
+            if self.bins is not None:  # one process: the counts of the first walk
+                h = self.bins.lookup(shift, prefixes, nan_key, stats.nan_count)
+                if h is not None:
+                    return h
             h = None
             for blk in source.blocks(scores=True):
                 hb = block_histogram(blk.scores, shift, prefixes, nan_key)
@@ -508,13 +535,21 @@ def accumulate(source: BlockSource, ids: Ids, plan: Plan, red: Reducer = LOCAL) 
     if plan.modes:
         rank = (_RankColumns(ids, plan.modes, plan.col_offset, bits) if columns
                 else _RankRows(ids, plan.modes))
-    tar = _Tar() if plan.tar else None
+    gallery = GalleryIndex(ids.g_pids) if plan.modes or plan.tar else None
+    tar = None
+    if plan.tar:
+        # the refinement digit in the first walk: one process only (the processes of a
+        # shard group would have to choose the same bins and walk again together)
+        bins = None
+        if plan.tar_fars and red.size == 1 and not source.cheap_rewalk:
+            bins = CandidateBins(bits, plan.tar_fars, source.num_rows * source.num_cols,
+                                 gallery.num_candidates(ids.q_pids))
+        tar = _Tar(bins)
     opn = None
     if plan.openset is not None:
         q_pids = ids.q_pids.cpu().numpy()  # columns: every process holds every probe
         opn = (_OpenSetColumns(plan.openset, q_pids, plan.merge_col_offset, source.device)
                if columns else _OpenSetRows(plan.openset, q_pids, source.device))
-    gallery = GalleryIndex(ids.g_pids) if rank or tar else None
     need_values = tar is not None or columns
     for blk in source.blocks(scores=gallery is not None, merge=opn is not None):
         if gallery is not None:

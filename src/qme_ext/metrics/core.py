@@ -321,7 +321,7 @@ def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
     S = _scores(scores, "scores", device)
     P, G = S.shape
     qp, gp = as_ids(q_pids, "q_pids", P, S.device), as_ids(g_pids, "g_pids", G, S.device)
-    parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True))
+    parts = accumulate(TensorSource(S), Ids(qp, gp), Plan(tar=True, tar_fars=far_list))
     res = _tar_from_keys(parts.impostors, parts.num_genuine, far_list, convention)
     if boot is not None:
         _bootstrap.tar_intervals(res, TensorSource(S), Ids(qp, gp), parts.impostors, far_list,
@@ -770,7 +770,7 @@ def _evaluate_source(source: BlockSource, q_pids, q_camids, q_clothes_ids, g_pid
         q_all = red.cat(q_all)
     setup = _openset_setup(uniq, uniq.size, None, 10, 0.8, seed, "qme")
     plan = Plan(MODES, tar=True, openset=setup, shard=shard, col_offset=col_offset,
-                merge_col_offset=merge_col_offset)
+                merge_col_offset=merge_col_offset, tar_fars=far_list)
     parts = accumulate(source, ids, plan, red)
     if warn_nonfinite and parts.nonfinite is not None:
         require_finite_counts(parts.nonfinite, {

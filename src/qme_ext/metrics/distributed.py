@@ -345,6 +345,7 @@ def evaluate_embeddings(probe_feats, gallery_feats, *, q_pids, q_camids, q_cloth
                                         gallery_templates=gallery_templates, metric=metric,
                                         max_memory=max_memory, block_rows=block_rows,
                                         device=device)
+        source.check_now()  # bad gallery features: an error every rank agrees on
         metrics._validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
                               q_camids, g_camids, q_clothes_ids, g_clothes_ids, metrics.MODES)
         q_ids = [_as_numpy_ids(x) for x in (q_pids, q_camids, q_clothes_ids)]

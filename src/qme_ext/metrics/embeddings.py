@@ -56,7 +56,10 @@ whose squares would leave the dtype's range are scaled by a power of two (exact)
 distances scaled back; under ``dot``, where the scale is the score's, features whose
 largest possible product (the two largest norms, in float64) is beyond the dtype's range,
 or so small that every product underflows, are a ``ValueError`` naming both arguments.
-Features in the usual range are computed exactly as before (no scaling applied).
+Features in the usual range are computed exactly as before (no scaling applied). The
+scale and the range need the largest gallery norm before any score, so under ``dot`` and
+``euclidean`` the gallery is checked (and its mean templates summed) in one read of the
+features before the first walk; under ``cosine`` that read rides on the first walk.
 
 Fusion
 ------
@@ -92,6 +95,8 @@ GALLERY_TILE = 16384
 # engine's blocks are whole multiples of it and every score is the same for any budget
 # that holds MATMUL_ROWS probe rows
 MATMUL_ROWS = 256
+# gallery rows per float64 template sum (their float64 copy: 16 MiB at 512-d)
+_SUM_ROWS = 4096
 # engine blocks per probe row when no budget is given: about 256 MiB of float32 scores
 _DEFAULT_BLOCK_BYTES = 256 * 1024 ** 2
 
@@ -169,37 +174,74 @@ def _first_bad(bad: torch.Tensor, offset: int, found: list) -> None:
         found.append(n)
 
 
-def _bad_rows(feats: FeatureArray, metric: str, device, each=None,
-              rows: int = GALLERY_TILE) -> float:
-    """Raise ValueError for NaN/inf rows or (cosine) zero-norm rows of ``feats``, after
-    handing each tile to ``each(a, t)`` (rows a.., one read of the features for both);
-    the largest row norm (float64) otherwise."""
-    nonfinite, zero, largest = [], [], 0.0
+class _RowCheck:
+    """The NaN/inf and (cosine) zero-norm rows of one feature array, tile by tile,
+    raised as one ValueError naming the array by :meth:`finish`."""
+
+    def __init__(self, feats: FeatureArray, metric: str):
+        self.name, self.metric = feats.name, metric
+        self.nonfinite, self.zero = [], []
+        self.largest = 0.0  # the largest row norm, float64 (dot, euclidean: their range)
+
+    def tile(self, a: int, t: torch.Tensor, row_sum: Optional[torch.Tensor] = None) -> None:
+        """Rows a.. of the features, ``t`` (n, D). ``row_sum`` (n,): a per-row reduction
+        of ``t`` that a NaN/inf value makes non-finite and (cosine) an all-zero row makes
+        0 (the row norm the cosine computes anyway): only the rows it flags are checked
+        element by element (a flag that is an overflow or underflow of finite values is
+        cleared there), so a clean tile costs no elementwise pass."""
+        self._largest(t)
+        if row_sum is None:
+            nonfinite, zero = ~torch.isfinite(t).all(dim=1), (t == 0).all(dim=1)
+        else:
+            flag = ~torch.isfinite(row_sum)
+            if self.metric == "cosine":
+                flag |= row_sum == 0
+            rows = torch.nonzero(flag).reshape(-1)
+            if rows.numel() == 0:
+                return
+            sub = t[rows]
+            nonfinite = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
+            zero = torch.zeros_like(nonfinite)
+            nonfinite[rows] = ~torch.isfinite(sub).all(dim=1)
+            zero[rows] = (sub == 0).all(dim=1)
+        _first_bad(nonfinite, a, self.nonfinite)
+        if self.metric == "cosine":
+            _first_bad(zero, a, self.zero)
+
+    def _largest(self, t: torch.Tensor) -> None:
+        if self.metric != "cosine" and not self.nonfinite and bool(torch.isfinite(t).all()):
+            self.largest = max(self.largest, _max_norm(t))
+
+    def finish(self) -> None:
+        for what, found in (("non-finite (NaN/inf) values", self.nonfinite),
+                            ("zero norm, for which a cosine is undefined", self.zero)):
+            if found:
+                raise ValueError(f"{self.name}: {sum(found[1:])} row(s) with {what} (first: "
+                                 f"row {found[0]}); drop or repair them (e.g. a failed "
+                                 f"detection)")
+
+
+def _bad_rows(feats: FeatureArray, metric: str, device, rows: int = GALLERY_TILE) -> float:
+    """Raise ValueError for NaN/inf rows or (cosine) zero-norm rows of ``feats``; the
+    largest row norm (float64; dot and euclidean only, else 0) otherwise."""
+    check = _RowCheck(feats, metric)
     for a in range(0, feats.num, rows):
-        t = feats.rows(a, min(a + rows, feats.num), device)
-        _first_bad(~torch.isfinite(t).all(dim=1), a, nonfinite)
-        if metric == "cosine":
-            _first_bad((t == 0).all(dim=1), a, zero)
-        elif not nonfinite:
-            largest = max(largest, _max_norm(t))
-        if each is not None:
-            each(a, t)
-        del t
-    for what, found in (("non-finite (NaN/inf) values", nonfinite),
-                        ("zero norm, for which a cosine is undefined", zero)):
-        if found:
-            raise ValueError(f"{feats.name}: {sum(found[1:])} row(s) with {what} (first: row "
-                             f"{found[0]}); drop or repair them (e.g. a failed detection)")
-    return largest
+        check.tile(a, feats.rows(a, min(a + rows, feats.num), device))
+    check.finish()
+    return check.largest
 
 
-def _prepare(t: torch.Tensor, metric: str) -> torch.Tensor:
-    """Rows as the matmul reads them: L2-normalised under cosine, else unchanged. A row
-    whose norm leaves the dtype's safe range is divided by its largest magnitude first
-    (module docstring); the others are normalised as they always were."""
+def _prepare(t: torch.Tensor, metric: str, norms: Optional[list] = None) -> torch.Tensor:
+    """Rows as the matmul reads them: L2-normalised under cosine, else unchanged;
+    the cosine's row norms (n, 1) are appended to ``norms`` when given. A row whose norm
+    leaves the dtype's safe range is divided by its largest magnitude first (module
+    docstring); the others are normalised as they always were. The norms appended are
+    those of the rows as given (0 or inf flags the row for the check)."""
     if metric != "cosine":
         return t
     n = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    if norms is not None:
+        norms.append(n)
     lo, hi = _safe_norms(t.dtype)
     bad = ~((n > lo) & (n < hi))
     if bool(bad.any()):
@@ -218,34 +260,103 @@ def _scores(p: torch.Tensor, g: torch.Tensor, metric: str, p_sq=None, g_sq=None)
     return s
 
 
+class _GalleryPass:
+    """What the first read of the gallery also does, tile by tile: the NaN/inf and
+    zero-norm check and (mean templates) the per-subject float64 sums in gallery order.
+    It rides on the first scoring walk (the tiles are read and prepared there anyway),
+    so the gallery is read once per walk and never for the checks alone."""
+
+    def __init__(self, model: "_Model"):
+        self.model = model
+        self.check = _RowCheck(model.gallery, model.metric)
+        self.sums = None
+        if model.templates is None:  # the mean templates (the pids were checked)
+            self.sums = torch.zeros(model.uniq.size, model.gallery.dim, dtype=torch.float64,
+                                    device=model.device)
+            self.col_t = torch.from_numpy(np.where(model.member, model.col, -1)).to(
+                model.device)
+
+    def tile(self, a: int, t: torch.Tensor, g: torch.Tensor, norms: list, g_sq) -> None:
+        """Rows a.. : ``t`` as read (the model's dtype), ``g`` prepared."""
+        metric = self.model.metric
+        row_sum = (norms[0].reshape(-1) if metric == "cosine"
+                   else g_sq if metric == "euclidean" else t.sum(1))
+        self.check.tile(a, t, row_sum)
+        if self.sums is not None:
+            # index_put_(accumulate=True) adds row by row in index order on the CPU (a
+            # serial kernel): the float64 sums of every subject in gallery order, the same
+            # bits as a loop. index_add_ gives those bits too but, with a subject's rows
+            # side by side (a gallery sorted by subject), ran 40 ms per call of 1,024 rows
+            # on a loaded 2-core machine; slices bound the float64 copy (16 MiB at 512-d)
+            for c0 in range(0, t.shape[0], _SUM_ROWS):
+                cols = self.col_t[a + c0:a + min(c0 + _SUM_ROWS, t.shape[0])]
+                part = g[c0:c0 + _SUM_ROWS]
+                keep = cols >= 0
+                if not bool(keep.all()):
+                    cols, part = cols[keep], part[keep]
+                if self.sums.device.type == "cpu":
+                    self.sums.index_put_((cols,), part.to(torch.float64), accumulate=True)
+                else:
+                    self.sums.index_add_(0, cols, part.to(torch.float64))
+
+    def finish(self) -> None:
+        self.check.finish()
+        mod = self.model
+        if self.sums is not None:
+            counts = torch.from_numpy(mod.counts).to(mod.device, torch.float64)
+            mod.set_templates((self.sums / counts[:, None]).to(mod.dtype))
+        mod.g_max = max(mod.g_max, self.check.largest)
+        mod.gallery_checked = True
+
+
 class _Model:
-    """One model's probe and gallery features, checked, with its subject templates."""
+    """One model's probe and gallery features, checked, with its subject templates.
+
+    The gallery is checked, and its mean templates summed, in the first read of its
+    tiles (:class:`_GalleryPass`): the first scoring walk, or :meth:`ensure_gallery`
+    when templates are wanted before any scores."""
 
     def __init__(self, probes: FeatureArray, gallery: FeatureArray, metric: str, device,
                  g_pids: np.ndarray, uniq: np.ndarray, templates=None):
         if probes.dim != gallery.dim:
             raise ValueError(f"{gallery.name}: expected {probes.dim} features per row (like "
                              f"{probes.name}), got shape ({gallery.num}, {gallery.dim})")
-        self.gallery, self.metric, self.device = gallery, metric, device
+        self.gallery, self.metric, self.device, self.uniq = gallery, metric, device, uniq
         self.dtype = torch.promote_types(probes.compute_dtype, gallery.compute_dtype)
         p_max = _bad_rows(probes, metric, device)
         self.probes = _prepare(probes.rows(0, probes.num, device).to(self.dtype), metric)
+        self.templates = self.t_sq = None
+        self.gallery_checked, self.scale, self.g_max = False, 1.0, 0.0
         if templates is None:
-            self.templates, g_max = self._mean_templates(g_pids, uniq)
+            self.col = np.searchsorted(uniq, g_pids).clip(max=uniq.size - 1)
+            self.member = uniq[self.col] == g_pids
+            self.counts = np.bincount(self.col[self.member], minlength=uniq.size)
+            if (self.counts == 0).any():
+                missing = uniq[self.counts == 0]
+                raise ValueError(f"unique_g_pids: {missing.size} subject(s) have no gallery "
+                                 f"entry (first: {missing[0]}), so no template; pass "
+                                 f"gallery_templates")
         else:
-            g_max = _bad_rows(gallery, metric, device)
             tf = FeatureArray(templates, "gallery_templates")
             if tf.num != uniq.size or tf.dim != probes.dim:
                 raise ValueError(f"gallery_templates: expected shape ({uniq.size}, {probes.dim}) "
                                  f"(one row per unique_g_pids entry), got ({tf.num}, {tf.dim})")
-            g_max = max(g_max, _bad_rows(tf, metric, device))
-            self.templates = tf.rows(0, tf.num, device).to(self.dtype)
-        self.templates = _prepare(self.templates, metric)
-        self.scale = self._range(probes.name, gallery.name, p_max, g_max)
-        if self.scale != 1.0:
-            self.probes, self.templates = self.probes * self.scale, self.templates * self.scale
+            self.g_max = _bad_rows(tf, metric, device)
+            self.set_templates(tf.rows(0, tf.num, device).to(self.dtype))
+        if metric != "cosine":
+            # dot's range and euclidean's scale need the largest gallery norm before any
+            # score: the gallery pass runs now, in a read of the features of its own
+            self.ensure_gallery()
+            self.scale = self._range(probes.name, gallery.name, p_max, self.g_max)
+            if self.scale != 1.0:  # euclidean only: the templates are not normalised
+                self.probes = self.probes * self.scale
+                self.set_templates(self.templates * self.scale)
         self.p_sq = (self.probes * self.probes).sum(1) if metric == "euclidean" else None
-        self.t_sq = (self.templates ** 2).sum(1) if metric == "euclidean" else None
+
+    def set_templates(self, templates: torch.Tensor) -> None:
+        """(S, D) templates as given or averaged: prepared like gallery rows."""
+        self.templates = _prepare(templates, self.metric)
+        self.t_sq = (self.templates ** 2).sum(1) if self.metric == "euclidean" else None
 
     def _range(self, p_name: str, g_name: str, p_max: float, g_max: float) -> float:
         """The power of two the euclidean features are scaled by (1.0: none needed); a
@@ -262,8 +373,6 @@ class _Model:
                                  f"{bound:.3g} and underflows {self.dtype} (smallest normal "
                                  f"{fi.tiny:.3g}); rescale the features or use cosine")
             return 1.0
-        if self.metric != "euclidean":
-            return 1.0
         lo, hi = _safe_norms(self.dtype)
         big = max(p_max, g_max)
         if big == 0 or lo < big < hi:
@@ -274,29 +383,25 @@ class _Model:
         # an even power of two: the squares scale by an exact power of four, sqrt exactly
         return 2.0 ** (-2 * (int(np.frexp(big)[1]) // 2))
 
-    def _mean_templates(self, g_pids: np.ndarray, uniq: np.ndarray) -> tuple:
-        """((S, D) per-subject means of the (cosine: normalised) gallery rows, float64 sums
-        in gallery order, the largest gallery norm), in the pass that checks the gallery
-        (:func:`_bad_rows`)."""
-        col = np.searchsorted(uniq, g_pids).clip(max=uniq.size - 1)
-        member = uniq[col] == g_pids
-        counts = np.bincount(col[member], minlength=uniq.size)
-        if (counts == 0).any():
-            missing = uniq[counts == 0]
-            raise ValueError(f"unique_g_pids: {missing.size} subject(s) have no gallery entry "
-                             f"(first: {missing[0]}), so no template; pass gallery_templates")
-        sums = torch.zeros(uniq.size, self.gallery.dim, dtype=torch.float64, device=self.device)
-        col_t = torch.from_numpy(np.where(member, col, -1)).to(self.device)
+    def _gallery_tile(self, a: int, b: int, first: Optional[_GalleryPass]):
+        """(prepared rows a..b of the gallery, their squared norms or None)."""
+        t = self.gallery.rows(a, b, self.device).to(self.dtype)
+        norms = []
+        g = _prepare(t, self.metric, norms)
+        if self.scale != 1.0:
+            g = g * self.scale
+        g_sq = (g * g).sum(1) if self.metric == "euclidean" else None
+        if first is not None:
+            first.tile(a, t, g, norms, g_sq)
+        return g, g_sq
 
-        def add(a: int, t: torch.Tensor) -> None:
-            cols = col_t[a:a + t.shape[0]]
-            keep = cols >= 0
-            g = _prepare(t.to(self.dtype), self.metric)
-            sums.index_add_(0, cols[keep], g[keep].to(torch.float64))
-
-        g_max = _bad_rows(self.gallery, self.metric, self.device, add)
-        return (sums / torch.from_numpy(counts).to(self.device, torch.float64)[:, None]).to(
-            self.dtype), g_max
+    def ensure_gallery(self) -> None:
+        """Check the gallery (and average its templates) now, if no walk has."""
+        if not self.gallery_checked:
+            first = _GalleryPass(self)
+            for a, b in self._tiles():
+                self._gallery_tile(a, b, first)
+            first.finish()
 
     def _tiles(self):
         G = self.gallery.num
@@ -312,19 +417,21 @@ class _Model:
                    c0 - r0)
 
     def score_rows(self, r0: int, r1: int, chunk: int) -> torch.Tensor:
-        """(r1 - r0, G) scores of probes r0..r1 against the gallery, tile by tile."""
+        """(r1 - r0, G) scores of probes r0..r1 against the gallery, tile by tile (the
+        first such call also checks the gallery: :class:`_GalleryPass`)."""
+        first = None if self.gallery_checked else _GalleryPass(self)
         out = torch.empty(r1 - r0, self.gallery.num, dtype=self.dtype, device=self.device)
         for a, b in self._tiles():
-            g = _prepare(self.gallery.rows(a, b, self.device).to(self.dtype), self.metric)
-            if self.scale != 1.0:
-                g = g * self.scale
-            g_sq = (g * g).sum(1) if self.metric == "euclidean" else None
+            g, g_sq = self._gallery_tile(a, b, first)
             for p, p_sq, o in self._chunks(r0, r1, chunk):
                 out[o:o + p.shape[0], a:b] = _scores(p, g, self.metric, p_sq, g_sq)
+        if first is not None:
+            first.finish()  # raises before any score of a bad gallery is handed over
         return out if self.scale == 1.0 else out.div_(self.scale)
 
     def merge_rows(self, r0: int, r1: int, chunk: int) -> torch.Tensor:
         """(r1 - r0, S) scores of probes r0..r1 against the subject templates."""
+        self.ensure_gallery()
         out = torch.cat([_scores(p, self.templates, self.metric, p_sq, self.t_sq)
                          for p, p_sq, _ in self._chunks(r0, r1, chunk)])
         return out if self.scale == 1.0 else out.div_(self.scale)
@@ -346,12 +453,19 @@ class EmbeddingSource(BlockSource):
         self.names, self.m, self.face, self.progress = names, m, face, progress
         first = self.models[0]
         self.num_rows, self.num_cols = first.probes.shape[0], first.gallery.num
-        self.merge_cols = first.templates.shape[0]
+        self.merge_cols = int(first.uniq.size)
         self.dtype = torch.float32 if fusion is not None else first.dtype
         self.device = torch.device(first.device)
         self.set_block_rows(block_rows)
         self.timing = {"matmul": 0.0, "fusion": 0.0}
         self.walks = 0
+
+    def check_now(self) -> None:
+        """Check the gallery features (and average the templates) before any walk, in a
+        read of their own: for callers that must know of bad features up front (a shard
+        group agrees on errors before its collectives); else the first walk does it."""
+        for mod in self.models:
+            mod.ensure_gallery()
 
     def set_block_rows(self, block_rows: int) -> None:
         """Probe rows per block: ``block_rows`` rounded down to a multiple of the matmul

@@ -181,3 +181,131 @@ def select_desc(imp: ImpostorKeys, ranks: list[int]) -> list[tuple[int, int, int
             if level == len(shifts) - 1:
                 result[i] = (prefix[i], above[i], inbin)
     return result
+
+
+# ---------------------------------------------------------------------------
+# the first refinement digit in the same walk (issue 29)
+# ---------------------------------------------------------------------------
+# Top-digit bins whose next digit is counted while walking: at most this many
+# (each holds 2**16 int64 counts, 512 KiB: 24 MiB in all, whatever the matrix size;
+# the key_histogram call that counts a block holds 12 bytes per count per thread more).
+MAX_CANDIDATE_BINS = 48
+# A FAR's threshold rank, estimated from the first block, may be off by this factor
+# (and by CANDIDATE_PAD bins either side) before the walk must be repeated.
+CANDIDATE_RANK_FACTOR = 4.0
+CANDIDATE_PAD = 2
+
+
+class CandidateBins:
+    """The refinement digit of the top-digit bins that can hold a FAR's threshold,
+    counted in the walk that counts the top digit, so that (32-bit keys) no second
+    walk over the matrix is needed.
+
+    The bins are chosen from the first block: for each FAR its threshold rank among
+    the impostors, scaled to the block's share of the matrix, widened by
+    :data:`CANDIDATE_RANK_FACTOR` both ways and :data:`CANDIDATE_PAD` bins. Every block
+    (the first included) then adds its histogram of the next digit of the keys under
+    those bins (one ``key_histogram`` call, NaN scores excluded: their key is the
+    minimum of the whole matrix, known only at the end, and is added by
+    :meth:`lookup`). :meth:`lookup` answers a :data:`HistogramPass` request from these
+    counts when every wanted prefix is a candidate, else None and the caller walks
+    again: a first block whose scores stand far from the rest's (rows in a sorted
+    order, say) is the only way to get there. The counts are integers summed over the
+    same entries a walk would count, so the answer is the walk's, bit for bit.
+    """
+
+    def __init__(self, bits: int, fars: Sequence[float], numel: int, num_genuine: int):
+        self.bits, self.fars = bits, list(fars)
+        self.numel, self.num_genuine = numel, num_genuine
+        self.shift = bits - 2 * DIGIT_BITS  # the digit below the top one
+        self.prefixes: list[int] = []  # chosen top-digit bins, ascending
+        self.rows = None  # (len(prefixes), 2**16) int64, summed over the blocks
+        self.chosen = False
+
+    def _choose(self, part: KeyStats, block_genuine: np.ndarray) -> None:
+        if part.numel == self.numel:  # the first block is the whole matrix: exact bins
+            self._choose_exact(part, block_genuine)
+            return
+        top = self.bits - DIGIT_BITS
+        hist = part.level0.copy()
+        hist[0] -= part.nan_count  # NaN scores: the bottom of the order, never a threshold here
+        gk = _keys.keys(block_genuine, self.bits)
+        gk = gk[gk != 0]
+        hist -= np.bincount((gk >> np.uint64(top)).astype(np.int64), minlength=hist.size)
+        n_block = int(hist.sum())
+        n_imp = max(self.numel - self.num_genuine, 1)
+        share = part.numel / max(self.numel, 1)
+        cum = np.cumsum(hist[::-1])  # impostors at or above each bin, from the top
+        nb = hist.size
+        per_far = []
+        for far in self.fars:
+            rank = max(far * n_imp, 1.0) * share  # the threshold's rank in this block
+            lo_rank = max(rank / CANDIDATE_RANK_FACTOR, 1.0)
+            hi_rank = min(rank * CANDIDATE_RANK_FACTOR, float(max(n_block, 1)))
+            # bins (ascending keys) holding ranks lo_rank (highest) .. hi_rank (lowest)
+            b_hi = nb - 1 - int(np.searchsorted(cum, lo_rank, side="left"))
+            b_lo = nb - 1 - int(np.searchsorted(cum, hi_rank, side="left"))
+            b_hi, b_lo = min(max(b_hi, 0), nb - 1), min(max(b_lo, 0), nb - 1)
+            centre = nb - 1 - int(np.searchsorted(cum, min(max(rank, 1.0), max(n_block, 1)),
+                                                  side="left"))
+            span = range(max(b_lo - CANDIDATE_PAD, 1), min(b_hi + CANDIDATE_PAD, nb - 1) + 1)
+            # nearest the estimate first, so a cap keeps the likeliest bins
+            per_far.append(sorted(span, key=lambda b, c=centre: (abs(b - c), b)))
+        chosen: set = set()
+        for k in range(max((len(p) for p in per_far), default=0)):
+            for p in per_far:
+                if k < len(p) and len(chosen) < MAX_CANDIDATE_BINS:
+                    chosen.add(p[k])
+        self.prefixes = sorted(chosen)
+        self.chosen = True
+
+    def _choose_exact(self, part: KeyStats, genuine: np.ndarray) -> None:
+        """The bins of the thresholds' ranks (both conventions' k, and one rank either
+        side), from the impostor histogram the select will see: nothing else is counted."""
+        from .core import _largest_k_at_most, _smallest_k_at_least
+        imp = build_impostor_keys(part, genuine, None)
+        n = imp.num_impostor
+        chosen = set()
+        for far in self.fars:
+            for k in (_smallest_k_at_least(far, n), _largest_k_at_most(far, n)):
+                for r in (k - 1, k, k + 1):
+                    if 1 <= r <= n:
+                        chosen.add(_walk_desc(imp.level0, r)[0])
+        chosen.discard(0)
+        self.prefixes = sorted(chosen)[:MAX_CANDIDATE_BINS]
+        self.chosen = True
+
+    def add(self, scores: torch.Tensor, part: KeyStats, block_genuine: np.ndarray) -> None:
+        """Count the refinement digit of block `scores` (whose first pass is `part`, its
+        genuine scores `block_genuine`) under the candidate bins."""
+        if not self.chosen:
+            self._choose(part, block_genuine)
+        if not self.prefixes:
+            return
+        pre_t = torch.tensor([_keys.to_signed64(p) for p in self.prefixes], dtype=torch.int64,
+                             device=scores.device)
+        # nan_key 0: a NaN's key stays 0, under prefix 0, which is never a candidate
+        h, _ = key_histogram(scores, self.shift, DIGIT_BITS, pre_t, self.shift + DIGIT_BITS, 0)
+        h = h.cpu().numpy()
+        if self.rows is None:
+            self.rows = h  # int64, this pass's own buffer
+        else:
+            self.rows += h  # in place: one set of counts held, whatever the blocks
+
+    def lookup(self, shift: int, prefixes: Sequence[int], nan_key: int,
+               nan_count: int) -> "np.ndarray | None":
+        """The :data:`HistogramPass` answer for (shift, prefixes, nan_key) from the
+        counts, or None when they do not hold it (another digit, a prefix not chosen)."""
+        if shift != self.shift or self.rows is None:
+            return None
+        where = {p: i for i, p in enumerate(self.prefixes)}
+        if any(int(p) not in where for p in prefixes):
+            return None
+        out = self.rows[[where[int(p)] for p in prefixes]].copy()
+        if nan_count:  # the NaN scores take nan_key, a count the walk would have made
+            nan_pre = nan_key >> (shift + DIGIT_BITS)
+            digit = (nan_key >> shift) & ((1 << DIGIT_BITS) - 1)
+            for i, p in enumerate(prefixes):
+                if int(p) == nan_pre:
+                    out[i, digit] += nan_count
+        return out

@@ -46,6 +46,7 @@ class NegatedSource(BlockSource):
         self.inner = inner
         self.num_rows, self.num_cols = inner.num_rows, inner.num_cols
         self.merge_cols, self.dtype, self.device = inner.merge_cols, inner.dtype, inner.device
+        self.cheap_rewalk = inner.cheap_rewalk
 
     def blocks(self, scores: bool = True, merge: bool = False):
         for blk in self.inner.blocks(scores, merge):
