@@ -50,7 +50,7 @@ from ..ops.inputs import as_ids, as_probabilities, as_score_matrix, require_fini
 from .checks import check_evaluation
 from .minp import inp_of
 from .rprecision import r_precision_of
-from .order_stats import ImpostorKeys, select_desc
+from .order_stats import ImpostorKeys, _largest_k_at_most, _smallest_k_at_least, select_desc
 from .nonfinite import require_finite_counts, warn_matrix_counts
 from .orientation import NegatedSource, check_larger_is_better, negate_report_thresholds
 from .splits import numpy_splits, qme_splits
@@ -228,26 +228,6 @@ class TarResult:
 
     def __getitem__(self, key):
         return getattr(self, key)
-
-
-def _smallest_k_at_least(far: float, n: int) -> int:
-    """Smallest k >= 1 with k / n >= far, in float64 like the reference's fpr."""
-    k = max(1, int(np.ceil(far * n)))
-    while k > 1 and (k - 1) / n >= far:
-        k -= 1
-    while k < n and k / n < far:
-        k += 1
-    return k
-
-
-def _largest_k_at_most(far: float, n: int) -> int:
-    """Largest k >= 0 with k / n <= far."""
-    k = int(np.floor(far * n))
-    while k > 0 and k / n > far:
-        k -= 1
-    while k < n and (k + 1) / n <= far:
-        k += 1
-    return k
 
 
 def _tar_from_keys(imp: ImpostorKeys, n_gen: int, far_list: list[float],

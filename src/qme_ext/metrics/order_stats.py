@@ -262,7 +262,6 @@ class CandidateBins:
     def _choose_exact(self, part: KeyStats, genuine: np.ndarray) -> None:
         """The bins of the thresholds' ranks (both conventions' k, and one rank either
         side), from the impostor histogram the select will see: nothing else is counted."""
-        from .core import _largest_k_at_most, _smallest_k_at_least
         imp = build_impostor_keys(part, genuine, None)
         n = imp.num_impostor
         chosen = set()
@@ -309,3 +308,25 @@ class CandidateBins:
                 if int(p) == nan_pre:
                     out[i, digit] += nan_count
         return out
+
+
+# the order statistics of a FAR over n impostors (float64 comparisons, as the reference's
+# fpr): used by the TAR@FAR families of core and the candidate bins here
+def _smallest_k_at_least(far: float, n: int) -> int:
+    """Smallest k >= 1 with k / n >= far, in float64 like the reference's fpr."""
+    k = max(1, int(np.ceil(far * n)))
+    while k > 1 and (k - 1) / n >= far:
+        k -= 1
+    while k < n and k / n < far:
+        k += 1
+    return k
+
+
+def _largest_k_at_most(far: float, n: int) -> int:
+    """Largest k >= 0 with k / n <= far."""
+    k = int(np.floor(far * n))
+    while k > 0 and k / n > far:
+        k -= 1
+    while k < n and (k + 1) / n <= far:
+        k += 1
+    return k

@@ -243,7 +243,8 @@ def verification(genuine, impostor=None, fars: Sequence[float] = DEFAULT_FMRS,
                            far_convention=far_convention, device=device, warn=warn,
                            p_target=p_target, c_miss=c_miss, c_fa=c_fa)
         return _negate_thresholds(res)
-    from .core import _distinct_counts, _largest_k_at_most, eer, tar_at_far
+    from .core import _distinct_counts, eer, tar_at_far
+    from .order_stats import _largest_k_at_most
     _cal.check_costs(p_target, c_miss, c_fa)
     if convention not in EER_CONVENTIONS:
         raise ValueError(f"convention: expected one of {list(EER_CONVENTIONS)}, got "
