@@ -104,10 +104,24 @@ def _shift_scoreset(ss, missing_rng):
     return dataclasses.replace(ss, **out)
 
 
-def data_hook(regime: str, seed: int):
+# issue 26: properties of real whole-body data (synthetic_wholebody's "Correlated errors"):
+# one per-probe video degradation of all three matchers, look-alike twins in every modality,
+# 5-30 % of probes without a face (drawn per seed)
+GEN26 = dict(video_degradation=0.6, twin_fraction=0.3)
+
+
+def generator_kwargs(seed: int, generator: str = "issue26") -> dict:
+    """Extra synthetic_wholebody arguments of the benchmark's generator version."""
+    if generator == "issue19":
+        return {}
+    rng = np.random.default_rng(30_000 + seed)
+    return {**GEN26, "noface_fraction": float(rng.uniform(0.05, 0.30))}
+
+
+def data_hook(regime: str, seed: int, generator: str = "issue26"):
     """(generator regime, extra generator kwargs, post-transform) of a benchmark regime."""
     if regime != "shifted":
-        return regime, {"score_drift": DRIFT}, None
+        return regime, {"score_drift": DRIFT, **generator_kwargs(seed, generator)}, None
     rng = np.random.default_rng(20_000 + seed)
 
     def post(data):
@@ -118,8 +132,9 @@ def data_hook(regime: str, seed: int):
 
 
 def run_one(regime: str, size: str, seed: int, recipe: str, device: str,
-            paired: bool = True, overrides: Optional[dict] = None) -> dict:
-    gen_regime, extra, post = data_hook(regime, seed)
+            paired: bool = True, overrides: Optional[dict] = None,
+            generator: str = "issue26") -> dict:
+    gen_regime, extra, post = data_hook(regime, seed, generator)
     cfg = size_config(size, seed)
     cfg = {**cfg, "data": {**cfg["data"], **extra}}
     res = demo_pipeline(gen_regime, seed=seed, device=device, sizes=cfg, recipe=recipe,
@@ -239,6 +254,9 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", help="PNG of the table")
     ap.add_argument("--no-open-set", action="store_true", help="ablation: the robust recipe "
                     "without issue 19's open-set options (TrainConfig.open_set=False)")
+    ap.add_argument("--generator", default="issue26", choices=("issue26", "issue19"),
+                    help="data generator: issue26 (default: + correlated video degradation, "
+                    "look-alike twins, 5-30%% without face) or issue19's")
     ap.add_argument("--no-paired", action="store_true", help="skip the per-run paired "
                     "test-split intervals (1000 bootstrap replicates per row: CPU-heavy)")
     args = ap.parse_args(argv)
@@ -249,16 +267,18 @@ def main(argv=None) -> int:
             runs = json.load(fh)
     overrides = {"open_set": False} if args.no_open_set else None
     tag = "-no-open-set" if args.no_open_set else ""
+    gen = "" if args.generator == "issue19" else "/gen26"
     cells = {}
     for size in args.sizes.split(","):
         for regime in args.regimes.split(","):
             per = []
             for seed in seeds:
-                key = f"{args.recipe}{tag}/{regime}/{size}/{seed}/drift{DRIFT}"
+                key = f"{args.recipe}{tag}/{regime}/{size}/{seed}/drift{DRIFT}{gen}"
                 if key not in runs:
                     t0 = time.time()
                     runs[key] = run_one(regime, size, seed, args.recipe, args.device,
-                                        paired=not args.no_paired, overrides=overrides)
+                                        paired=not args.no_paired, overrides=overrides,
+                                        generator=args.generator)
                     ov = runs[key]["overall"]
                     print(f"[{key}] {time.time() - t0:.0f}s qme {100 * ov['qme']:.1f} best "
                           f"baseline {100 * max(ov[b] for b in BASELINES):.1f}",

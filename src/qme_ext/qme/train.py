@@ -350,7 +350,8 @@ def _forward(model, x: np.ndarray, q: torch.Tensor, batch: int, dev) -> np.ndarr
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
             xb = torch.as_tensor(x[s:s + batch], device=dev)
-            res[s:s + batch] = model(xb, q[s:s + batch].to(dev)).float().cpu().numpy()
+            qb = None if q is None else q[s:s + batch].to(dev)
+            res[s:s + batch] = model(xb, qb).float().cpu().numpy()
     model.train(was)
     return res
 
@@ -365,30 +366,10 @@ def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optiona
     ``open_set`` option (``model.open_set``, the robust recipe) also treats absent modalities
     as missing (:mod:`.missing`) and adds its per-stratum offsets (:mod:`.calibration`).
     """
-    from .calibration import StratumOffsets
-    from .missing import impute_absent
-    models = list(getattr(model, "models", scoreset.models))
-    missing = [m for m in models if m not in scoreset.models]
-    if missing:
-        raise ValueError(f"scoreset lacks model(s) {missing}; the fusion needs {models}")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    q_np = _quality_of(qe, scoreset, quality or "face", const_quality, dev)
-    q = torch.as_tensor(q_np)
-    spec = getattr(model, "open_set", None)
-    mean = model.experts[0].running_mean.detach().cpu().numpy()
-    x = _stack(scoreset, models)
-    absent = _absent(scoreset, models, x, spec)
-    cal = StratumOffsets.from_dict(spec.get("calibration")) if spec else None
-    offset = cal.offset(q_np, absent).astype(np.float32)[:, None] if cal is not None else 0.0
-    outs = []
-    for key in ("score_mats", "merge_score_mats"):
-        if any(m not in getattr(scoreset, key) for m in models):
-            outs.append(None)
-            continue
-        if key != "score_mats":
-            x = _stack(scoreset, models, key)
-        outs.append(_forward(model, impute_absent(x, absent, mean), q, batch, dev) + offset)
-    return outs[0], outs[1]
+    from .predictor import Predictor
+    pred = Predictor.from_qme(model, qe, const_quality, quality_name=quality,
+                              models=getattr(model, "models", scoreset.models))
+    return pred.fuse_block(scoreset, batch=batch, device=device)
 
 
 def fuse_scoreset(model, qe, scoreset, name: str = "qme", batch: int = 256, device=None,
