@@ -143,6 +143,8 @@ def run_one(regime: str, size: str, seed: int, recipe: str, device: str,
            "terms": {r: {k: res["rows"][r][k] for _, k, _ in TERMS} for r in res["rows"]},
            "best_step": res["models"]["qme"].best_step,
            "safety_net": res["models"]["qme"].safety_net,
+           "chosen": res["predictors"]["qme"].describe(),
+           "selection": res["predictors"]["qme"].info.get("selection"),
            "sizes": {s: [res["data"][s].num_probes, res["data"][s].num_gallery]
                      for s in ("train", "val", "test")}}
     if paired:

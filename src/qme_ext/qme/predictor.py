@@ -14,7 +14,9 @@ A predictor is one of
 - ``"fusion"``: a fitted baseline fusion (:class:`qme_ext.fusion.FusionResult`, e.g. the
   calibrated ``rhe`` or ``weighted`` sum) -- what the cross-validated selection of
   :mod:`.selection` falls back to when the trained QME does not beat it;
-- ``"model"``: one of the input models' raw scores (the best single matcher).
+- ``"model"``: one of the input models' raw scores (the best single matcher);
+- ``"ensemble"``: the mean of several predictors' per-probe Z-normed scores
+  (``members``), the cross-validation's hedge when its best candidates are within noise.
 
 Any of them may end with the per-probe score normalisation ``scale="znorm"``
 (:func:`znorm_rows`): a monotone increasing affine map of each probe's row, so ranks within
@@ -32,7 +34,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-__all__ = ["Fuser", "Predictor", "znorm_rows", "SCALES"]
+__all__ = ["Fuser", "Predictor", "znorm_rows", "ensemble_rows", "SCALES"]
 
 SCALES = (None, "znorm")
 
@@ -61,6 +63,16 @@ def znorm_rows(score: np.ndarray, merge: Optional[np.ndarray] = None) -> tuple:
     return out, mo
 
 
+def ensemble_rows(parts: Sequence[tuple]) -> tuple:
+    """The mean over ``parts`` [(score rows, merge rows or None), ...] of their per-probe
+    Z-normed rows (:func:`znorm_rows`); merge rows only when every part has them."""
+    z = [znorm_rows(s, m) for s, m in parts]
+    s = np.mean([a for a, _ in z], axis=0).astype(np.float32)
+    m = None if any(b is None for _, b in z) else \
+        np.mean([b for _, b in z], axis=0).astype(np.float32)
+    return s, m
+
+
 class Predictor:
     """A trained fusion as one callable object (module docstring); implements :class:`Fuser`.
 
@@ -71,9 +83,11 @@ class Predictor:
     def __init__(self, kind: str, models: Sequence[str], *, model=None, qe=None,
                  fusion=None, name: Optional[str] = None, const_quality: float = 0.5,
                  quality_name: Optional[str] = None, scale: Optional[str] = None,
-                 face: Optional[str] = None, info: Optional[dict] = None):
-        if kind not in ("qme", "fusion", "model"):
-            raise ValueError(f"kind: expected 'qme', 'fusion' or 'model', got {kind!r}")
+                 face: Optional[str] = None, info: Optional[dict] = None,
+                 members: Optional[list] = None):
+        if kind not in ("qme", "fusion", "model", "ensemble"):
+            raise ValueError(f"kind: expected 'qme', 'fusion', 'model' or 'ensemble', got "
+                             f"{kind!r}")
         if scale not in SCALES:
             raise ValueError(f"scale: expected one of {list(SCALES)}, got {scale!r}")
         self.kind, self.models = kind, list(models)
@@ -81,6 +95,9 @@ class Predictor:
         self.const_quality, self.scale, self.face = float(const_quality), scale, face
         self.quality_name = quality_name or getattr(qe, "quality_name", None) or "face"
         self.info = dict(info or {})
+        self.members = list(members or [])
+        if kind == "ensemble" and not self.members:
+            raise ValueError("members: an ensemble needs at least one predictor")
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -102,6 +119,15 @@ class Predictor:
         return cls("model", [name], name=name, scale=scale, info=info)
 
     @classmethod
+    def ensemble(cls, members: Sequence["Predictor"], scale=None, info=None) -> "Predictor":
+        models = list(dict.fromkeys(m for p in members for m in p.models))
+        qme = next((p for p in members if p.kind == "qme"), None)
+        return cls("ensemble", models, model=None if qme is None else qme.model,
+                   qe=None if qme is None else qme.qe, name="+".join(p.describe()
+                                                                     for p in members),
+                   scale=scale, info=info, members=list(members))
+
+    @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> "Predictor":
         """The predictor a ``qme-ext train`` checkpoint holds (``extra["predictor"]``; a
         checkpoint without one is its QME, as before issue 26)."""
@@ -115,6 +141,9 @@ class Predictor:
         """The predictor described by ``spec`` (:meth:`spec`) around a loaded QME."""
         spec = dict(spec or {"kind": "qme"})
         scale = spec.get("scale")
+        if spec["kind"] == "ensemble":
+            return cls.ensemble([cls.from_parts(model, qe, m, const_quality)
+                                 for m in spec["members"]], scale=scale, info=spec.get("info"))
         if spec["kind"] == "qme":
             return cls.from_qme(model, qe, const_quality, scale=scale, info=spec.get("info"))
         if spec["kind"] == "fusion":
@@ -131,10 +160,13 @@ class Predictor:
         if self.kind == "fusion":
             from ..fusion import fusion_to_dict
             out["fusion"] = fusion_to_dict(self.fusion)
+        if self.kind == "ensemble":
+            out["members"] = [{**m.spec(), "info": {}} for m in self.members]
         return out
 
     def describe(self) -> str:
-        what = {"qme": "QME", "fusion": f"fusion {self.name}", "model": f"model {self.name}"}
+        what = {"qme": "QME", "fusion": f"fusion {self.name}", "model": f"model {self.name}",
+                "ensemble": f"ensemble of {self.name}"}
         return what[self.kind] + (f" + {self.scale}" if self.scale else "")
 
     # -- inference ---------------------------------------------------------------------------
@@ -186,6 +218,9 @@ class Predictor:
             s = np.asarray(block.score_mats[self.name], dtype=np.float32)
             m = block.merge_score_mats.get(self.name)
             out = (s, None if m is None else np.asarray(m, dtype=np.float32))
+        elif self.kind == "ensemble":
+            out = ensemble_rows([m.fuse_block(block, q, batch=batch, device=device)
+                                 for m in self.members])
         elif self.kind == "fusion":
             from ..fusion import apply_fusion
             f = apply_fusion(self.fusion, block, "_fused", face=self.face)

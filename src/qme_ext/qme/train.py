@@ -69,6 +69,11 @@ class TrainConfig:
     #                                    validated earlier state is ahead by more than this
     open_set: Optional[bool] = None    # absent modalities imputed, per-stratum offsets,
     #                                    leave-subject-out validation, safety net (issue 19)
+    select: Optional[str] = None       # "cv": the predictor is chosen by subject-wise k-fold
+    #                                    cross-validation over train + val (qme.selection;
+    #                                    recipe: robust "cv", paper "" = the trained QME)
+    cv_folds: int = 3                  # k of the cross-validation
+    cv_steps: Optional[int] = None     # stage-2 steps of each fold's QME (recipe: 900)
     num_experts: int = 2
     ratio: int = 3
     dropout: float = 0.1
@@ -116,9 +121,9 @@ class TrainConfig:
 #           (the safety net, logged and written to the checkpoint).
 RECIPES = {
     "paper": dict(max_steps=3000, eval_every=100, patience=10, warm_start=False, val_margin=0.0,
-                  open_set=False),
+                  open_set=False, select="", cv_steps=0),
     "robust": dict(max_steps=2100, eval_every=300, patience=0, warm_start=True, val_margin=0.02,
-                   open_set=True),
+                   open_set=True, select="cv", cv_steps=900),
 }
 SMOOTH_FARS = (0.001, 0.01, 0.1)
 
@@ -384,10 +389,16 @@ def _validate(model, qe, val, config, dev) -> tuple:
     """(criterion, metrics) of ``model`` on the validation split; the metrics also hold the
     leave-subject-out FNIRs ``LSO_FNIR@...`` (every probe also a non-mated search), which
     the criterion uses with the ``open_set`` option."""
-    from ..metrics.core import evaluate
-    from .openset import lso_fnir
     s, m = predict(model, qe, val, device=dev, quality=config.quality,
                    const_quality=config.const_quality)
+    return _criterion(s, m, val, config)
+
+
+def _criterion(s, m, val, config) -> tuple:
+    """(criterion, metrics) of fused matrices ``s`` (P, G), ``m`` (P, S) of ``val``
+    (:func:`_validate`; also the cross-validation's, :mod:`.selection`)."""
+    from ..metrics.core import evaluate
+    from .openset import lso_fnir
     robust = config.recipe == "robust"
     fars = tuple(sorted(set(SMOOTH_FARS) | {0.0001, 0.01})) if robust else None
     res = evaluate(s, m, val.q_pids, val.q_camids, val.q_clothes_ids, val.g_pids, val.g_camids,
