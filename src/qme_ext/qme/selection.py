@@ -16,7 +16,7 @@ candidate on ``k`` subject-disjoint folds of train and validation together:
   probes (unknown ones included) against their validation gallery; the fold's value is the
   mean of the two validation criteria (``smoothed_overall`` with the leave-subject-out
   FNIR: every probe is also a non-mated search, so the open-set tail stays in);
-- candidates: the QME (``config.cv_steps`` stage-2 steps per fold, the recipe's step
+- candidates: the QME (``config.cv_steps`` stage-2 steps per fold -- 300 in the robust recipe -- the recipe's step
   budget in the final refit), every calibrated baseline of :data:`BASELINES`, every single
   model; each once on its own scale and once with the per-probe Z-norm
   (:func:`~qme_ext.qme.predictor.znorm_rows`);
