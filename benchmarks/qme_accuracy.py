@@ -204,20 +204,29 @@ def cell_summary(runs: list) -> dict:
             "n": int(diff.size), "significant": None if sig is None else int(sum(sig)),
             "diff_run_best": float(d_run.mean()), "worst_run": float(d_run.min()),
             "losses": len(lost), "decides": min(decides, key=decides.get) if lost else "-",
-            "loss_terms": decides}
+            "loss_terms": decides,
+            "per_run": [round(d, 2) for d, _, _ in per_run],
+            "chosen": _tally(run.get("chosen", "QME") for run in runs)}
+
+
+def _tally(names) -> str:
+    """'QME x3, fusion llr x2' of the predictors chosen per run (issue 26's selection)."""
+    from collections import Counter
+    return ", ".join(f"{n} x{c}" for n, c in Counter(names).most_common())
 
 
 def table(cells: dict) -> str:
     lines = ["| regime | size | best baseline (overall) | QME overall | QME - best [95% CI] "
              "| QME ahead | test-split CI > 0 | QME - best of each run: mean | worst run "
-             "| runs lost | metric deciding the losses |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| runs lost | metric deciding the losses | predictor chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (regime, size), c in cells.items():
         sig = "-" if c["significant"] is None else f"{c['significant']}/{c['n']}"
         lines.append(f"| {regime} | {size} | {c['best']} ({c['best_overall']:.1f}) | "
                      f"{c['qme']:.1f} | {c['diff']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
                      f" | {c['wins']}/{c['n']} | {sig} | {c['diff_run_best']:+.2f} | "
-                     f"{c['worst_run']:+.2f} | {c['losses']}/{c['n']} | {c['decides']} |")
+                     f"{c['worst_run']:+.2f} | {c['losses']}/{c['n']} | {c['decides']} | "
+                     f"{c['chosen']} |")
     return "\n".join(lines)
 
 
@@ -254,6 +263,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="per-run results, written after every run (and resumed)")
     ap.add_argument("--figure", help="PNG of the table")
+    ap.add_argument("--finished-only", action="store_true", help="tabulate the runs already "
+                    "in the --json/--merge files; run nothing")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="also read the finished runs of these --json files (runs made by "
+                    "parallel processes)")
     ap.add_argument("--no-open-set", action="store_true", help="ablation: the robust recipe "
                     "without issue 19's open-set options (TrainConfig.open_set=False)")
     ap.add_argument("--generator", default="issue26", choices=("issue26", "issue19"),
@@ -267,6 +281,9 @@ def main(argv=None) -> int:
     if args.json and os.path.exists(args.json):
         with open(args.json) as fh:
             runs = json.load(fh)
+    for path in args.merge:
+        with open(path) as fh:
+            runs = {**json.load(fh), **runs}
     overrides = {"open_set": False} if args.no_open_set else None
     tag = "-no-open-set" if args.no_open_set else ""
     gen = "" if args.generator == "issue19" else "/gen26"
@@ -276,6 +293,8 @@ def main(argv=None) -> int:
             per = []
             for seed in seeds:
                 key = f"{args.recipe}{tag}/{regime}/{size}/{seed}/drift{DRIFT}{gen}"
+                if key not in runs and args.finished_only:
+                    continue
                 if key not in runs:
                     t0 = time.time()
                     runs[key] = run_one(regime, size, seed, args.recipe, args.device,
@@ -290,7 +309,8 @@ def main(argv=None) -> int:
                             json.dump(runs, fh, indent=1)
                         os.replace(args.json + ".tmp", args.json)
                 per.append(runs[key])
-            cells[(regime, size)] = cell_summary(per)
+            if per:
+                cells[(regime, size)] = cell_summary(per)
     print(f"QME ({args.recipe} recipe) - best baseline, overall in points, data seeds {seeds}")
     print(table(cells))
     if args.figure:

@@ -100,7 +100,8 @@ from .io import ScoreSet
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
     "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
-    "fit_fusion", "apply_fusion", "SELF_CALIBRATIONS", "calibrated_models",
+    "fit_fusion", "apply_fusion", "SELF_CALIBRATIONS", "calibrated_models", "fusion_to_dict",
+    "fusion_from_dict",
 ]
 
 EPS = 1e-10

@@ -151,6 +151,7 @@ def _resume_config(args, cfg, qme_args: dict) -> None:
 def run_train(args) -> int:
     from ..io import load_scores
     from ..qme.checkpoint import save_checkpoint
+    from ..qme.selection import fit_predictor
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
