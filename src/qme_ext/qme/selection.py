@@ -117,8 +117,8 @@ def _candidates(train_f, val_f, qe, config, models, baselines, fold_qme: bool) -
         except ValueError:   # a baseline that cannot be fitted here is no candidate
             continue
     if fold_qme:
-        cfg = dataclasses.replace(config, max_steps=config.cv_steps or config.max_steps,
-                                  quiet=True, select="")
+        steps = min(config.cv_steps or config.max_steps, config.max_steps)  # never > the refit
+        cfg = dataclasses.replace(config, max_steps=steps, quiet=True, select="")
         model = fit_qme(train_f, val_f, qe, cfg, models=models)
         bases["qme:qme"] = Predictor.from_qme(model, qe, config.const_quality)
     for key, pred in bases.items():
@@ -143,6 +143,7 @@ def cross_validate(train, val, qe, config, models: Optional[Sequence[str]] = Non
              [np.empty(0, np.int64)] * k)
     table: dict = {}
     kept: dict = {}   # (fold, candidate) -> fused (S, M) of both held-out parts
+    failed: set = set()
     for f in range(k):
         t_out = parts[0][f]
         v_out = np.concatenate([parts[1][f], parts[2][f]])
@@ -151,7 +152,11 @@ def cross_validate(train, val, qe, config, models: Optional[Sequence[str]] = Non
         evals = _fold_evals(train, val, parts, f)
         for key, pred in _candidates(train_f, val_f, qe, config, models, baselines,
                                      fold_qme).items():
-            fused = [pred.fuse_block(ev) for ev in evals]
+            try:
+                fused = [pred.fuse_block(ev) for ev in evals]
+            except ValueError:  # e.g. farsight_style without quality/<face>_weights
+                failed.add(key)
+                continue
             if pred.scale is None:
                 kept[f, key] = fused
             table.setdefault(key, []).append(
@@ -162,6 +167,8 @@ def cross_validate(train, val, qe, config, models: Optional[Sequence[str]] = Non
             log(f"cv fold {f + 1}/{k}: {len(table)} candidates, best {best} "
                 f"{table[best][-1]:.4f}" + (f", qme {table['qme:qme'][-1]:.4f}"
                                             if "qme:qme" in table else ""))
+    for key in failed:           # a candidate must have a value in every fold
+        table.pop(key, None)
     # ensembles of the best candidates on their own scale (members ranked by the CV mean)
     means = {c: float(np.mean(v)) for c, v in table.items()}
     ranked = sorted((c for c in table if "+" not in c), key=lambda c: -means[c])
