@@ -104,10 +104,24 @@ def _shift_scoreset(ss, missing_rng):
     return dataclasses.replace(ss, **out)
 
 
-def data_hook(regime: str, seed: int):
+# issue 26: properties of real whole-body data (synthetic_wholebody's "Correlated errors"):
+# one per-probe video degradation of all three matchers, look-alike twins in every modality,
+# 5-30 % of probes without a face (drawn per seed)
+GEN26 = dict(video_degradation=0.6, twin_fraction=0.3)
+
+
+def generator_kwargs(seed: int, generator: str = "issue26") -> dict:
+    """Extra synthetic_wholebody arguments of the benchmark's generator version."""
+    if generator == "issue19":
+        return {}
+    rng = np.random.default_rng(30_000 + seed)
+    return {**GEN26, "noface_fraction": float(rng.uniform(0.05, 0.30))}
+
+
+def data_hook(regime: str, seed: int, generator: str = "issue26"):
     """(generator regime, extra generator kwargs, post-transform) of a benchmark regime."""
     if regime != "shifted":
-        return regime, {"score_drift": DRIFT}, None
+        return regime, {"score_drift": DRIFT, **generator_kwargs(seed, generator)}, None
     rng = np.random.default_rng(20_000 + seed)
 
     def post(data):
@@ -118,8 +132,9 @@ def data_hook(regime: str, seed: int):
 
 
 def run_one(regime: str, size: str, seed: int, recipe: str, device: str,
-            paired: bool = True, overrides: Optional[dict] = None) -> dict:
-    gen_regime, extra, post = data_hook(regime, seed)
+            paired: bool = True, overrides: Optional[dict] = None,
+            generator: str = "issue26") -> dict:
+    gen_regime, extra, post = data_hook(regime, seed, generator)
     cfg = size_config(size, seed)
     cfg = {**cfg, "data": {**cfg["data"], **extra}}
     res = demo_pipeline(gen_regime, seed=seed, device=device, sizes=cfg, recipe=recipe,
@@ -128,6 +143,8 @@ def run_one(regime: str, size: str, seed: int, recipe: str, device: str,
            "terms": {r: {k: res["rows"][r][k] for _, k, _ in TERMS} for r in res["rows"]},
            "best_step": res["models"]["qme"].best_step,
            "safety_net": res["models"]["qme"].safety_net,
+           "chosen": res["predictors"]["qme"].describe(),
+           "selection": res["predictors"]["qme"].info.get("selection"),
            "sizes": {s: [res["data"][s].num_probes, res["data"][s].num_gallery]
                      for s in ("train", "val", "test")}}
     if paired:
@@ -187,20 +204,29 @@ def cell_summary(runs: list) -> dict:
             "n": int(diff.size), "significant": None if sig is None else int(sum(sig)),
             "diff_run_best": float(d_run.mean()), "worst_run": float(d_run.min()),
             "losses": len(lost), "decides": min(decides, key=decides.get) if lost else "-",
-            "loss_terms": decides}
+            "loss_terms": decides,
+            "per_run": [round(d, 2) for d, _, _ in per_run],
+            "chosen": _tally(run.get("chosen", "QME") for run in runs)}
+
+
+def _tally(names) -> str:
+    """'QME x3, fusion llr x2' of the predictors chosen per run (issue 26's selection)."""
+    from collections import Counter
+    return ", ".join(f"{n} x{c}" for n, c in Counter(names).most_common())
 
 
 def table(cells: dict) -> str:
     lines = ["| regime | size | best baseline (overall) | QME overall | QME - best [95% CI] "
              "| QME ahead | test-split CI > 0 | QME - best of each run: mean | worst run "
-             "| runs lost | metric deciding the losses |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| runs lost | metric deciding the losses | predictor chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (regime, size), c in cells.items():
         sig = "-" if c["significant"] is None else f"{c['significant']}/{c['n']}"
         lines.append(f"| {regime} | {size} | {c['best']} ({c['best_overall']:.1f}) | "
                      f"{c['qme']:.1f} | {c['diff']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
                      f" | {c['wins']}/{c['n']} | {sig} | {c['diff_run_best']:+.2f} | "
-                     f"{c['worst_run']:+.2f} | {c['losses']}/{c['n']} | {c['decides']} |")
+                     f"{c['worst_run']:+.2f} | {c['losses']}/{c['n']} | {c['decides']} | "
+                     f"{c['chosen']} |")
     return "\n".join(lines)
 
 
@@ -237,8 +263,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="per-run results, written after every run (and resumed)")
     ap.add_argument("--figure", help="PNG of the table")
+    ap.add_argument("--finished-only", action="store_true", help="tabulate the runs already "
+                    "in the --json/--merge files; run nothing")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="also read the finished runs of these --json files (runs made by "
+                    "parallel processes)")
     ap.add_argument("--no-open-set", action="store_true", help="ablation: the robust recipe "
                     "without issue 19's open-set options (TrainConfig.open_set=False)")
+    ap.add_argument("--generator", default="issue26", choices=("issue26", "issue19"),
+                    help="data generator: issue26 (default: + correlated video degradation, "
+                    "look-alike twins, 5-30%% without face) or issue19's")
     ap.add_argument("--no-paired", action="store_true", help="skip the per-run paired "
                     "test-split intervals (1000 bootstrap replicates per row: CPU-heavy)")
     args = ap.parse_args(argv)
@@ -247,18 +281,25 @@ def main(argv=None) -> int:
     if args.json and os.path.exists(args.json):
         with open(args.json) as fh:
             runs = json.load(fh)
+    for path in args.merge:
+        with open(path) as fh:
+            runs = {**json.load(fh), **runs}
     overrides = {"open_set": False} if args.no_open_set else None
     tag = "-no-open-set" if args.no_open_set else ""
+    gen = "" if args.generator == "issue19" else "/gen26"
     cells = {}
     for size in args.sizes.split(","):
         for regime in args.regimes.split(","):
             per = []
             for seed in seeds:
-                key = f"{args.recipe}{tag}/{regime}/{size}/{seed}/drift{DRIFT}"
+                key = f"{args.recipe}{tag}/{regime}/{size}/{seed}/drift{DRIFT}{gen}"
+                if key not in runs and args.finished_only:
+                    continue
                 if key not in runs:
                     t0 = time.time()
                     runs[key] = run_one(regime, size, seed, args.recipe, args.device,
-                                        paired=not args.no_paired, overrides=overrides)
+                                        paired=not args.no_paired, overrides=overrides,
+                                        generator=args.generator)
                     ov = runs[key]["overall"]
                     print(f"[{key}] {time.time() - t0:.0f}s qme {100 * ov['qme']:.1f} best "
                           f"baseline {100 * max(ov[b] for b in BASELINES):.1f}",
@@ -268,7 +309,8 @@ def main(argv=None) -> int:
                             json.dump(runs, fh, indent=1)
                         os.replace(args.json + ".tmp", args.json)
                 per.append(runs[key])
-            cells[(regime, size)] = cell_summary(per)
+            if per:
+                cells[(regime, size)] = cell_summary(per)
     print(f"QME ({args.recipe} recipe) - best baseline, overall in points, data seeds {seeds}")
     print(table(cells))
     if args.figure:

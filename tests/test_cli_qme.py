@@ -59,6 +59,27 @@ def test_train_fuse_evaluate(files, trained):
     assert 0.0 <= res["qme"]["GR_top1"] <= 1.0
 
 
+def test_train_writes_its_cv_selection_and_fuse_scores_with_the_predictor(files, trained):
+    """Issue 26: the checkpoint holds the cross-validated predictor and every candidate's
+    per-fold criteria; ``fuse`` writes exactly that predictor's scores."""
+    from qme_ext.qme.checkpoint import load_checkpoint
+    from qme_ext.qme.predictor import Predictor
+    _, _, meta = load_checkpoint(trained)
+    sel = meta["extra"]["selection"]
+    assert sel["folds"] == 3 and sel["chosen"] in sel["candidates"]
+    assert "qme:qme" in sel["candidates"] and "fusion:rhe" in sel["candidates"]
+    for c in sel["candidates"].values():
+        assert len(c["folds"]) == 3 and np.isclose(c["mean"], np.mean(c["folds"]))
+    assert meta["extra"]["predictor"]["kind"] in ("qme", "fusion", "model", "ensemble")
+    fused = str(files["dir"] / "fused_pred.h5")
+    r = _run("fuse", trained, files["test"], "--out", fused, "--quiet")
+    assert r.returncode == 0, r.stderr
+    S, M = Predictor.from_checkpoint(trained).fuse_block(load_scores(files["test"]))
+    got = load_scores(fused)
+    np.testing.assert_array_equal(got.score_mats["qme"], S)
+    np.testing.assert_array_equal(got.merge_score_mats["qme"], M)
+
+
 def _train(files, train_path, out, seed="3"):
     r = _run("train", train_path, "--val", files["val"], "--quality", "face", "--out", out,
              "--steps", "60", "--qe-steps", "40", "--eval-every", "30", "--seed", seed,

@@ -95,21 +95,22 @@ def test_qme_beats_zscore_on_face_poor():
     assert qme > zscore + 0.05, (qme, zscore)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 regression, open: with the leave-subject-out "
-                   "criterion the robust selection goes back to step 300 of 2100 here (test "
-                   "overall 226.9 vs 235.2 with open_set=False; best baseline 228.6)")
 def test_default_recipe_beats_the_best_calibrated_baseline_on_face_poor():
     """The robust (default) recipe on a face_poor set: ahead of every baseline fusion
-    calibrated on the same training split, and of its own warm start (training helps)."""
+    calibrated on the same training split, and of its own warm start (training helps).
+    Issue 26: the recipe's product is the cross-validated predictor (qme.selection)."""
     from qme_ext.cli.qme import BASELINES
+    from qme_ext.qme.selection import fit_predictor
     data = synthetic_wholebody("face_poor", seed=1, num_subjects=50, num_train_subjects=60,
                                num_val_subjects=30, num_unknown=12)
     cfg = TrainConfig(qe_steps=300, quiet=True)
     assert cfg.recipe == "robust" and cfg.warm_start and cfg.max_steps == 2100
     qe = fit_quality_estimator(data["train"], data["val"], cfg)
     model = fit_qme(data["train"], data["val"], qe, cfg)
+    pred, sel = fit_predictor(data["train"], data["val"], qe, cfg, model=model)
+    assert sel is not None and sel.chosen in sel.table
     test = data["test"]
-    qme = _overall(test, *predict(model, qe, test))
+    qme = _overall(test, *pred.fuse_block(test))
     best = -np.inf
     for b in BASELINES:
         f = fuse(test, b, calibration=data["train"], name=b)

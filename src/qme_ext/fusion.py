@@ -100,7 +100,8 @@ from .io import ScoreSet
 __all__ = [
     "Normaliser", "ZScore", "MinMax", "Tanh", "RHE", "NORMALISERS", "get_normaliser",
     "RULES", "DEFAULT_NORMALISER", "parse_method", "asym_ao", "fuse", "FusionResult",
-    "fit_fusion", "apply_fusion", "SELF_CALIBRATIONS", "calibrated_models",
+    "fit_fusion", "apply_fusion", "SELF_CALIBRATIONS", "calibrated_models", "fusion_to_dict",
+    "fusion_from_dict",
 ]
 
 EPS = 1e-10
@@ -455,6 +456,47 @@ class FusionResult:
     # "self": zscore/minmax fitted on each merge matrix itself); None: the same ones
     merge_normalisers: Optional[dict] = None
     offset: float = 0.0  # added to the weighted sum (``llr``: the logistic intercept)
+
+    @property
+    def models(self) -> list:
+        return list(self.normalisers)
+
+    def fuse_block(self, block: ScoreSet, q=None, *, m: float = 2.0,
+                   face: Optional[str] = None, device="cpu") -> tuple:
+        """The :class:`qme_ext.qme.predictor.Fuser` protocol: (fused score rows (b, G),
+        fused merge rows (b, S) or None) float32 of a block of probe rows (``q`` unused: a
+        baseline reads its quality from ``block.quality``)."""
+        f = apply_fusion(self, block, "_fused", device=device, m=m, face=face)
+        return f.score_mats["_fused"], f.merge_score_mats.get("_fused")
+
+
+def fusion_to_dict(result: FusionResult) -> dict:
+    """Plain numbers of a fitted :class:`FusionResult` (a checkpoint's ``extra``)."""
+    def norm(n):
+        return {"name": n.name, **{k: v for k, v in vars(n).items() if k != "device"}}
+    return {"method": result.method, "normaliser": result.normaliser, "rule": result.rule,
+            "normalisers": {k: norm(v) for k, v in result.normalisers.items()},
+            "merge_normalisers": None if result.merge_normalisers is None else
+            {k: norm(v) for k, v in result.merge_normalisers.items()},
+            "weights": None if result.weights is None else
+            [float(w) for w in np.asarray(result.weights).reshape(-1)],
+            "offset": float(result.offset)}
+
+
+def fusion_from_dict(d: dict) -> FusionResult:
+    """The :class:`FusionResult` of :func:`fusion_to_dict`."""
+    def norm(v):
+        n = get_normaliser(v["name"])
+        for k, x in v.items():
+            if k != "name":
+                setattr(n, k, x)
+        return n
+    merge = d.get("merge_normalisers")
+    return FusionResult(d["method"], d["normaliser"], d["rule"],
+                        {k: norm(v) for k, v in d["normalisers"].items()},
+                        None if d.get("weights") is None else np.asarray(d["weights"], np.float64),
+                        None if merge is None else {k: norm(v) for k, v in merge.items()},
+                        float(d.get("offset", 0.0)))
 
 
 def _fit_weights(rule, normalisers, calib: ScoreSet, models, weights, seed, device):

@@ -151,6 +151,7 @@ def _resume_config(args, cfg, qme_args: dict) -> None:
 def run_train(args) -> int:
     from ..io import load_scores
     from ..qme.checkpoint import save_checkpoint
+    from ..qme.selection import fit_predictor
     from ..qme.train import fit_qme, fit_quality_estimator
     check_device(args.device)
     cfg = _train_config(args)
@@ -198,14 +199,22 @@ def run_train(args) -> int:
             qe = fit_quality_estimator(train, val, cfg)
         progress(args, "stage 2: QME experts")
         model = fit_qme(train, val, qe, cfg, resume=args.resume, checkpoint=args.checkpoint)
+        if cfg.select:
+            progress(args, f"selection: {cfg.cv_folds}-fold subject-wise cross-validation of "
+                           "QME, baselines and single models")
+        pred, sel = fit_predictor(train, val, qe, cfg, model=model,
+                                  log=None if args.quiet else
+                                  (lambda msg: print(f"{PROG}: {msg}", file=sys.stderr)))
         save_checkpoint(args.out, model, qe, cfg, train.models,
                         {"best_step": model.best_step, "best_val_overall": model.best_overall,
-                         "history": model.history, "safety_net": model.safety_net})
+                         "history": model.history, "safety_net": model.safety_net,
+                         "predictor": pred.spec(),
+                         "selection": None if sel is None else sel.as_dict()})
     except ValueError as exc:
         raise UserError(str(exc)) from None
     net = model.safety_net or {}
-    progress(args, f"wrote {args.out} (best validation overall {model.best_overall:.4f} at "
-                    f"step {model.best_step}"
+    progress(args, f"wrote {args.out} (predictor: {pred.describe()}; best validation "
+                    f"overall {model.best_overall:.4f} at step {model.best_step}"
              + (f"; safety net: kept the start, {net['kept_start']}" if net.get("kept_start")
                 else "") + (f"; stratum offsets: {net['offsets']}" if net.get("offsets")
                             else "") + ")")
@@ -248,7 +257,7 @@ def _append_model(src: str, dst: str, name: str, score_mat, merge_score_mat, mod
 
 def run_fuse(args) -> int:
     from ..io import check_model_name, load_scores
-    from ..qme.train import predict
+    from ..qme.predictor import Predictor
     check_device(args.device)
     _positive("--batch", args.batch)
     try:
@@ -272,8 +281,8 @@ def run_fuse(args) -> int:
     if qe is not None:
         qe.to(args.device)
     const_q = float(meta.get("config", {}).get("const_quality", 0.5))
-    s, m = predict(model, qe, scores, batch=args.batch, device=args.device,
-                   const_quality=const_q)
+    pred = Predictor.from_parts(model, qe, meta["extra"].get("predictor"), const_q)
+    s, m = pred.fuse_block(scores, batch=args.batch, device=args.device)
     _append_model(args.scores, args.out, args.name, s, m, scores.models)
     progress(args, f"wrote {args.out}: model {args.name!r} added ({scores.num_probes} probes)")
     return 0
@@ -325,8 +334,10 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
 
     from ..datasets.synthetic import synthetic_wholebody
     from ..fusion import fuse
+    from ..qme.predictor import Predictor
+    from ..qme.selection import fit_predictor
     from ..qme.train import (TrainConfig, estimate_quality, fit_qme, fit_quality_estimator,
-                             overall_score, predict)
+                             overall_score)
     _check_regime(regime)
     size = dict(sizes or DEMO_SIZES["quick" if quick else "default"])
     log = (lambda msg: None) if quiet else (
@@ -356,18 +367,21 @@ def demo_pipeline(regime: str = "mixed", seed: int = 0, device: str = "cpu",
     variants = (("qme", qe, None), ("qme_z1", qe, 1), ("qme_noqe", None, None))
     if not ablations:
         variants = variants[:1]
-    models = {}
+    models, predictors = {}, {}
     for row, q_est, z in variants:
         t0 = time.time()
         log(f"stage 2: {row}")
         model = fit_qme(train, val, q_est, cfg, num_experts=z)
-        fused[row] = predict(model, q_est, test, device=device,
-                             const_quality=cfg.const_quality)
-        models[row] = model
+        if row == "qme":  # the product: the cross-validated predictor (qme.selection)
+            pred, _ = fit_predictor(train, val, q_est, cfg, model=model, log=log)
+        else:             # the ablations: their trained QME as it is
+            pred = Predictor.from_qme(model, q_est, cfg.const_quality)
+        fused[row] = pred.fuse_block(test, device=device)
+        models[row], predictors[row] = model, pred
         t[row] = time.time() - t0
     rows = {row: _evaluate(test, S, M) for row, (S, M) in fused.items()}
     return {"rows": rows, "overall": {r: overall_score(v) for r, v in rows.items()},
-            "data": data, "fused": fused, "models": models, "qe": qe,
+            "data": data, "fused": fused, "models": models, "qe": qe, "predictors": predictors,
             "quality_test": estimate_quality(qe, test.quality[cfg.quality]),
             "config": dataclasses.asdict(cfg), "timings": t}
 

@@ -49,6 +49,16 @@ column, ``q_eff`` = q* with a face and 0 without (far, back-facing, low-resoluti
 look alike to body and gait matchers: their impostor scores run high). Ranks within a row are
 unchanged; the probes without a face get the highest scale, as in issue 19's score files.
 
+*Correlated errors (issue 26; all off by default).* ``video_degradation`` D: every probe
+draws one video degradation ``v ~ Exp(1)`` that multiplies the noise of face, body and gait
+together by ``1 + D v`` (the same bad video hurts every matcher), and its observed face
+quality (the quality features' ``q``) is ``q* / sqrt(1 + D v)``. ``twin_fraction`` f: f of
+all subjects are paired, the second of each pair a look-alike of the first in *every*
+modality (identity and outfit vectors ``normalise(s a + sqrt(1 - s^2) b)``,
+``s = twin_similarity``; pairs straddle the splits and the unknown subjects, so test
+impostors score high in every modality). ``noface_fraction`` replaces the regime's share of
+probes without a face (5-30 % in issue 26's benchmark).
+
 *Quality features.* ``quality["face"]`` (P, 64): ``tanh(W phi(q*) + b + 0.25 eps)`` with
 ``phi(q) = (q, q^2, sin 3q, sqrt q)`` and a fixed random ``W`` (64 x 4), ``b``; all zeros
 when the probe has no face (the QE must map those to q = 0). ``quality["face_weights"]``
@@ -68,6 +78,8 @@ arrays (``q_star`` (P,), ``has_face`` (P,) bool) for plots and diagnostics.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..io import ScoreSet
@@ -86,7 +98,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class _World:
     """Fixed subject identities, clothes and quality-feature map, shared by all splits."""
 
-    def __init__(self, rng, n_subjects, dim, lookalike, cluster_size, num_outfits):
+    def __init__(self, rng, n_subjects, dim, lookalike, cluster_size, num_outfits,
+                 twin_fraction=0.0, twin_similarity=0.9):
         self.dim = dim
         n_clusters = -(-n_subjects // cluster_size)
         cluster = np.repeat(np.arange(n_clusters), cluster_size)[:n_subjects]
@@ -99,10 +112,25 @@ class _World:
         self.outfits = _normalise(rng.standard_normal((n_subjects, num_outfits, dim)))
         self.qw = rng.standard_normal((QUALITY_DIM, 4)) * 1.5
         self.qb = rng.standard_normal(QUALITY_DIM) * 0.5
+        if twin_fraction > 0:   # drawn last: without twins the stream is that of earlier versions
+            self._twins(rng, n_subjects, twin_fraction, twin_similarity)
+
+    def _twins(self, rng, n, fraction, sim):
+        """Pair ``fraction`` of the subjects: the second of a pair becomes a look-alike of the
+        first in every modality at once (identity cosine ~ ``sim``; outfits too)."""
+        n_pairs = int(round(fraction * n / 2))
+        pairs = rng.permutation(n)[:2 * n_pairs].reshape(-1, 2)
+        a, b = pairs[:, 0], pairs[:, 1]
+        for m in MODELS:
+            u = self.ident[m]
+            u[b] = _normalise(sim * u[a] + np.sqrt(1 - sim ** 2) * u[b])
+        self.outfits[b] = _normalise(sim * self.outfits[a] + np.sqrt(1 - sim ** 2)
+                                     * self.outfits[b])
 
 
-def _probe_quality(rng, regime: str, n: int):
-    """(q* (n,), has_face (n,) bool) of probes under ``regime``."""
+def _probe_quality(rng, regime: str, n: int, noface_fraction=None):
+    """(q* (n,), has_face (n,) bool) of probes under ``regime``; ``noface_fraction`` replaces
+    the regime's share of probes without a face."""
     good = rng.beta(6.0, 1.5, n)
     poor = rng.beta(1.3, 3.0, n)
     if regime == "face_good":
@@ -111,13 +139,15 @@ def _probe_quality(rng, regime: str, n: int):
         q, p_noface = poor, 0.40
     else:
         q, p_noface = np.where(rng.random(n) < 0.5, good, poor), 0.20
+    if noface_fraction is not None:
+        p_noface = float(noface_fraction)
     return q, rng.random(n) >= p_noface
 
 
 class _Samples:
     """Features of a batch of samples (unit vectors per modality) and their ids."""
 
-    def __init__(self, world, rng, pids, outfits, q, has_face, nuisance, body_w):
+    def __init__(self, world, rng, pids, outfits, q, has_face, nuisance, body_w, video=None):
         n, d = pids.size, world.dim
 
         def noise():
@@ -126,6 +156,8 @@ class _Samples:
         s_f = (0.25 + 5.0 * (1 - q) ** 2) * (1 + 0.25 * nuisance)
         s_b = 0.55 * (1 + 0.3 * nuisance)
         s_g = 1.3 * (1 + 0.2 * nuisance)
+        if video is not None:   # one per-probe video degradation scales all three at once
+            s_f, s_b, s_g = s_f * video, s_b * video, s_g * video
         self.feat = {
             "face": _normalise(world.ident["face"][pids] + s_f[:, None] * noise()),
             "body": _normalise(np.sqrt(body_w) * world.ident["body"][pids]
@@ -172,12 +204,26 @@ def _quality_features(world, rng, q, has_face):
     return x.astype(np.float32), w[:, None].astype(np.float32)
 
 
-def _probes(world, rng, pids, regime, num_outfits, num_cameras, body_w):
+def _video(rng, degradation: float, n: int):
+    """(n,) noise multiplier ``1 + degradation * v`` of a per-probe video degradation, v
+    exponential (most videos fine, a tail of bad ones); None when ``degradation`` is 0."""
+    if not degradation:
+        return None
+    return 1.0 + float(degradation) * rng.exponential(1.0, n)
+
+
+def _probes(world, rng, pids, regime, num_outfits, num_cameras, body_w, video_degradation=0.0,
+            noface_fraction=None):
     n = pids.size
-    q, has_face = _probe_quality(rng, regime, n)
+    q, has_face = _probe_quality(rng, regime, n, noface_fraction)
     outfits = rng.integers(0, num_outfits, n)
     cams = rng.integers(0, num_cameras, n)
-    s = _Samples(world, rng, pids, outfits, q, has_face, np.abs(rng.standard_normal(n)), body_w)
+    nuisance = np.abs(rng.standard_normal(n))
+    video = _video(rng, video_degradation, n)
+    s = _Samples(world, rng, pids, outfits, q, has_face, nuisance, body_w, video)
+    if video is not None:
+        # the face detector sees part of the degradation: the observed quality drops with it
+        q = q / np.sqrt(video)
     return s, outfits, cams, q, has_face
 
 
@@ -194,7 +240,8 @@ def _clothes_id(pids, outfits):
 
 
 def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_per_subject,
-                gallery_per_subject, num_outfits, num_cameras, body_w, score_drift=0.0):
+                gallery_per_subject, num_outfits, num_cameras, body_w, score_drift=0.0,
+                **probe_opts):
     """A val/test ScoreSet: gallery of ``gallery_subjects`` + probes of both subject sets."""
     g_pids = np.repeat(gallery_subjects, gallery_per_subject)
     # gallery entries alternate between the first two outfits (outfit >= 2 is never enrolled)
@@ -204,7 +251,7 @@ def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_p
     q_pids = np.concatenate([np.repeat(gallery_subjects, probes_per_subject),
                              np.repeat(unknown_subjects, probes_per_subject)])
     probe, q_out, q_cams, q, has_face = _probes(world, rng, q_pids, regime, num_outfits,
-                                                num_cameras, body_w)
+                                                num_cameras, body_w, **probe_opts)
     unique = np.unique(g_pids)
     col = np.searchsorted(unique, g_pids)
     templates = {}
@@ -226,11 +273,11 @@ def _make_split(world, rng, gallery_subjects, unknown_subjects, regime, probes_p
 
 
 def _make_train(world, rng, subjects, regime, probes_per_subject, num_outfits, num_cameras,
-                body_w, score_drift=0.0):
+                body_w, score_drift=0.0, **probe_opts):
     """Training probes vs training centres: one centre per (pid, camera, clothes) seen."""
     q_pids = np.repeat(subjects, probes_per_subject)
     probe, q_out, q_cams, q, has_face = _probes(world, rng, q_pids, regime, num_outfits,
-                                                num_cameras, body_w)
+                                                num_cameras, body_w, **probe_opts)
     combos = np.unique(np.stack([q_pids, q_cams, q_out], axis=1), axis=0)
     c_pids, c_cams, c_out = combos[:, 0], combos[:, 1], combos[:, 2]
     c_feat = _enrol(world, rng, c_pids, c_out, body_w, repeats=3)
@@ -252,7 +299,10 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
                         train_probes_per_subject: int = 6, gallery_per_subject: int = 4,
                         num_cameras: int = 4, num_outfits: int = 3, dim: int = 32,
                         lookalike: float = 0.55, cluster_size: int = 3,
-                        body_identity_weight: float = 0.35, score_drift: float = 0.0) -> dict:
+                        body_identity_weight: float = 0.35, score_drift: float = 0.0,
+                        video_degradation: float = 0.0, twin_fraction: float = 0.0,
+                        twin_similarity: float = 0.9,
+                        noface_fraction: Optional[float] = None) -> dict:
     """Generate train / val / test ScoreSets of face, body and gait matchers (module docstring).
 
     Parameters
@@ -267,6 +317,9 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
         parameters (see the module docstring).
     score_drift : quality-dependent score scale (module docstring); 0 (default) leaves the
         scores exactly as without it.
+    video_degradation, twin_fraction, twin_similarity, noface_fraction : issue 26's
+        properties of real whole-body data (module docstring, "Correlated errors"); the
+        defaults (0, 0, -, None) leave the data exactly as without them.
 
     Returns
     -------
@@ -288,17 +341,29 @@ def synthetic_wholebody(regime: str = "mixed", seed: int = 0, num_subjects: int 
         raise ValueError(f"num_unknown must be >= 0, got {num_unknown}")
     if not 0.0 <= lookalike < 1.0:
         raise ValueError(f"lookalike must be in [0, 1), got {lookalike}")
+    if video_degradation < 0:
+        raise ValueError(f"video_degradation must be >= 0, got {video_degradation}")
+    if not 0.0 <= twin_fraction <= 1.0 or not 0.0 <= twin_similarity < 1.0:
+        raise ValueError(f"twin_fraction must be in [0, 1] and twin_similarity in [0, 1), got "
+                         f"{twin_fraction}, {twin_similarity}")
+    if noface_fraction is not None and not 0.0 <= noface_fraction <= 1.0:
+        raise ValueError(f"noface_fraction must be in [0, 1], got {noface_fraction}")
     rng = np.random.default_rng(seed)
     # validation mirrors the test split's share of unknown subjects (open-set calibration)
     n_val_unknown = int(round(num_unknown * num_val_subjects / max(num_subjects, 1)))
     n_all = num_train_subjects + num_val_subjects + n_val_unknown + num_subjects + num_unknown
-    world = _World(rng, n_all, dim, lookalike, cluster_size, num_outfits)
+    world = _World(rng, n_all, dim, lookalike, cluster_size, num_outfits, twin_fraction,
+                   twin_similarity)
     # subjects are shuffled so that look-alike clusters straddle the splits
     order = rng.permutation(n_all)
     cuts = np.cumsum([num_train_subjects, num_val_subjects, n_val_unknown, num_subjects])
     tr, va, va_unk, te, te_unk = (np.sort(a) for a in np.split(order, cuts))
     common = dict(num_outfits=num_outfits, num_cameras=num_cameras,
                   body_w=body_identity_weight, score_drift=score_drift)
+    if video_degradation:
+        common["video_degradation"] = video_degradation
+    if noface_fraction is not None:
+        common["noface_fraction"] = noface_fraction
     train, m_tr = _make_train(world, rng, tr, regime, train_probes_per_subject, **common)
     val, m_va = _make_split(world, rng, va, va_unk, regime, probes_per_subject,
                             gallery_per_subject, **common)

@@ -81,7 +81,7 @@ import torch
 from ..ops.inputs import as_ids, check_device, check_target_device
 from .accumulate import Block, BlockSource, check_block_rows
 from .core import DEFAULT_FARS
-from .streaming import (_handed_over, _max_group, bytes_per_row, fuse_rows, parse_memory,
+from .streaming import (_handed_over, _max_group, bytes_per_row, parse_memory,
                         rows_per_block)
 
 __all__ = ["METRICS", "GALLERY_TILE", "FeatureArray", "EmbeddingSource", "embedding_source",
@@ -510,23 +510,47 @@ class EmbeddingSource(BlockSource):
         return self._timed("fusion", lambda: self._fuse(r0, r1, rows, mrows, scores))
 
     def _fuse(self, r0, r1, rows, mrows, scores) -> tuple:
-        if hasattr(self.fusion, "normalisers"):  # a fitted FusionResult
-            def np_rows(ts):
-                return {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}
-            q = {k: v[r0:r1] for k, v in (self.quality or {}).items()}
-            return fuse_rows(self.fusion, self.names, self.ids, slice(r0, r1), np_rows(rows),
-                             np_rows(mrows) if mrows is not None else None, q, self.device,
-                             self.m, self.face, scores)
-        model = self.fusion  # a QME: (b, K, n) raw scores and (b,) quality -> (b, n)
-        dev = next(model.parameters()).device
-        q = None if self.quality is None else self.quality[r0:r1].to(dev)
-        with torch.no_grad():
-            s = model(torch.stack(rows, 1).float().to(dev), q).float().to(self.device) \
-                if scores else None
-            del rows
-            mm = model(torch.stack(mrows, 1).float().to(dev), q).float().to(self.device) \
-                if mrows is not None else None
-        return s, mm
+        # the one fusion call site: a ScoreSet block of these probe rows to the Fuser
+        # (a fitted FusionResult or a qme.Predictor; qme_ext.qme.predictor)
+        from ..io import ScoreSet
+
+        def np_rows(ts):
+            return {n: t.float().cpu().numpy() for n, t in zip(self.names, ts)}
+        q = self.quality
+        qrows = {k: v[r0:r1] for k, v in q.items()} if isinstance(q, Mapping) else {}
+        block = ScoreSet(models=list(self.names), score_mats=np_rows(rows),
+                         merge_score_mats=np_rows(mrows) if mrows is not None else {},
+                         quality=qrows, **{k: (v[r0:r1] if k.startswith("q_") else v)
+                                           for k, v in self.ids.items()})
+        del rows, mrows
+        s, mm = self.fusion(block, None if q is None or isinstance(q, Mapping) else q[r0:r1])
+        to = (lambda a: None if a is None else torch.from_numpy(a).to(self.device))
+        return (to(s) if scores else None), to(mm)
+
+
+def _fuser(fusion, names: list, quality, P: int, m: float, face, device) -> tuple:
+    """(fuse(block, q) -> (score rows, merge rows), quality rows) of ``fusion``: a fitted
+    FusionResult (with ``m``, ``face``), a :class:`qme_ext.qme.Predictor`, or a bare QME
+    (wrapped in a Predictor: its imputation, offsets and scale apply here too)."""
+    if hasattr(fusion, "normalisers"):  # a fitted FusionResult
+        q = None if quality is None else {k: np.asarray(v) for k, v in quality.items()}
+        return (lambda blk, _q: fusion.fuse_block(blk, m=m, face=face,
+                                                  device=device or "cpu")), q
+    from ..qme.predictor import Predictor
+    pred = fusion if isinstance(fusion, Predictor) else Predictor.from_qme(fusion)
+    if list(names) != list(pred.models):
+        raise ValueError(f"probe_feats: the QME fuses {list(pred.models)} in that order, "
+                         f"got {list(names)}")
+    if isinstance(quality, Mapping):  # quality features for the predictor's QE
+        return (lambda blk, _q: pred.fuse_block(blk)), {k: np.asarray(v)
+                                                       for k, v in quality.items()}
+    if quality is None and pred.kind == "qme" and pred.model.num_experts > 1 \
+            and pred.qe is None:
+        quality = np.full(P, pred.const_quality, dtype=np.float32)  # predict()'s constant gate
+    q = None if quality is None else np.asarray(quality, dtype=np.float32).reshape(-1)
+    if q is not None and q.shape[0] != P:
+        raise ValueError(f"quality: expected {P} values (one per probe), got {q.shape[0]}")
+    return (lambda blk, qb: pred.fuse_block(blk, q=qb)), q
 
 
 def _feature_dict(x, name: str, models: Optional[Sequence[str]]) -> dict:
@@ -605,20 +629,14 @@ def embedding_source(probe_feats, gallery_feats, *, g_pids, unique_g_pids=None,
         row += (item - 4) * (G + uniq.size) * K + 2 * item * min(G, GALLERY_TILE)
         block_rows = min(P, rows_per_block(row, budget) if budget is not None
                          else max(1, _DEFAULT_BLOCK_BYTES // row))
-    if fused and hasattr(fusion, "normalisers"):
-        q = None if quality is None else {k: np.asarray(v) for k, v in quality.items()}
-        source = EmbeddingSource(mods, block_rows, fusion, ids, q, m, face, progress, list(pf))
-    elif fused:  # a QME
-        if list(pf) != list(fusion.models):
-            raise ValueError(f"probe_feats: the QME fuses {list(fusion.models)} in that order, "
-                             f"got {list(pf)}")
-        if quality is None and fusion.num_experts > 1:
-            quality = np.full(P, 0.5, dtype=np.float32)  # predict()'s constant gate
-        q = None if quality is None else torch.as_tensor(np.asarray(quality)).reshape(-1).float()
-        if q is not None and q.shape[0] != P:
-            raise ValueError(f"quality: expected {P} values (one per probe), got {q.shape[0]}")
-        source = EmbeddingSource(mods, block_rows, fusion, None, q, progress=progress,
-                                 names=list(pf))
+    if fused:
+        fuser, q = _fuser(fusion, list(pf), quality, P, m, face, device)
+        if ids is None:  # a block ScoreSet needs ids; only g_pids matter to a fusion
+            ids = {"q_pids": np.zeros(P, np.int64), "q_camids": np.zeros(P, np.int64),
+                   "q_clothes_ids": np.zeros(P, np.int64), "g_pids": gp,
+                   "g_camids": np.zeros(G, np.int64), "g_clothes_ids": np.zeros(G, np.int64),
+                   "unique_g_pids": uniq}
+        source = EmbeddingSource(mods, block_rows, fuser, ids, q, m, face, progress, list(pf))
     else:
         source = EmbeddingSource(mods, block_rows, progress=progress)
     return source, uniq

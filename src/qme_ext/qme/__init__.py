@@ -20,6 +20,9 @@ _EXPORTS = {
     "predict": "train",
     "fuse_scoreset": "train",
     "search": "fused_search",  # not "search": a submodule named like the function would shadow it
+    "Predictor": "predictor",   # issue 26: the one inference path
+    "Fuser": "predictor",
+    "fit_predictor": "selection",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
 }

@@ -137,8 +137,13 @@ def search(model, scores, k: int, quality=None, *, features=None, largest: bool 
 
     Parameters
     ----------
-    model : a trained :class:`~qme_ext.qme.QME`; run in eval mode (running BatchNorm
-        statistics, no dropout) and restored to its mode afterwards.
+    model : a trained :class:`~qme_ext.qme.QME`, run in eval mode (running BatchNorm
+        statistics, no dropout) and restored to its mode afterwards; or a
+        :class:`~qme_ext.qme.Predictor` (issue 26: the values are then exactly its
+        ``fuse_block`` scores -- absent modalities imputed, stratum offsets, a baseline
+        fusion or single model, per-probe Z-norm -- up to float rounding of the Z-norm's
+        statistics, which are summed tile by tile; absence is read off each probe's
+        first gallery tile).
     scores : the raw scores of ``model.models``, as one of
         - a :class:`~qme_ext.io.ScoreSet` (its ``score_mats``),
         - a dict ``{model name: (P, G) array or tensor}``,
@@ -166,7 +171,15 @@ def search(model, scores, k: int, quality=None, *, features=None, largest: bool 
     scores are numpy (or a ScoreSet), else tensors on ``device``. Ties and NaN
     follow :func:`qme_ext.topk`.
     """
-    models = list(model.models)
+    from .predictor import Predictor
+    pred = model if isinstance(model, Predictor) else None
+    if pred is not None:
+        model = pred.model
+        if pred.kind == "qme" and quality is None and pred.qe is not None:
+            quality = pred.qe
+        if pred.kind == "qme":
+            const_quality = pred.const_quality
+    models = list(pred.models if pred is not None else model.models)
     k = check_k(k, MAX_K)  # type and range; k <= G is checked once G is known
     largest = check_largest(largest)
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
@@ -174,20 +187,95 @@ def search(model, scores, k: int, quality=None, *, features=None, largest: bool 
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
                               or batch < 1):
         raise ValueError(f"batch: expected a positive integer or None, got {batch!r}")
+    if pred is not None and pred.kind != "qme":
+        dev = torch.device(device or "cpu")
+        return _search(None, models, scores, k, None, features, largest, int(tile), batch,
+                       dev, const_quality, pred)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         return _search(model, models, scores, k, quality, features, largest, int(tile), batch,
-                       dev, const_quality)
+                       dev, const_quality, pred)
     finally:
         model.train(was_training)
 
 
+class _PredictorBlocks:
+    """A Predictor's fusion of (b, K, n) blocks of a search (fused_search.search): the
+    per-probe absence and offsets fixed at the first tile, the Z-norm's row sums."""
+
+    def __init__(self, pred, models, num_probes, q, features, scores):
+        from ..io import ScoreSet
+        self.pred, self.models, self.q = pred, models, q
+        self.absent = self.offset = None
+        qn = pred.quality_name
+        if features is not None:
+            self.quality = {qn: np.asarray(features)}
+        elif isinstance(scores, ScoreSet):
+            self.quality = dict(scores.quality)
+        else:
+            self.quality = {}
+        self.sums = np.zeros((num_probes, 3)) if pred.scale == "znorm" else None
+
+    def _block(self, x: np.ndarray, p0: int, p1: int):
+        from ..io import ScoreSet
+        b, n = x.shape[0], x.shape[2]
+        z = np.zeros(b, np.int64)
+        return ScoreSet(models=list(self.models),
+                        score_mats={m: x[:, i] for i, m in enumerate(self.models)},
+                        merge_score_mats={}, quality={k: v[p0:p1] for k, v in
+                                                      self.quality.items()},
+                        q_pids=z, q_camids=z, q_clothes_ids=z, g_pids=np.zeros(n, np.int64),
+                        g_camids=np.zeros(n, np.int64), g_clothes_ids=np.zeros(n, np.int64),
+                        unique_g_pids=np.zeros(1, np.int64))
+
+    def first(self, part):
+        """Absence and offsets of every probe, from the first column range ``part``."""
+        if self.pred.kind != "qme" or self.absent is not None:
+            return
+        x = part.block(0, part.rows, 0, part.cols, "cpu").float().numpy()
+        blk = self._block(x, 0, part.rows)
+        self.absent = self.pred.absent(x, blk)
+        qn = None if self.q is None else self.q.cpu().numpy()
+        self.offset = self.pred.offsets(qn if qn is not None else
+                                        np.zeros(part.rows, np.float32), self.absent)
+
+    def __call__(self, xb: torch.Tensor, p0: int, p1: int) -> torch.Tensor:
+        x = xb.float().cpu().numpy()
+        if self.pred.kind == "qme":
+            q = None if self.q is None else self.q[p0:p1].cpu()
+            ab = None if self.absent is None else self.absent[p0:p1]
+            off = self.offset if np.isscalar(self.offset) else self.offset[p0:p1]
+            out = self.pred.fuse_cube(x, q, ab, device=xb.device) + off
+        else:
+            scale, self.pred.scale = self.pred.scale, None
+            try:
+                out = self.pred.fuse_block(self._block(x, p0, p1))[0]
+            finally:
+                self.pred.scale = scale
+        if self.sums is not None:
+            o = out.astype(np.float64)
+            self.sums[p0:p1] += np.stack([np.full(o.shape[0], o.shape[1]), o.sum(1),
+                                          np.square(o).sum(1)], axis=1)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(xb.device)
+
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """The top-k values on the predictor's scale (the Z-norm of each whole row)."""
+        if self.sums is None:
+            return values
+        n, s1, s2 = self.sums.T
+        mu = s1 / np.maximum(n, 1)
+        sd = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mu ** 2, 0.0))
+        sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        v = (values.cpu().double().numpy() - mu[:, None]) / sd[:, None]
+        return torch.from_numpy(v.astype(np.float32)).to(values.device)
+
+
 def _search(model, models, scores, k, quality, features, largest, tile, batch, dev,
-            const_quality) -> TopK:
+            const_quality, pred=None) -> TopK:
     runs: list = []  # per probe block: running (values (b, k'), indices (b, k'))
-    num_probes, q, col0, is_numpy = None, None, 0, False
+    num_probes, q, col0, is_numpy, fuse = None, None, 0, False, None
     with torch.no_grad():
         for part, width, whole in _tiles(scores, models, tile):
             if num_probes is None:
@@ -196,7 +284,13 @@ def _search(model, models, scores, k, quality, features, largest, tile, batch, d
                     raise ValueError("scores: no probes")
                 if whole:  # G is known: refuse k > G before any work
                     check_k(k, part.cols)
-                q = _quality(model, quality, features, scores, num_probes, const_quality, dev)
+                q = (_quality(model, quality, features, scores, num_probes, const_quality, dev)
+                     if model is not None else None)
+                fuse = None
+                if pred is not None:
+                    fuse = _PredictorBlocks(pred, models, num_probes, q, features, scores)
+            if fuse is not None:
+                fuse.first(part)
             elif part.rows != num_probes:
                 raise ValueError(f"scores: every tile needs the {num_probes} probes, got a tile "
                                  f"with {part.rows}")
@@ -205,7 +299,9 @@ def _search(model, models, scores, k, quality, features, largest, tile, batch, d
                 c1 = min(part.cols, c0 + width)
                 for b, p0 in enumerate(range(0, num_probes, pb)):
                     p1 = min(num_probes, p0 + pb)
-                    fused = model(part.block(p0, p1, c0, c1, dev), None if q is None else q[p0:p1])
+                    xb = part.block(p0, p1, c0, c1, dev)
+                    fused = (model(xb, None if q is None else q[p0:p1]) if fuse is None
+                             else fuse(xb, p0, p1))
                     v, i = _topk_op(fused, min(k, c1 - c0), largest)
                     merged = _merge(runs[b] if b < len(runs) else None, v, i + (col0 + c0), k,
                                     largest)
@@ -219,6 +315,8 @@ def _search(model, models, scores, k, quality, features, largest, tile, batch, d
     check_k(k, col0)
     values = torch.cat([r[0] for r in runs])
     indices = torch.cat([r[1] for r in runs])
+    if fuse is not None:
+        values = fuse.finish(values)
     if is_numpy:
         return TopK(values.cpu().numpy(), indices.cpu().numpy())
     return TopK(values, indices)

@@ -69,6 +69,12 @@ class TrainConfig:
     #                                    validated earlier state is ahead by more than this
     open_set: Optional[bool] = None    # absent modalities imputed, per-stratum offsets,
     #                                    leave-subject-out validation, safety net (issue 19)
+    select: Optional[str] = None       # "cv": the predictor is chosen by subject-wise k-fold
+    #                                    cross-validation over train + val (qme.selection;
+    #                                    recipe: robust "cv", paper "" = the trained QME)
+    cv_folds: int = 3                  # k of the cross-validation
+    cv_steps: Optional[int] = None     # stage-2 steps of each fold's QME (recipe: 300, the
+    #                                    first cosine cycle: the demo stays under a minute)
     num_experts: int = 2
     ratio: int = 3
     dropout: float = 0.1
@@ -116,9 +122,9 @@ class TrainConfig:
 #           (the safety net, logged and written to the checkpoint).
 RECIPES = {
     "paper": dict(max_steps=3000, eval_every=100, patience=10, warm_start=False, val_margin=0.0,
-                  open_set=False),
+                  open_set=False, select="", cv_steps=0),
     "robust": dict(max_steps=2100, eval_every=300, patience=0, warm_start=True, val_margin=0.02,
-                   open_set=True),
+                   open_set=True, select="cv", cv_steps=300),
 }
 SMOOTH_FARS = (0.001, 0.01, 0.1)
 
@@ -350,7 +356,8 @@ def _forward(model, x: np.ndarray, q: torch.Tensor, batch: int, dev) -> np.ndarr
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
             xb = torch.as_tensor(x[s:s + batch], device=dev)
-            res[s:s + batch] = model(xb, q[s:s + batch].to(dev)).float().cpu().numpy()
+            qb = None if q is None else q[s:s + batch].to(dev)
+            res[s:s + batch] = model(xb, qb).float().cpu().numpy()
     model.train(was)
     return res
 
@@ -365,32 +372,10 @@ def predict(model, qe, scoreset, batch: int = 256, device=None, quality: Optiona
     ``open_set`` option (``model.open_set``, the robust recipe) also treats absent modalities
     as missing (:mod:`.missing`) and adds its per-stratum offsets (:mod:`.calibration`).
     """
-    from .calibration import StratumOffsets
-    from .missing import impute_absent
-    models = list(getattr(model, "models", scoreset.models))
-    missing = [m for m in models if m not in scoreset.models]
-    if missing:
-        raise ValueError(f"scoreset lacks model(s) {missing}; the fusion needs {models}")
-    from ..ops.inputs import check_target_device  # 'meta', CUDA on a CPU build: ValueError
-    dev = (check_target_device(device) if device is not None
-           else next(model.parameters()).device)
-    q_np = _quality_of(qe, scoreset, quality or "face", const_quality, dev)
-    q = torch.as_tensor(q_np)
-    spec = getattr(model, "open_set", None)
-    mean = model.experts[0].running_mean.detach().cpu().numpy()
-    x = _stack(scoreset, models)
-    absent = _absent(scoreset, models, x, spec)
-    cal = StratumOffsets.from_dict(spec.get("calibration")) if spec else None
-    offset = cal.offset(q_np, absent).astype(np.float32)[:, None] if cal is not None else 0.0
-    outs = []
-    for key in ("score_mats", "merge_score_mats"):
-        if any(m not in getattr(scoreset, key) for m in models):
-            outs.append(None)
-            continue
-        if key != "score_mats":
-            x = _stack(scoreset, models, key)
-        outs.append(_forward(model, impute_absent(x, absent, mean), q, batch, dev) + offset)
-    return outs[0], outs[1]
+    from .predictor import Predictor
+    pred = Predictor.from_qme(model, qe, const_quality, quality_name=quality,
+                              models=getattr(model, "models", scoreset.models))
+    return pred.fuse_block(scoreset, batch=batch, device=device)
 
 
 def fuse_scoreset(model, qe, scoreset, name: str = "qme", batch: int = 256, device=None,
@@ -405,10 +390,16 @@ def _validate(model, qe, val, config, dev) -> tuple:
     """(criterion, metrics) of ``model`` on the validation split; the metrics also hold the
     leave-subject-out FNIRs ``LSO_FNIR@...`` (every probe also a non-mated search), which
     the criterion uses with the ``open_set`` option."""
-    from ..metrics.core import evaluate
-    from .openset import lso_fnir
     s, m = predict(model, qe, val, device=dev, quality=config.quality,
                    const_quality=config.const_quality)
+    return _criterion(s, m, val, config)
+
+
+def _criterion(s, m, val, config) -> tuple:
+    """(criterion, metrics) of fused matrices ``s`` (P, G), ``m`` (P, S) of ``val``
+    (:func:`_validate`; also the cross-validation's, :mod:`.selection`)."""
+    from ..metrics.core import evaluate
+    from .openset import lso_fnir
     robust = config.recipe == "robust"
     fars = tuple(sorted(set(SMOOTH_FARS) | {0.0001, 0.01})) if robust else None
     res = evaluate(s, m, val.q_pids, val.q_camids, val.q_clothes_ids, val.g_pids, val.g_camids,
