@@ -63,7 +63,7 @@ def test_train_writes_its_cv_selection_and_fuse_scores_with_the_predictor(files,
     """Issue 26: the checkpoint holds the cross-validated predictor and every candidate's
     per-fold criteria; ``fuse`` writes exactly that predictor's scores."""
     from qme_ext.qme.checkpoint import load_checkpoint
-    from qme_ext.qme.predictor import Predictor
+    from qme_ext.qme.checkpoint import load_predictor
     _, _, meta = load_checkpoint(trained)
     sel = meta["extra"]["selection"]
     assert sel["folds"] == 3 and sel["chosen"] in sel["candidates"]
@@ -74,7 +74,7 @@ def test_train_writes_its_cv_selection_and_fuse_scores_with_the_predictor(files,
     fused = str(files["dir"] / "fused_pred.h5")
     r = _run("fuse", trained, files["test"], "--out", fused, "--quiet")
     assert r.returncode == 0, r.stderr
-    S, M = Predictor.from_checkpoint(trained).fuse_block(load_scores(files["test"]))
+    S, M = load_predictor(trained).fuse_block(load_scores(files["test"]))
     got = load_scores(fused)
     np.testing.assert_array_equal(got.score_mats["qme"], S)
     np.testing.assert_array_equal(got.merge_score_mats["qme"], M)

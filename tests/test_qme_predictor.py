@@ -10,6 +10,7 @@ from qme_ext.fusion import FusionResult, fit_fusion
 from qme_ext.io import ScoreSet
 from qme_ext.qme import search
 from qme_ext.qme import train as T
+from qme_ext.qme.checkpoint import load_predictor
 from qme_ext.qme.predictor import Fuser, Predictor, ensemble_rows, znorm_rows
 from qme_ext.qme.selection import cross_validate, subset
 
@@ -96,7 +97,7 @@ def test_robust_model_scores_the_same_through_every_path(data, robust, tmp_path)
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, qe, T.TrainConfig(quiet=True), model.models,
                     {"predictor": pred.spec()})
-    s2, m2 = Predictor.from_checkpoint(path).fuse_block(test)
+    s2, m2 = load_predictor(path).fuse_block(test)
     np.testing.assert_array_equal(s0, s2)
     np.testing.assert_array_equal(m0, m2)
     # the fused search: top-k values and columns of the predictor's rows

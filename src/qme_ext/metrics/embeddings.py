@@ -536,8 +536,8 @@ def _fuser(fusion, names: list, quality, P: int, m: float, face, device) -> tupl
         q = None if quality is None else {k: np.asarray(v) for k, v in quality.items()}
         return (lambda blk, _q: fusion.fuse_block(blk, m=m, face=face,
                                                   device=device or "cpu")), q
-    from ..qme.predictor import Predictor
-    pred = fusion if isinstance(fusion, Predictor) else Predictor.from_qme(fusion)
+    # a Predictor, or a bare QME asked for its predictor (duck-typed: qme is a layer above)
+    pred = fusion.as_predictor() if hasattr(fusion, "as_predictor") else fusion
     if list(names) != list(pred.models):
         raise ValueError(f"probe_feats: the QME fuses {list(pred.models)} in that order, "
                          f"got {list(names)}")

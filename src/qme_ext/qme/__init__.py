@@ -25,6 +25,7 @@ _EXPORTS = {
     "fit_predictor": "selection",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "load_predictor": "checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -112,3 +112,12 @@ def load_checkpoint(path, map_location="cpu"):
         qe.eval()
     meta = {k: v for k, v in data.items() if k not in ("qme_state", "qe_state")}
     return model, qe, meta
+
+
+def load_predictor(path, map_location="cpu"):
+    """The :class:`~qme_ext.qme.predictor.Predictor` a ``qme-ext train`` checkpoint holds
+    (``extra["predictor"]``; a checkpoint without one is its QME, as before issue 26)."""
+    from .predictor import Predictor
+    model, qe, meta = load_checkpoint(path, map_location=map_location)
+    const_q = float(meta.get("config", {}).get("const_quality", 0.5))
+    return Predictor.from_parts(model, qe, meta["extra"].get("predictor"), const_q)

@@ -89,7 +89,7 @@ def _tiles(scores, models, tile: int) -> Iterator[tuple]:
 def _quality(model, quality, features, scores, num_probes: int, const_quality: float, device):
     """(P,) float32 probe quality on `device`, or None when the QME has one expert."""
     from .modules import QualityEstimator
-    from .train import _quality_of, estimate_quality
+    from .inference import _quality_of, estimate_quality
     from ..io import ScoreSet
 
     if isinstance(quality, QualityEstimator):

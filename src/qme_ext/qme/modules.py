@@ -195,6 +195,13 @@ class QME(nn.Module):
                      for e in self.experts]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
+    def as_predictor(self):
+        """This model as a :class:`qme_ext.qme.Predictor` (its imputation, offsets and scale
+        applied): the one inference path that the engine's fusion call site asks a bare QME
+        for (the metrics layer below does not import qme)."""
+        from .predictor import Predictor
+        return Predictor.from_qme(self)
+
     def forward(self, scores: torch.Tensor, q: Optional[torch.Tensor] = None) -> torch.Tensor:
         if scores.dim() != 3 or scores.shape[1] != len(self.models):
             raise ValueError(f"scores: expected (B, {len(self.models)}, G), got "

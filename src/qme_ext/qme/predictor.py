@@ -77,7 +77,7 @@ class Predictor:
     """A trained fusion as one callable object (module docstring); implements :class:`Fuser`.
 
     Build it with :meth:`from_qme`, :meth:`from_fusion`, :meth:`from_model` or
-    :meth:`from_checkpoint`; ``scale`` is None or ``"znorm"``.
+    :func:`qme_ext.qme.checkpoint.load_predictor`; ``scale`` is None or ``"znorm"``.
     """
 
     def __init__(self, kind: str, models: Sequence[str], *, model=None, qe=None,
@@ -128,15 +128,6 @@ class Predictor:
                    scale=scale, info=info, members=list(members))
 
     @classmethod
-    def from_checkpoint(cls, path, map_location="cpu") -> "Predictor":
-        """The predictor a ``qme-ext train`` checkpoint holds (``extra["predictor"]``; a
-        checkpoint without one is its QME, as before issue 26)."""
-        from .checkpoint import load_checkpoint
-        model, qe, meta = load_checkpoint(path, map_location=map_location)
-        const_q = float(meta.get("config", {}).get("const_quality", 0.5))
-        return cls.from_parts(model, qe, meta["extra"].get("predictor"), const_q)
-
-    @classmethod
     def from_parts(cls, model, qe, spec: Optional[dict], const_quality: float = 0.5):
         """The predictor described by ``spec`` (:meth:`spec`) around a loaded QME."""
         spec = dict(spec or {"kind": "qme"})
@@ -180,12 +171,12 @@ class Predictor:
                 raise ValueError(f"quality: expected {block.num_probes} values (one per probe), "
                                  f"got {q.shape[0]}")
             return q
-        from .train import _quality_of
+        from .inference import _quality_of
         return _quality_of(self.qe, block, self.quality_name, self.const_quality, None)
 
     def absent(self, x: np.ndarray, block) -> Optional[np.ndarray]:
         """(b, K) absent models of raw scores ``x`` (b, K, G) (None without open_set)."""
-        from .train import _absent
+        from .inference import _absent
         return _absent(block, self.models, x, getattr(self.model, "open_set", None))
 
     def offsets(self, q: np.ndarray, absent):
@@ -201,7 +192,7 @@ class Predictor:
         """(b, n) float32 experts' output of raw scores ``x`` (b, K, n) and quality ``q``
         (b,): absent rows and NaN replaced by the training mean (no offsets, no scale)."""
         from .missing import impute_absent
-        from .train import _forward
+        from .inference import _forward
         model = self.model
         from ..ops.inputs import check_target_device  # 'meta', CUDA on a CPU build: ValueError
         dev = (check_target_device(device) if device is not None
@@ -234,7 +225,7 @@ class Predictor:
         return out
 
     def _fuse_qme(self, block, q, batch, device) -> tuple:
-        from .train import _stack
+        from .inference import _stack
         q_np = self.quality(block, q)
         x = _stack(block, self.models)
         absent = self.absent(x, block)
