@@ -1,8 +1,8 @@
-"""Achieved memory bandwidth of every CUDA kernel at a large size (SPEC 6).
+"""Achieved memory bandwidth of every CUDA kernel at a large size (docs/definitions.rst, §6).
 
 Each kernel is run through its custom op (``qme_ext::<op>``) once to warm up, then
 timed (CUDA events, median of ``--repeat`` calls); the report gives the bytes the
-kernel must touch (each input read once, each output written once: the SPEC 6
+kernel must touch (each input read once, each output written once: the docs/definitions.rst, §6
 definition), the achieved GB/s and the percentage of the device's theoretical peak
 (2 x memory clock x bus width from the device properties, else a table for
 H100/H200/A100; see conftest.peak_bandwidth).

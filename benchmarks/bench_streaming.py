@@ -1,6 +1,6 @@
 """CPU: out-of-core ``metrics.evaluate_file`` vs in-memory ``load_scores`` + ``evaluate``.
 
-One synthetic SPEC 1 score file, one model, float32 (P, G) = 2,000 x 50,000 (400 MB)
+One synthetic score file (docs/definitions.rst, §1), one model, float32 (P, G) = 2,000 x 50,000 (400 MB)
 and 200 subjects; scale with QME_BENCH_SCALE. The out-of-core run reads row blocks
 that fit MAX_MEMORY (default 64MB, about a sixth of the file at full scale).
 Reported: time of each path (measured in the same run), and the peak RSS each adds

@@ -78,7 +78,7 @@ def _one_line(proc, *needles):
 
 @pytest.fixture
 def scores(tmp_path):
-    """A small SPEC §1 score file a.h5 (and its ScoreSet) in a fresh folder."""
+    """A small score file (docs/definitions.rst, §1) a.h5 (and its ScoreSet) in a fresh folder."""
     ss = make_example_scoreset(num_probes=12, num_gallery=24, num_subjects=6, seed=1)
     save_scores(tmp_path / "a.h5", ss)
     return tmp_path / "a.h5", ss

@@ -31,7 +31,7 @@ def test_hdf5_npz_and_npy_directory(problem, tmp_path, capsys):
     with h5py.File(tmp_path / "f.h5", "w") as fh:
         fh["probe_feats"], fh["gallery_feats"] = q.astype(np.float16), g.astype(np.float16)
         for k in KEYS:
-            fh[k] = ids[k].astype(np.float64)  # ids stored as floats, as SPEC §1 allows
+            fh[k] = ids[k].astype(np.float64)  # ids stored as floats, as docs/definitions.rst, §1 allows
     np.savez(tmp_path / "f.npz", probe_feats=q, gallery_feats=g, **ids)
     (tmp_path / "d").mkdir()
     for k, v in dict(probe_feats=q, gallery_feats=g, **ids).items():

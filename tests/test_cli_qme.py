@@ -89,7 +89,7 @@ def _train(files, train_path, out, seed="3"):
 
 
 def test_train_file_without_merge_matrices_or_unique_g_pids(files, tmp_path):
-    """SPEC §1: a training file needs neither; subjects come from g_pids."""
+    """docs/definitions.rst, §1: a training file needs neither; subjects come from g_pids."""
     bare = str(tmp_path / "train_bare.h5")
     save_scores(bare, load_scores(files["train"]))
     with h5py.File(bare, "a") as f:

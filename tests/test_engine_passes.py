@@ -114,7 +114,7 @@ def test_rank_counts_same_for_any_thread_count():
 
 
 def _openset_literal(M, gcol, enrolled):
-    """openset_stats by its definition (SPEC 2.3), one split and probe at a time."""
+    """openset_stats by its definition (docs/definitions.rst, §2.3), one split and probe at a time."""
     from qme_ext.ops.keys import keys
     bits = 64 if M.dtype == np.float64 else 32
     P, C = M.shape

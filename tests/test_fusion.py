@@ -1,4 +1,4 @@
-"""Normalisers and fusion rules against direct numpy formulas (SPEC §3)."""
+"""Normalisers and fusion rules against direct numpy formulas (docs/definitions.rst, §3)."""
 import dataclasses
 
 import numpy as np

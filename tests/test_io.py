@@ -197,7 +197,7 @@ def test_atomic_write(tmp_path, scores, monkeypatch):
 
 
 def test_training_file_needs_no_unique_g_pids(path, scores):
-    """SPEC §1: a training file has no merge matrices and need not store unique_g_pids."""
+    """docs/definitions.rst, §1: a training file has no merge matrices and need not store unique_g_pids."""
     def strip(f):
         del f["unique_g_pids"]
         for m in scores.models:

@@ -1,7 +1,7 @@
 """Property tests of the fusion baselines, the QME op and the quality ops.
 
 * fusion normalisers and rules (qme_ext/fusion.py) against direct numpy
-  transcriptions of SPEC 3 (the weighted rule's 1/EER weights against
+  transcriptions of docs/definitions.rst, §3 (the weighted rule's 1/EER weights against
   qme_ext.reference.eer_ref);
 * ``qme_ext::expert_fuse`` (forward and autograd) against the plain-PyTorch
   experts of qme_ext/reference/qme.py; half-precision inputs give exactly the
@@ -48,7 +48,7 @@ def cleaned(m: Matrix) -> np.ndarray:
 
 
 def np_normalise(name, s, cal, genuine):
-    """SPEC 3 formulas on float64 arrays; None where the normaliser must refuse."""
+    """docs/definitions.rst, §3 formulas on float64 arrays; None where the normaliser must refuse."""
     if name == "raw":
         return s
     if name == "zscore":

@@ -60,7 +60,7 @@ def test_synthetic_layout(tiny):
 
 def test_short_training_lowers_both_losses(tiny):
     # the paper recipe: lr 1e-3: the experts start near F = 0 (loss ~1) and move slowly at
-    # the SPEC's 1e-4
+    # the published 1e-4 (docs/definitions.rst, §4)
     cfg = _cfg(max_steps=300, qe_steps=300, lr=1e-3, recipe="paper")
     qe = fit_quality_estimator(tiny["train"], tiny["val"], cfg)
     h = qe.history["train_loss"]
@@ -79,7 +79,7 @@ def test_qme_beats_zscore_on_face_poor():
 
     A small face_poor set (most probes with a poor face, 40 % without one) and a short
     training run: QME must clearly beat the z-score sum rule calibrated on the same training
-    split. The SPEC learning rate (1e-4) needs thousands of steps (benchmarks/qme_accuracy.py);
+    split. The published learning rate (1e-4) needs thousands of steps (benchmarks/qme_accuracy.py);
     600 steps at 1e-3 keep this test to seconds.
     """
     data = synthetic_wholebody("face_poor", seed=1, num_subjects=50, num_train_subjects=60,

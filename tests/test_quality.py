@@ -1,5 +1,5 @@
-"""Quality-aware recognition (SPEC 5): formulas against direct PyTorch
-transcriptions, SPEC check values, the MagFace fixture oracle, gradchecks,
+"""Quality-aware recognition (docs/definitions.rst, §5): formulas against direct PyTorch
+transcriptions, the check values of docs/definitions.rst, the MagFace fixture oracle, gradchecks,
 opchecks of qme_ext::qmagface_epilogue / template_aggregate, and the QMagFace
 fit against the literal reference in both threshold spaces."""
 import math

@@ -105,7 +105,7 @@ def test_rank_order_ties_nan_signed_zero():
 
 
 def test_rank_matches_sort_free_counting_with_ties():
-    # SPEC 2.1 sort-free form: p = #strictly higher + #equal at a lower index (junk excluded).
+    # docs/definitions.rst, §2.1 sort-free form: p = #strictly higher + #equal at a lower index (junk excluded).
     # Long rows with heavy ties would expose an unstable sort (numpy quicksort for n > 16).
     rng = np.random.default_rng(8)
     P, G = 20, 200

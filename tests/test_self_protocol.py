@@ -1,4 +1,4 @@
-"""``calibration="self"`` is the QME paper's notebook protocol (SPEC §3): zscore/minmax
+"""``calibration="self"`` is the QME paper's notebook protocol (docs/definitions.rst, §3): zscore/minmax
 normalise score_mat and merge_score_mat each with its own statistics, RHE uses the score
 matrix's min and genuine statistics for both; ``"self-score"`` keeps the score matrix's
 statistics for both."""

@@ -38,7 +38,7 @@ void keys_f32_portable(const float* x, int64_t n, uint32_t* out, NonFinite& nf) 
 }
 
 #if QME_KEY_BLOCK_X86
-// key = NaN ? 0 : (sign ? ~u : u | 2^31), -0.0 folded onto +0.0 (SPEC keys, common.h).
+// key = NaN ? 0 : (sign ? ~u : u | 2^31), -0.0 folded onto +0.0 (the order-preserving keys of common.h).
 __attribute__((target("avx2"))) void keys_f32_avx2(const float* x, int64_t n, uint32_t* out,
                                                    NonFinite& nf) {
   const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);

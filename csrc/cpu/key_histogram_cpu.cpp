@@ -1,6 +1,6 @@
 // CPU twin of key_histogram: one radix digit of the score keys, optionally
 // restricted to entries under given key prefixes (the refinement passes of an
-// exact order-statistic select, SPEC 2.2). Integer counts only.
+// exact order-statistic select, docs/definitions.rst, §2.2). Integer counts only.
 #include <algorithm>
 #include <limits>
 #include <vector>

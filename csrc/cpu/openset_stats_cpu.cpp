@@ -1,6 +1,6 @@
 // CPU twin of openset_stats: one read of each probe's merge-score row gives, for
 // every enrolment split at once, the best non-genuine enrolled score and the rank
-// of the genuine column (SPEC 2.3), plus the matrix's non-finite counts.
+// of the genuine column (docs/definitions.rst, §2.3), plus the matrix's non-finite counts.
 //
 // The row is read once, a chunk at a time, into an L1-resident key buffer; every
 // split then works on that buffer, never on the matrix:

@@ -1,5 +1,5 @@
 // CPU twin of qmagface_epilogue: the element-wise QMagFace score adjustment of
-// one similarity tile (SPEC 5). It runs right after the tile's matmul so the
+// one similarity tile (docs/definitions.rst, §5). It runs right after the tile's matmul so the
 // tile is still cache resident; rows are split between threads.
 #include <algorithm>
 #include <vector>

@@ -1,5 +1,5 @@
 // CPU twin of rank_counts: per probe, one pass over its row counts how many
-// entries precede each good entry (sort-free CMC/AP, SPEC 2.1).
+// entries precede each good entry (sort-free CMC/AP, docs/definitions.rst, §2.1).
 //
 // The goods of all modes are merged into one ranked list, so each entry of the
 // row costs one (vectorised) floor comparison and, only when it ranks above the lowest good,

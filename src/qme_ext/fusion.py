@@ -1,4 +1,4 @@
-"""Score normalisation and baseline score-level fusion (SPEC §3), on CPU or CUDA via torch.
+"""Score normalisation and baseline score-level fusion (docs/definitions.rst, §3), on CPU or CUDA via torch.
 
 Normalisers (``fit(calibration)`` then ``transform(matrix)``; statistics in float64):
 
@@ -12,7 +12,7 @@ A calibration is a ``(score_mat (P, G), q_pids (P,), g_pids (G,))`` triple (labe
 zscore/minmax), or the string ``"self"``: fit on the very matrix being transformed (then
 ``transform`` needs the labels for tanh/rhe), which is what the QME paper's baseline rows did.
 
-:func:`fuse` calibrations (SPEC §3):
+:func:`fuse` calibrations (docs/definitions.rst, §3):
 
 - ``"self"``: the QME paper's notebook protocol. zscore and minmax normalise each matrix with its
   **own** statistics: ``score_mat`` with the score matrix's, ``merge_score_mat`` with the merge

@@ -2,7 +2,7 @@
 // columns, how many entries of each probe row rank before given (key, column)
 // queries. Summed over the column shards of a gallery, the count is the
 // query's global rank; qme_ext.distributed builds Rank-k/mAP of column-sharded
-// score matrices from it (SPEC 2.1).
+// score matrices from it (docs/definitions.rst, §2.1).
 //
 // Order (the package's ranking order, common.h): descending key, ties broken by
 // lower *global* gallery column; an entry does not rank before itself.

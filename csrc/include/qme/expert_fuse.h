@@ -1,4 +1,4 @@
-// Argument blocks and entry points of the fused QME expert mixture (SPEC section 4):
+// Argument blocks and entry points of the fused QME expert mixture (docs/definitions.rst, §4):
 //   F[b, g] = sum_z gate[b, z] * E_z(x[b, :, g]),
 //   E_z(x)  = b2_z + sum_h W2_zh * drop(selu(b1_zh + sum_k W1_zhk * (a_zk * x_k + c_zk))).
 // The BatchNorm of each expert is folded by the caller into the per-channel affine

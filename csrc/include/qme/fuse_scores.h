@@ -1,5 +1,5 @@
 // fuse_scores: normalise K score matrices and combine them with a fusion rule in
-// one pass (SPEC 3): each input element is read once, one output written, no
+// one pass (docs/definitions.rst, §3): each input element is read once, one output written, no
 // normalised copy is ever stored. The per-element math lives here, once, for the
 // CPU twin (fuse_scores_cpu.cpp) and the CUDA twin (fuse_scores_cuda.cu).
 #pragma once

@@ -1,5 +1,5 @@
 // Argument blocks and entry points of the quality-aware recognition ops
-// (SPEC section 5): the QMagFace score epilogue and batched template aggregation.
+// (docs/definitions.rst, §5): the QMagFace score epilogue and batched template aggregation.
 // Same conventions as ops.h: raw pointers, int64 sizes, strides in elements,
 // every output buffer allocated by the caller. CUDA twins take the same blocks
 // (device pointers) and a stream; neither op needs a workspace.
@@ -124,7 +124,7 @@ template <> struct StoreTraits<DType::kBFloat16> {
   template <typename V> static QME_HD Storage encode(V v) { return float_to_bf16_bits(static_cast<float>(v)); }
 };
 
-// The QMagFace epilogue of one pair (SPEC 5), the one rule of both twins:
+// The QMagFace epilogue of one pair (docs/definitions.rst, §5), the one rule of both twins:
 //   q = min(qp, qg), NaN-propagating like torch.minimum (a NaN quality gives NaN);
 //   omega = min(0, beta s - alpha) (w < 0 ? w : 0);  out = omega q + s.
 // float32 input and output: float arithmetic (epilogue_f32), every other dtype pair:

@@ -1,4 +1,4 @@
-// score_stats: the statistics the fusion normalisers are fitted from (SPEC 3), in one
+// score_stats: the statistics the fusion normalisers are fitted from (docs/definitions.rst, §3), in one
 // pass over a score matrix: count, mean, sum of squared deviations (M2), min and max
 // of all entries and of the genuine ones (probe id == gallery id, decided on the fly
 // from the id vectors, never a P x G mask). Scores are cleaned like np.nan_to_num

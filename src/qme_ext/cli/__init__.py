@@ -3,7 +3,7 @@
 Subcommands
 -----------
 ``evaluate FILE.h5``
-    Evaluate every model of a SPEC §1 score file and any fusion of them; print a table
+    Evaluate every model of a score file (docs/definitions.rst, §1) and any fusion of them; print a table
     (percentages), optionally write all metric keys as JSON and PNG plots. With
     ``--max-memory SIZE`` the file is read in blocks of probe rows that fit SIZE (the same
     report, bit for bit; what SIZE covers: :mod:`qme_ext.streaming`); fusion then needs

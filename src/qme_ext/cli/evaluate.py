@@ -1,4 +1,4 @@
-"""``qme-ext evaluate`` and ``qme-ext example``: a SPEC §1 score file's table, JSON,
+"""``qme-ext evaluate`` and ``qme-ext example``: a score file (docs/definitions.rst, §1)'s table, JSON,
 plots and intervals (in memory or out of core), and the built-in example file."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ _SELF = ("self", "self-score")
 # evaluate
 # ------------------------------------------------------------------------------------------
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE.h5", help="score file (SPEC §1 layout)")
+    p.add_argument("file", metavar="FILE.h5", help="score file (layout of docs/definitions.rst, §1)")
     p.add_argument("--models", help="comma-separated models to use, in this order "
                    "(default: all, file order)")
     p.add_argument("--fusion", help="comma-separated fusion methods, e.g. "

@@ -103,7 +103,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="training recipe: robust (default: experts warm-started from a "
                    "quality-gated linear fit of the training pairs, 2100 steps, the last "
                    "weights unless validation clearly prefers an earlier state) or paper "
-                   "(SPEC section 4: random init, 3000 steps, best validation overall, "
+                   "(docs/definitions.rst, §4: random init, 3000 steps, best validation overall, "
                    "early stopping)")
     p.add_argument("--steps", type=int, help="stage-2 iterations (default: robust 2100, "
                    "paper 3000)")

@@ -1,4 +1,4 @@
-"""Built-in data sets: :func:`make_example_scoreset` (synthetic SPEC §1 score file).
+"""Built-in data sets: :func:`make_example_scoreset` (synthetic score file (docs/definitions.rst, §1)).
 
 Layer: above ``qme_ext.io`` (it builds ScoreSets), which is all it imports of qme_ext.
 """

@@ -1,4 +1,4 @@
-"""A small synthetic score set in the SPEC §1 layout, for demos, tests and ``qme-ext example``.
+"""A small synthetic score set in the layout of docs/definitions.rst, §1, for demos, tests and ``qme-ext example``.
 
 Three models with deliberately different score domains, so that normalisation matters:
 

@@ -1,7 +1,7 @@
 """Synthetic whole-body (face + body + gait) score sets for the QME demo, tests and benchmarks.
 
 :func:`synthetic_wholebody` returns ``dict(train=, val=, test=)`` :class:`~qme_ext.io.ScoreSet`
-objects in the SPEC §1 layout with K = 3 models in the order ``["face", "body", "gait"]``.
+objects in the layout of docs/definitions.rst, §1 with K = 3 models in the order ``["face", "body", "gait"]``.
 
 Generative model
 ----------------

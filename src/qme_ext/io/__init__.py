@@ -1,4 +1,4 @@
-"""HDF5 score files in the QME ``scoremats`` layout (SPEC §1) and the in-memory :class:`ScoreSet`.
+"""HDF5 score files in the QME ``scoremats`` layout (docs/definitions.rst, §1) and the in-memory :class:`ScoreSet`.
 
 Layout (P probes, G gallery entries, S gallery subjects)::
 
@@ -99,7 +99,7 @@ def check_model_name(name, what: str = "model name") -> str:
 
 
 def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = None) -> None:
-    """Check the SPEC §1 shape rules on a ``{key: shape tuple}`` map.
+    """Check the docs/definitions.rst, §1 shape rules on a ``{key: shape tuple}`` map.
 
     Keys are file keys (``"q_pids"``, ``"face/score_mat"``, ``"quality/face"``...). Raises
     :class:`ScoreFileError` naming ``source`` (the file, if any), the key and the shapes.
@@ -108,7 +108,7 @@ def _check_shapes(shapes: dict, models: Sequence[str], source: Optional[str] = N
     merges = [m for m in models if f"{m}/merge_score_mat" in shapes]
     for key in ID_KEYS:
         if key == "unique_g_pids" and key not in shapes and not merges:
-            continue  # a training file: subjects are derived from g_pids (SPEC §1)
+            continue  # a training file: subjects are derived from g_pids (docs/definitions.rst, §1)
         if key not in shapes:
             why = (f" (the column order of {merges[0]}/merge_score_mat)"
                    if key == "unique_g_pids" else "")
@@ -233,7 +233,7 @@ class ScoreSet:
         return shapes
 
     def validate(self, source: Optional[str] = None) -> "ScoreSet":
-        """Check every length rule of SPEC §1; raise :class:`ScoreFileError` (a ValueError).
+        """Check every length rule of docs/definitions.rst, §1; raise :class:`ScoreFileError` (a ValueError).
 
         Returns ``self`` so that calls can be chained.
         """
@@ -414,7 +414,7 @@ def _read_ids(f, read_rows, source: str) -> dict:
 
 def load_scores(path, models: Union[str, Sequence[str], None] = None,
                 rows: Rows = None) -> ScoreSet:
-    """Read a SPEC §1 score file into a :class:`ScoreSet`.
+    """Read a score file (docs/definitions.rst, §1) into a :class:`ScoreSet`.
 
     Parameters
     ----------
@@ -488,7 +488,7 @@ def iter_row_blocks(path, model: str, block_rows: int,
 
 
 def save_scores(path, scoreset: ScoreSet) -> None:
-    """Write ``scoreset`` in the SPEC §1 layout (plus the ``models`` attribute), atomically.
+    """Write ``scoreset`` in the layout of docs/definitions.rst, §1 (plus the ``models`` attribute), atomically.
 
     The file is built in memory and written by :func:`write_atomic`: a temporary file in the
     destination folder replaces ``path`` only once complete and flushed; on any error (full

@@ -4,7 +4,7 @@ import os
 
 
 class ScoreFileError(ValueError):
-    """A score file (or an in-memory ScoreSet) does not follow the SPEC §1 layout."""
+    """A score file (or an in-memory ScoreSet) does not follow the layout of docs/definitions.rst, §1."""
 
 
 def input_path(path, expected: str) -> str:

@@ -5,7 +5,7 @@
 Layout (one of)
 ---------------
 * HDF5 (``.h5``/``.hdf5``): datasets ``probe_feats`` (P, D) and ``gallery_feats`` (G, D),
-  read slice by slice; root id vectors as in a SPEC §1 score file: ``q_pids`` (P,),
+  read slice by slice; root id vectors as in a score file (docs/definitions.rst, §1): ``q_pids`` (P,),
   ``g_pids`` (G,), optional ``q_camids, q_clothes_ids`` (P,), ``g_camids, g_clothes_ids``
   (G,), ``unique_g_pids`` (S,) and ``gallery_templates`` (S, D).
 * ``.npz``: the same keys (members are loaded whole when read).

@@ -1,4 +1,4 @@
-"""The evaluation engine's public API (SPEC 2): Rank-k/CMC, mAP (general, SC, CC),
+"""The evaluation engine's public API (docs/definitions.rst, §2): Rank-k/CMC, mAP (general, SC, CC),
 TAR@FAR, FNIR@FPIR, ROC/DET/EER, verification of genuine/impostor vectors, bootstrap
 intervals and paired comparisons, out-of-core and sharded evaluation.
 

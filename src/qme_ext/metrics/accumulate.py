@@ -1,4 +1,4 @@
-"""Blockwise, shardable accumulation of the evaluation engine (SPEC 2, 6).
+"""Blockwise, shardable accumulation of the evaluation engine (docs/definitions.rst, §2, §6).
 
 One design serves three cases:
 
@@ -183,7 +183,7 @@ class GalleryIndex:
 
 def mode_flags(cand: Candidates, modes: Sequence[str], q_camids, g_camids, q_clothes,
                g_clothes) -> torch.Tensor:
-    """(nnz,) uint8: bit 2m = good, bit 2m+1 = junk for modes[m] (SPEC 2.1).
+    """(nnz,) uint8: bit 2m = good, bit 2m+1 = junk for modes[m] (docs/definitions.rst, §2.1).
 
     Id vectors are those of the block's probes and of the gallery (camera or
     clothes ids None: every same-pid entry has a different camera / no clothes rule).

@@ -1,4 +1,4 @@
-"""Bootstrap percentile intervals and paired comparisons of the SPEC 2 metrics (issue 12).
+"""Bootstrap percentile intervals and paired comparisons of the docs/definitions.rst, §2 metrics (issue 12).
 
 The replicates are *weighted* versions of the one evaluation, never re-runs of the
 metric on resampled matrices:
@@ -16,7 +16,7 @@ metric on resampled matrices:
   per-probe first hits and APs that the ranking pass returns. Hit counts are exact
   integers; AP sums use a fixed-order (numpy pairwise) sum, so they are
   deterministic and equal the resampled-matrix means to rounding (1e-12).
-* **TAR@FAR** ("qme" convention, SPEC 2.2): for replicate ``b`` the impostor total
+* **TAR@FAR** ("qme" convention, docs/definitions.rst, §2.2): for replicate ``b`` the impostor total
   is ``N*_b = sum_p w_p n_imp_p``, ``k_b`` is the smallest ``k`` with ``k/N*_b >= far``
   and the threshold is the ``k_b``-th largest impostor key of the *weighted* multiset.
   The engine's radix select gives the key of rank ``M`` (a safe multiple of the
@@ -328,7 +328,7 @@ def _gather_impostors(source, ids, imp: ImpostorKeys, rank: int, unit_of_probe: 
 def tar_replicates(W: Weights, source, ids, imp: ImpostorKeys, n_gen_probe: np.ndarray,
                    far_list: Sequence[float], num_cols: int, red=None, row_offset: int = 0,
                    gen_units: Optional[np.ndarray] = None):
-    """((F, n_boot) TAR, (F, n_boot) thresholds) of the weighted replicates (SPEC 2.2).
+    """((F, n_boot) TAR, (F, n_boot) thresholds) of the weighted replicates (docs/definitions.rst, §2.2).
 
     `W` and `n_gen_probe` cover every probe; `source`/`ids` are this process's rows,
     which start at global row `row_offset`; `red` (row shards) concatenates the

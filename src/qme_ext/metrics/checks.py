@@ -6,7 +6,7 @@ line, never a traceback half-way through a report).
 
 What it refuses, each a ValueError naming the argument: a seed outside numpy's
 [0, 2**32 - 1]; no probe, no gallery entry or no subject; ``unique_g_pids`` with a
-duplicate, or without a column for a subject of ``g_pids`` (SPEC §1: one merge column
+duplicate, or without a column for a subject of ``g_pids`` (docs/definitions.rst, §1: one merge column
 per gallery subject; a column for a subject without gallery entries is accepted: it is
 enrolled in the open-set splits like any other); no genuine pair (no mated probe); no
 impostor pair (e.g. a 1 x 1 file).

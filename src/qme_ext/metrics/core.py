@@ -1,4 +1,4 @@
-"""The evaluation engine: Rank-k/CMC, mAP, TAR@FAR, FNIR@FPIR, ROC/DET/EER (SPEC 2).
+"""The evaluation engine: Rank-k/CMC, mAP, TAR@FAR, FNIR@FPIR, ROC/DET/EER (docs/definitions.rst, §2).
 
 Every metric is computed exactly by one streaming kernel pass per metric family
 (CPU threads or CUDA), with integer counts deciding every result:
@@ -26,7 +26,7 @@ Conventions and choices (documented deviations from the QME reference code):
 
 * Ties in ranking are broken by lower gallery index (a stable sort of -S); NaN
   scores rank below -inf; -0.0 ties with +0.0.
-* ``Threshold@…FAR`` is the k-th largest impostor score (SPEC 2.2). The QME
+* ``Threshold@…FAR`` is the k-th largest impostor score (docs/definitions.rst, §2.2). The QME
   reference reads it from scikit-learn's ``roc_curve`` with its default
   ``drop_intermediate=True``, which can report the lower end of the same ROC
   segment; the TAR is identical.
@@ -176,7 +176,7 @@ def rank_metrics(scores, q_pids, g_pids, q_camids=None, g_camids=None, q_clothes
                  per_probe: bool = False, ci: Optional[float] = None,
                  n_boot: int = 1000, boot_seed: int = 0,
                  boot_unit: str = "subject") -> RankResult:
-    """CMC and mAP of a (P, G) similarity matrix (higher = more alike), SPEC 2.1.
+    """CMC and mAP of a (P, G) similarity matrix (higher = more alike), docs/definitions.rst, §2.1.
 
     mode: "general" (good = same pid, other camera; junk = same pid, same camera),
     "cc" (clothes-changing) or "sc" (same clothes). Without camera ids every
@@ -232,7 +232,7 @@ class TarResult:
 
 def _tar_from_keys(imp: ImpostorKeys, n_gen: int, far_list: list[float],
                    convention: str) -> TarResult:
-    """TAR@FAR from the impostor distribution and the genuine keys (SPEC 2.2)."""
+    """TAR@FAR from the impostor distribution and the genuine keys (docs/definitions.rst, §2.2)."""
     n_imp = imp.num_impostor
     if n_gen == 0:
         raise ValueError("q_pids/g_pids: no genuine pair (no probe shares a pid with the gallery)")
@@ -287,7 +287,7 @@ def tar_at_far(scores, q_pids, g_pids, fars: Sequence[float] = DEFAULT_FARS,
                convention: str = "qme", device=None, ci: Optional[float] = None,
                n_boot: int = 1000, boot_seed: int = 0,
                boot_unit: str = "subject") -> TarResult:
-    """TAR at each FAR over all P x G pairs (genuine = same pid), SPEC 2.2.
+    """TAR at each FAR over all P x G pairs (genuine = same pid), docs/definitions.rst, §2.2.
 
     convention "qme": t = k-th largest impostor score with k the smallest integer
     >= 1 such that k / N_imp >= far (scikit-learn ``roc_curve`` + first point with
@@ -373,7 +373,7 @@ def fnir_at_fpir(merge_scores, q_pids, subject_ids, fpirs: Sequence[float] = DEF
                  split_rng: str = "qme", rank: int = 1, device=None, ci: Optional[float] = None,
                  n_boot: int = 1000, boot_seed: int = 0,
                  boot_unit: str = "subject") -> OpenSetResult:
-    """Open-set identification on a (P, S) merge matrix (one column per subject), SPEC 2.3.
+    """Open-set identification on a (P, S) merge matrix (one column per subject), docs/definitions.rst, §2.3.
 
     Each split enrols a subset of the subjects (columns). Non-mated probes (pid
     not enrolled) set the threshold t at each FPIR from their row maxima; a mated
@@ -615,7 +615,7 @@ def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, poin
                    bins: int = 60, boot: Optional[_bootstrap.Bootstrap] = None) -> dict:
     """Plot curves of a block source in bounded memory (``qme-ext evaluate --max-memory
     --plots``): ``roc`` = (far, tar) and ``det`` = (far, frr) at :func:`roc_far_grid`
-    (each point exact: the k-th largest impostor score as threshold, SPEC 2.2), ``cmc``
+    (each point exact: the k-th largest impostor score as threshold, docs/definitions.rst, §2.2), ``cmc``
     to rank 20, and ``hist`` = (edges, genuine counts, impostor counts) of the finite
     scores on shared linear bins (two more passes over the source)."""
     ids = _validate_ids(source.num_rows, source.num_cols, source.device, q_pids, g_pids,
@@ -660,7 +660,7 @@ def _curves_source(source: BlockSource, q_pids, q_camids, g_pids, g_camids, poin
 
 # ---------------------------------------------------------------------------
 # the QME reference protocol in one call
-# the protocols evaluate() knows; "qme" is SPEC §2 (the paper's reference keys)
+# the protocols evaluate() knows; "qme" is docs/definitions.rst, §2 (the paper's reference keys)
 PROTOCOLS = ("qme",)
 # ---------------------------------------------------------------------------
 def _pct_key(prefix: str, rate: float, suffix: str) -> str:
@@ -678,7 +678,7 @@ def evaluate(score_mat, merge_score_mat, q_pids, q_camids, q_clothes_ids, g_pids
              block_rows: Optional[int] = None, ci: Optional[float] = None,
              n_boot: int = 1000, boot_seed: int = 0,
              boot_unit: str = "subject", larger_is_better: bool = True) -> dict[str, float]:
-    """Every metric of the QME reference ``test_score`` with its exact keys (SPEC 2).
+    """Every metric of the QME reference ``test_score`` with its exact keys (docs/definitions.rst, §2).
 
     One ranking pass gives GR/SC/CC Rank-1/5/10/20, mAP, mINP, R-precision (``<mode>_RP``)
     and MAP@R (``<mode>_MAP@R``; :mod:`qme_ext.metrics.rprecision`), the radix select gives

@@ -21,7 +21,7 @@ Scores (``metric=``)
 Features are computed in float32 (float16/bfloat16/float32 inputs) or float64 (float64
 inputs); the scores are that dtype.
 
-Open-set templates (``merge_score_mat``, SPEC §0)
+Open-set templates (``merge_score_mat``, docs/definitions.rst, §0)
 -------------------------------------------------
 One template per subject of ``unique_g_pids`` (default: the sorted distinct ``g_pids``):
 the mean of the subject's gallery features (``cosine``: of their L2-normalised features,
@@ -615,7 +615,7 @@ def embedding_source(probe_feats, gallery_feats, *, g_pids, unique_g_pids=None,
         uniq = uniq.numpy()
         if uniq.size == 0 or (np.diff(uniq) <= 0).any():
             raise ValueError("unique_g_pids: expected distinct subject ids in ascending order "
-                             "(the template columns, SPEC §1)")
+                             "(the template columns, docs/definitions.rst, §1)")
     if gallery_templates is not None and None not in pf and not isinstance(gallery_templates,
                                                                          Mapping):
         raise ValueError("gallery_templates: expected a dict {model: (S, D)} like the features")

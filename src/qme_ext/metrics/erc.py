@@ -125,7 +125,7 @@ def erc_pairs(genuine, impostor, genuine_quality, impostor_quality=None, fmr: fl
     if not np.isfinite(both).any():
         raise ValueError(f"genuine/impostor: no finite score (all {both.size} are NaN or "
                          "+-inf); nothing can be measured")
-    if np.isnan(both).any():  # NaN -> the minimum finite score (SPEC 2.2)
+    if np.isnan(both).any():  # NaN -> the minimum finite score (docs/definitions.rst, §2.2)
         finite = both[np.isfinite(both)]
         low = finite.min() if finite.size else 0.0
         gen, imp = np.where(np.isnan(gen), low, gen), np.where(np.isnan(imp), low, imp)

@@ -2,7 +2,7 @@
 Re-identification: A Survey and Outlook", TPAMI 2021; fast-reid's ``evaluate_rank``).
 
 Per valid probe, with the good entries at 0-based positions ``p_1 < ... < p_n`` after
-junk removal (SPEC 2.1), ``INP = n / (p_n + 1)``: the share of correct matches among
+junk removal (docs/definitions.rst, §2.1), ``INP = n / (p_n + 1)``: the share of correct matches among
 the entries a user must inspect to reach the hardest correct match. mINP is the mean
 over the probes with at least one good entry (skipped probes are left out, as for
 mAP). The ranking pass gives ``p_n`` as ``last_pos`` beside ``first_pos``.

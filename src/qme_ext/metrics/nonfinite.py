@@ -33,7 +33,7 @@ def count_nonfinite(t: torch.Tensor) -> dict:
     return {"nan": 0, "posinf": 0, "neginf": 0}
 
 
-# what the engine does with NaN (metrics: SPEC 2): thresholds/curves, and open-set rows
+# what the engine does with NaN (metrics: docs/definitions.rst, §2): thresholds/curves, and open-set rows
 NAN_RULE = "the minimum non-NaN score"
 NAN_RULE_MATRIX = "the minimum non-NaN score for TAR/FAR, ranked below -inf"
 NAN_RULE_MERGE = "-inf for open-set, never above a threshold"

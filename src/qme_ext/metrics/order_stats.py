@@ -1,4 +1,4 @@
-"""Exact order statistics of the impostor scores by radix select (SPEC 2.2, 6).
+"""Exact order statistics of the impostor scores by radix select (docs/definitions.rst, §2.2, §6).
 
 The score matrix is histogrammed one 16-bit key digit at a time by the
 ``key_histogram`` kernel; genuine pairs (same pid, few) are gathered on the side

@@ -2,7 +2,7 @@
 ECCV 2020; pytorch-metric-learning's ``AccuracyCalculator``).
 
 Per valid probe, with its ``R = n`` good entries at 0-based positions ``p_1 < ... < p_n``
-after junk removal (SPEC 2.1): ``R-precision = #{i : p_i < R} / R`` (the share of good
+after junk removal (docs/definitions.rst, §2.1): ``R-precision = #{i : p_i < R} / R`` (the share of good
 entries among the first R) and ``MAP@R = (1/R) * sum_{i : p_i < R} i / (p_i + 1)`` (AP
 truncated to the first R positions: the precision at each good entry there, summed, over
 R). The ranking pass (``rank_counts``) reads both off the same positions as AP and
@@ -10,7 +10,7 @@ returns ``r_hits = #{i : p_i < R}`` and ``map_r``. Means run over the probes wit
 one good entry, as mAP's.
 
 Junk and cameras: the engine's modes decide what is good and what is removed (GR: same
-pid, other camera good, same camera junk; SC/CC as SPEC 2.1; no camera ids: every same-pid
+pid, other camera good, same camera junk; SC/CC as docs/definitions.rst, §2.1; no camera ids: every same-pid
 entry good, nothing junk). pytorch-metric-learning has no camera filter; its numbers are
 those of the engine without camera ids, and its ``query = reference`` setting (each
 query's own entry excluded) is that of the square matrix with camera id = the entry's

@@ -1,5 +1,5 @@
 """The open-set enrolment splits: which subjects are enrolled in each of the
-``n_splits`` random galleries of FNIR@FPIR (SPEC 2.3). ``qme_splits`` reproduces the QME
+``n_splits`` random galleries of FNIR@FPIR (docs/definitions.rst, §2.3). ``qme_splits`` reproduces the QME
 reference's legacy global-RNG draw exactly; ``numpy_splits`` uses a modern Generator.
 The reference oracle (``qme_ext.reference.metrics``) imports them from here.
 """

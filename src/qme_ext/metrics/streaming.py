@@ -1,4 +1,4 @@
-"""Out-of-core evaluation of SPEC 1 HDF5 score files (SPEC 6: "matrices too large for
+"""Out-of-core evaluation of HDF5 score files (docs/definitions.rst, §1) (docs/definitions.rst, §6: "matrices too large for
 memory are streamed in row blocks").
 
 :func:`evaluate_file` (also ``qme_ext.metrics.evaluate_file`` and ``qme-ext evaluate

@@ -3,7 +3,7 @@
 Normalise K score matrices (z-score, min-max, RHE, raw: affine; tanh estimator)
 and fold them with a rule (weighted sum, min, max, Asym-AO) in one pass: each
 input element is read once and one output written, with no normalised copy in
-between (SPEC 3). Same pattern as ``qme_ext/ops/evaluation.py``: the output is allocated
+between (docs/definitions.rst, §3). Same pattern as ``qme_ext/ops/evaluation.py``: the output is allocated
 here, kernels never allocate, the CPU/CUDA twin is picked by device. The eager
 PyTorch definition is :func:`qme_ext.reference.fusion.fuse_scores_ref`.
 ``score_stats`` gives, in one deterministic pass, the statistics the normalisers are
@@ -63,7 +63,7 @@ def fuse_scores(
     m: float,  # Asym-AO exponent
     out_dtype: torch.dtype,  # float32 or float64
 ) -> torch.Tensor:
-    """(P, G) fused scores: the K normalised matrices folded in order (SPEC 3).
+    """(P, G) fused scores: the K normalised matrices folded in order (docs/definitions.rst, §3).
 
     NaN scores count as 0 and +-inf as +-FLT_MAX (the QME reference's ``nan_to_num``).
     Computed in float64 and rounded once to ``out_dtype``. Matrices of different
@@ -107,7 +107,7 @@ def score_stats(
 ) -> torch.Tensor:
     """(2, 5) float64: rows [all entries, genuine entries (q_pids[i] == g_pids[j])],
     columns STAT_FIELDS = count, mean, M2 (sum of squared deviations), min, max, of the
-    scores cleaned like np.nan_to_num; one deterministic pass (SPEC 3). An empty set has
+    scores cleaned like np.nan_to_num; one deterministic pass (docs/definitions.rst, §3). An empty set has
     count 0, mean 0, M2 0, min +inf, max -inf."""
     if scores.dim() != 2 or scores.dtype not in DTYPE_CODES:
         raise ValueError(f"scores: expected a 2-D float16/bfloat16/float32/float64 tensor, got "

@@ -1,4 +1,4 @@
-"""Custom ops of the quality-aware recognition package (SPEC 5).
+"""Custom ops of the quality-aware recognition package (docs/definitions.rst, §5).
 
 ``qme_ext::qmagface_epilogue``  -- the QMagFace score adjustment of one similarity
 tile, written into a (possibly strided) output tile (declared mutated).

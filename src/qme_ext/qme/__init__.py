@@ -1,4 +1,4 @@
-"""QME: quality-guided mixture of score-fusion experts (ICCV 2025), SPEC section 4.
+"""QME: quality-guided mixture of score-fusion experts (ICCV 2025), docs/definitions.rst, §4.
 
 Modules (``modules``), losses (``losses``), training (``train``) and checkpoints
 (``checkpoint``) live in their own files; names are imported on first use.

@@ -1,4 +1,4 @@
-"""QME training losses (SPEC section 4), vectorised and sort-free."""
+"""QME training losses (docs/definitions.rst, §4), vectorised and sort-free."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 A modality is **absent** for a probe when (any of)
 
 - its ``score_mat`` row (and so its ``merge_score_mat`` row) is all NaN -- the way to mark it
-  in a SPEC §1 score file: write NaN over the probe's row of ``{model}/score_mat`` and
+  in a score file (docs/definitions.rst, §1): write NaN over the probe's row of ``{model}/score_mat`` and
   ``{model}/merge_score_mat``;
 - its row is all exactly 0.0 -- what the QME reference's ``nan_to_num`` leaves of a NaN row;
 - it is the quality model (the model whose quality features ``quality/{name}`` feed the

@@ -1,4 +1,4 @@
-"""QME networks (SPEC section 4): the quality estimator, the score experts and the mixture.
+"""QME networks (docs/definitions.rst, §4): the quality estimator, the score experts and the mixture.
 
 * :class:`QualityEstimator` maps quality features of a probe to q in [0, 1].
 * :class:`ScoreExpert` is one learned score fusion: BatchNorm over the K model

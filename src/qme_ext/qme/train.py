@@ -1,4 +1,4 @@
-"""Two-stage QME training (SPEC §4), inference and ScoreSet fusion.
+"""Two-stage QME training (docs/definitions.rst, §4), inference and ScoreSet fusion.
 
 Stage 1, :func:`fit_quality_estimator`: the quality estimator (QE) reads per-probe quality
 features ``quality/{name}`` (P, D) and is trained with the pseudo-quality loss on the face
@@ -14,9 +14,9 @@ Determinism: the network initialisation and nn.Dropout use the global torch RNG 
 ``(seed, epoch)`` and ``(seed, step)``, so a resumed run replays exactly the batches of an
 uninterrupted one.
 
-Choices beyond the SPEC (documented here because the reference does not fix them):
+Choices beyond docs/definitions.rst (documented here because the reference does not fix them):
 - A probe whose quality features are all zero has no face: its quality is set to 0 whatever
-  the QE outputs (SPEC: "a probe with no face gets q = 0").
+  the QE outputs (docs/definitions.rst, §4: "a probe with no face gets q = 0").
 - Without a QE (the "no-QE" ablation) every probe gets the constant gate ``const_quality``
   (default 0.5), so both experts are still trained but the gate carries no information.
 - The QE stage uses its own step budget, learning rate and batch size (``qe_steps``, ``qe_lr``,
@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "RECIPES", "fit_quality_estimator", "fit_qme", "predic
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Hyper-parameters of both stages (SPEC §4 defaults for stage 2)."""
+    """Hyper-parameters of both stages (docs/definitions.rst, §4 defaults for stage 2)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -62,7 +62,7 @@ class TrainConfig:
     modality_dropout: float = 0.1  # P(a model's scores are zeroed in a batch), per model
     rank_threshold: int = 3        # delta of the pseudo-quality target
     margin: float = 1.0            # m of the score triplet loss
-    recipe: str = "robust"         # "robust" (default) or "paper" (SPEC section 4); see RECIPES
+    recipe: str = "robust"         # "robust" (default) or "paper" (docs/definitions.rst, §4); see RECIPES
     max_steps: Optional[int] = None    # stage-2 iterations (recipe: 2100 / 3000)
     eval_every: Optional[int] = None   # iterations between validations (recipe: 300 / 100)
     patience: Optional[int] = None     # evaluations without improvement before stopping
@@ -103,7 +103,7 @@ class TrainConfig:
 
 
 # Recipe-dependent defaults of TrainConfig (an explicit value always wins).
-#   paper:  SPEC section 4 -- random init, 3000 steps, selection and early stopping (patience 10)
+#   paper:  docs/definitions.rst, §4 -- random init, 3000 steps, selection and early stopping (patience 10)
 #           on the validation overall evaluated every 100 steps.
 #   robust: the experts start from the gated linear fit of the training pairs
 #           (qme.warm_start) or, when the smoothed validation criterion prefers it, from

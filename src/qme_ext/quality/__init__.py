@@ -1,4 +1,4 @@
-"""Quality-aware face recognition (SPEC 5): QMagFace scoring, MagFace/AdaFace
+"""Quality-aware face recognition (docs/definitions.rst, §5): QMagFace scoring, MagFace/AdaFace
 heads, EQFace quality head, loss and aggregation, QAFace injection.
 
 Layer: directly above ``qme_ext.ops`` (the QMagFace epilogue and template aggregation

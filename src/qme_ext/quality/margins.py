@@ -1,4 +1,4 @@
-"""Quality-aware margin heads (SPEC 5): MagFace and AdaFace.
+"""Quality-aware margin heads (docs/definitions.rst, §5): MagFace and AdaFace.
 
 Both return ``(logits, aux_loss)``; the training loss is
 ``cross_entropy(logits, labels) + aux_loss`` (aux_loss is 0 for AdaFace).
@@ -70,7 +70,7 @@ class MagFaceHead(nn.Module):
 
 
 class AdaFaceHead(nn.Module):
-    """AdaFace head: norm-adaptive angular + additive margin (SPEC 5).
+    """AdaFace head: norm-adaptive angular + additive margin (docs/definitions.rst, §5).
 
     Buffers ``batch_mean`` (init 20) and ``batch_std`` (init 100) are EMAs
     (factor t_alpha) of the batch mean / unbiased std of clip(|z|, 0.001, 100),

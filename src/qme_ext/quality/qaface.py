@@ -1,4 +1,4 @@
-"""QAFace quality-aware feature injection (seeds/qaface-paper.md, SPEC 5).
+"""QAFace quality-aware feature injection (seeds/qaface-paper.md, docs/definitions.rst, §5).
 
 No public code exists; choices made here (all exposed as parameters):
 * n_hat = (|x| - mu) / sigma with mu, sigma EMAs of the batch mean / std of the

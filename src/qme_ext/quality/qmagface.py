@@ -1,4 +1,4 @@
-"""QMagFace quality-aware comparison scores (SPEC 5, seeds/qmagface-notes.md).
+"""QMagFace quality-aware comparison scores (docs/definitions.rst, §5, seeds/qmagface-notes.md).
 
 score(s, q1, q2) = s + omega(s) * min(q1, q2),  omega(s) = min(0, beta*s - alpha),
 with s the cosine of the normalised embeddings and q = ||f|| the MagFace quality
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-PUBLISHED = {  # (alpha, beta), SPEC 5
+PUBLISHED = {  # (alpha, beta), docs/definitions.rst, §5
     "magface-r100": (0.077428, 0.125926),
     "magface-r50": (0.065984, 0.103799),
     "magface-r18": (0.092861, 0.135311),
@@ -148,7 +148,7 @@ class QMagFace:
 
     def fit(self, features, pairs, labels, threshold_space: str = "sigmoid",
             fmrs: Optional[Sequence[float]] = None, n_omega: int = 20, max_ratio: float = 0.5):
-        """Learn (alpha, beta) from labelled pairs (SPEC 5; literal version:
+        """Learn (alpha, beta) from labelled pairs (docs/definitions.rst, §5; literal version:
         ``qme_ext.reference.quality.qmagface_fit_reference``).
 
         features (n_feat, D) raw embeddings; pairs (n, 2) int row indices; labels (n,)

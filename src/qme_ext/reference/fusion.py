@@ -1,4 +1,4 @@
-"""Eager PyTorch definition of ``qme_ext::fuse_scores`` (SPEC 3): the oracle of the
+"""Eager PyTorch definition of ``qme_ext::fuse_scores`` (docs/definitions.rst, §3): the oracle of the
 fused kernel and the baseline it is benchmarked against.
 
 Each matrix becomes a float64 copy, is cleaned like ``np.nan_to_num`` (NaN -> 0,

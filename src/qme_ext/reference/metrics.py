@@ -1,4 +1,4 @@
-"""Readable pure-numpy reference implementation of the evaluation metrics (SPEC §2).
+"""Readable pure-numpy reference implementation of the evaluation metrics (docs/definitions.rst, §2).
 
 This module is the test oracle for the fast CPU/CUDA kernels. It favours being obviously
 correct over being fast: every metric is computed literally from its definition, with explicit
@@ -191,7 +191,7 @@ def rank_metrics_ref(
     mode="general",
     max_rank=20,
 ):
-    """CMC curve and mAP (SPEC §2.1), literally via a stable sort per probe.
+    """CMC curve and mAP (docs/definitions.rst, §2.1), literally via a stable sort per probe.
 
     Parameters
     ----------
@@ -337,7 +337,7 @@ def _conservative_threshold(impostor: np.ndarray, far: float) -> float:
 
 
 def tar_at_far_ref(scores, q_pids, g_pids, fars=DEFAULT_FARS, convention="qme"):
-    """TAR at fixed FARs over all ``P*G`` pairs (SPEC §2.2).
+    """TAR at fixed FARs over all ``P*G`` pairs (docs/definitions.rst, §2.2).
 
     Parameters
     ----------
@@ -419,7 +419,7 @@ def _eer_candidates(values: np.ndarray) -> np.ndarray:
 
 
 def eer_ref(scores, q_pids, g_pids):
-    """Equal error rate, bob.measure style (SPEC §2.4).
+    """Equal error rate, bob.measure style (docs/definitions.rst, §2.4).
 
     FAR(t) = #{imp >= t}/N_imp, FRR(t) = #{gen < t}/N_gen over the midpoint candidates of
     :func:`_eer_candidates`; t minimises |FAR - FRR| (first in ascending order on ties).
@@ -511,7 +511,7 @@ def fnir_at_fpir_ref(
     split_rng="qme",
     rank=1,
 ):
-    """Open-set FNIR/TPIR at fixed FPIRs averaged over enrolment splits (SPEC §2.3).
+    """Open-set FNIR/TPIR at fixed FPIRs averaged over enrolment splits (docs/definitions.rst, §2.3).
 
     Parameters
     ----------

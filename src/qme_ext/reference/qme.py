@@ -1,4 +1,4 @@
-"""Plain-PyTorch oracle of the QME expert mixture (SPEC section 4).
+"""Plain-PyTorch oracle of the QME expert mixture (docs/definitions.rst, §4).
 
 Readable and slow on purpose: the tests and benchmarks compare the fused
 ``qme_ext::expert_fuse`` kernel (and :class:`qme_ext.qme.QME`) against it.

@@ -1,4 +1,4 @@
-"""Literal references of the quality ops (SPEC 5): the QMagFace score, the batched
+"""Literal references of the quality ops (docs/definitions.rst, §5): the QMagFace score, the batched
 template aggregation, and the QMagFace fit (seeds/qmagface-notes.md).
 
 The fit:
