@@ -54,8 +54,11 @@ def test_two_gloo_processes_report_the_one_process_numbers(history, monkeypatch)
 
 def test_runs_as_a_script(tmp_path):
     import subprocess
+    import qme_ext
+    # the qme_ext this test imports (an installed wheel in CI, src/ with its _C when
+    # developing): the repository's src/ alone has no compiled _C after `pip install .`
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(SCRIPT.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        [str(Path(qme_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "1", "--steps", "20"],
                        capture_output=True, text=True, env=env, timeout=120)
