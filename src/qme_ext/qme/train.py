@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .inference import (_absent, _features, _forward, _quality_of, _stack,  # noqa: F401
+from .inference import (_absent, _features, _forward, _quality_of, _stack,
                         estimate_quality)
 
 __all__ = ["TrainConfig", "RECIPES", "fit_quality_estimator", "fit_qme", "predict", "fuse_scoreset",
