@@ -188,8 +188,13 @@ class _RowCheck:
         of ``t`` that a NaN/inf value makes non-finite and (cosine) an all-zero row makes
         0 (the row norm the cosine computes anyway): only the rows it flags are checked
         element by element (a flag that is an overflow or underflow of finite values is
-        cleared there), so a clean tile costs no elementwise pass."""
-        self._largest(t)
+        cleared there), so a clean tile costs no elementwise pass. Under dot and
+        euclidean the largest row norm of clean tiles is kept (their range needs it)."""
+        self._check(a, t, row_sum)
+        if self.metric != "cosine" and not self.nonfinite:  # every row so far is finite
+            self.largest = max(self.largest, _max_norm(t))
+
+    def _check(self, a: int, t: torch.Tensor, row_sum: Optional[torch.Tensor]) -> None:
         if row_sum is None:
             nonfinite, zero = ~torch.isfinite(t).all(dim=1), (t == 0).all(dim=1)
         else:
@@ -207,10 +212,6 @@ class _RowCheck:
         _first_bad(nonfinite, a, self.nonfinite)
         if self.metric == "cosine":
             _first_bad(zero, a, self.zero)
-
-    def _largest(self, t: torch.Tensor) -> None:
-        if self.metric != "cosine" and not self.nonfinite and bool(torch.isfinite(t).all()):
-            self.largest = max(self.largest, _max_norm(t))
 
     def finish(self) -> None:
         for what, found in (("non-finite (NaN/inf) values", self.nonfinite),
