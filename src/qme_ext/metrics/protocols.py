@@ -159,8 +159,7 @@ def single_gallery_shot(scores, q_pids, g_pids, q_camids=None, g_camids=None,
     """
     max_rank = _check_max_rank(max_rank)
     boot = _bootstrap.options(ci, n_boot, boot_seed, boot_unit)
-    repeats, block_rows = as_count(repeats, "repeats"), as_count(block_rows, "block_rows")
-    check_repeats(repeats)
+    repeats, block_rows = check_repeats(repeats), as_count(block_rows, "block_rows")
     seed = check_seed(seed)
     S = as_score_matrix(scores, "scores")
     P, G = S.shape
